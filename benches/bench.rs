@@ -1,0 +1,3 @@
+//! The benchmark program (see README.md).
+
+fn main() {}

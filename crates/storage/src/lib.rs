@@ -1,0 +1,17 @@
+//! ZODB-compatible object database: the bottom layer of wendelin.
+//!
+//! (Top-level model documentation: see the sections below; kept up to date by
+//! each module's owner.)
+
+pub mod error;
+pub mod filestorage;
+pub mod ids;
+pub mod pickle;
+pub mod storage;
+pub mod value;
+
+pub use error::{Error, Result};
+pub use filestorage::FileStorage;
+pub use ids::{Oid, Tid};
+pub use storage::{ConflictResolver, DataRecord, LoadedRecord, Storage, StorageTxn, TxnInfo, TxnMeta};
+pub use value::Value;

@@ -1,0 +1,145 @@
+//! The `Storage` trait: what the object layer needs from a storage backend.
+//!
+//! A storage holds committed object revisions (`oid`, `tid`) -> record bytes
+//! (two pickles, FORMATS.md §3). Reads are MVCC: `load_before(oid, before)`
+//! returns the revision current just before `before`, so a reader pinned at
+//! snapshot `at` calls `load_before(oid, at + 1)` and never sees later commits.
+//! Writes go through two-phase commit on a [`StorageTxn`] obtained from
+//! [`Storage::tpc_begin`]; commits are serialized by the storage.
+
+use crate::error::Result;
+use crate::ids::{Oid, Tid};
+
+/// Metadata stored with a transaction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TxnMeta {
+    /// User name (UTF-8 by convention), at most 65535 bytes.
+    pub user: Vec<u8>,
+    /// Description (UTF-8 by convention), at most 65535 bytes.
+    pub description: Vec<u8>,
+    /// Extension: empty, or a pickled dict, at most 65535 bytes.
+    pub extension: Vec<u8>,
+}
+
+/// One revision of an object, as returned by [`Storage::load_before`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadedRecord {
+    /// The record bytes (class pickle + state pickle).
+    pub data: Vec<u8>,
+    /// The tid that wrote this revision.
+    pub serial: Tid,
+    /// The tid of the next revision, if there is one (`None` = current).
+    pub next_serial: Option<Tid>,
+}
+
+/// A data record as seen when iterating transactions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataRecord {
+    /// The object.
+    pub oid: Oid,
+    /// The record bytes after following backpointers; `None` = the object
+    /// does not exist as of this revision (deleted / creation undone).
+    pub data: Option<Vec<u8>>,
+}
+
+/// A committed transaction with its records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnInfo {
+    /// Transaction id.
+    pub tid: Tid,
+    /// Status byte (`b' '` committed, `b'p'` packed).
+    pub status: u8,
+    /// Metadata.
+    pub meta: TxnMeta,
+    /// Data records in file order.
+    pub records: Vec<DataRecord>,
+}
+
+/// Merges concurrent changes of one object (ZODB `_p_resolveConflict`).
+pub trait ConflictResolver: Send + Sync {
+    /// Given the record the writer started from (`old`), the record committed
+    /// meanwhile (`committed`) and the writer's record (`new`), return merged
+    /// record bytes, or `Err(reason)` if the changes cannot be merged.
+    fn resolve(
+        &self,
+        oid: Oid,
+        old: &[u8],
+        committed: &[u8],
+        new: &[u8],
+    ) -> std::result::Result<Vec<u8>, String>;
+}
+
+/// A transactional object store. `Send + Sync`: one storage serves many
+/// connections and loader threads at once.
+pub trait Storage: Send + Sync {
+    /// Human-readable name (e.g. the file path).
+    fn name(&self) -> String;
+
+    /// True if opened read-only (tpc_begin fails).
+    fn is_read_only(&self) -> bool;
+
+    /// The last committed tid this handle knows of (`Tid::ZERO` if empty).
+    fn last_tid(&self) -> Tid;
+
+    /// Pick up transactions committed by other processes since the last sync
+    /// and return the new last tid.
+    fn sync(&self) -> Result<Tid>;
+
+    /// The revision of `oid` current just before `before` (MVCC). `Ok(None)`
+    /// if the object did not exist then (or was deleted at that revision).
+    fn load_before(&self, oid: Oid, before: Tid) -> Result<Option<LoadedRecord>>;
+
+    /// The latest revision of `oid`.
+    fn load(&self, oid: Oid) -> Result<LoadedRecord> {
+        self.load_before(oid, Tid::MAX)?
+            .ok_or(crate::Error::NotFound { oid, tid: None })
+    }
+
+    /// The record bytes of `oid` written exactly at `serial`.
+    fn load_serial(&self, oid: Oid, serial: Tid) -> Result<Vec<u8>>;
+
+    /// Allocate a new, never used oid.
+    fn new_oid(&self) -> Result<Oid>;
+
+    /// Start a commit: takes the commit lock (blocking until other committers
+    /// finish) and chooses the transaction's tid. Dropping the returned
+    /// transaction without `finish` aborts it.
+    fn tpc_begin(
+        &self,
+        meta: TxnMeta,
+        resolver: Option<std::sync::Arc<dyn ConflictResolver>>,
+    ) -> Result<Box<dyn StorageTxn + '_>>;
+
+    /// Oids changed by transactions with `after < tid <= upto`, without
+    /// duplicates, in ascending order.
+    fn changed_oids(&self, after: Tid, upto: Tid) -> Result<Vec<Oid>>;
+
+    /// Committed transactions with `start <= tid < stop`, oldest first.
+    fn iter_txns(
+        &self,
+        start: Tid,
+        stop: Tid,
+    ) -> Result<Box<dyn Iterator<Item = Result<TxnInfo>> + '_>>;
+}
+
+/// A transaction in two-phase commit on one storage.
+pub trait StorageTxn: Send {
+    /// The tid this transaction will commit as.
+    fn tid(&self) -> Tid;
+
+    /// Store a new revision of `oid` based on `serial` (`Tid::ZERO` for a new
+    /// object). Fails with [`crate::Error::Conflict`] if the committed serial
+    /// moved past `serial` and the resolver (if any) cannot merge.
+    fn store(&mut self, oid: Oid, serial: Tid, data: Vec<u8>) -> Result<()>;
+
+    /// Write everything durably enough to be sure `finish` can succeed.
+    /// Returns the oids whose stored data was replaced by a conflict
+    /// resolution (their in-memory copies must be invalidated).
+    fn vote(&mut self) -> Result<Vec<Oid>>;
+
+    /// Make the transaction committed and durable (fsync) and visible.
+    fn finish(self: Box<Self>) -> Result<Tid>;
+
+    /// Undo everything stored; release the commit lock.
+    fn abort(self: Box<Self>);
+}

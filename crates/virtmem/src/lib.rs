@@ -1,0 +1,1 @@
+//! userfaultfd-based virtual memory (filled by the virtmem issue).

@@ -1,0 +1,5 @@
+//! The `wendelin` command-line tool.
+
+fn main() {
+    println!("wendelin");
+}
