@@ -1,3 +1,39 @@
-//! The benchmark program (see README.md).
+//! The benchmark program: `cargo bench --bench bench -- [--json] [--quick] [--filter NAME] [--dir DIR]`.
+//!
+//! Every figure is printed beside a baseline measured in the same run (raw
+//! mmap / pread of the same bytes, raw write+fsync, ...) and their ratio.
+//! Groups live in `benches/bench/*.rs`; each adds rows to the [`Report`].
 
-fn main() {}
+#[path = "bench/common.rs"]
+mod common;
+#[path = "bench/storage_bench.rs"]
+mod storage_bench;
+#[path = "bench/virtmem_bench.rs"]
+mod virtmem_bench;
+
+use common::{Config, Report};
+
+fn main() {
+    let cfg = match Config::from_args(std::env::args().skip(1)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            std::process::exit(2);
+        }
+    };
+    let mut report = Report::default();
+    let groups: [(&str, fn(&Config, &mut Report) -> Result<(), String>); 2] = [
+        ("storage", storage_bench::run),
+        ("virtmem", virtmem_bench::run),
+    ];
+    for (name, run) in groups {
+        if !cfg.selects(name) {
+            continue;
+        }
+        if let Err(e) = run(&cfg, &mut report) {
+            eprintln!("bench group {name} failed: {e}");
+            std::process::exit(1);
+        }
+    }
+    report.print(cfg.json);
+}

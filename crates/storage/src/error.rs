@@ -87,7 +87,11 @@ pub enum Error {
 impl Error {
     /// Build an [`Error::Io`].
     pub fn io(path: impl Into<PathBuf>, op: &'static str, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), op, source }
+        Error::Io {
+            path: path.into(),
+            op,
+            source,
+        }
     }
 
     /// True for [`Error::Conflict`].

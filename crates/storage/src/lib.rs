@@ -13,5 +13,7 @@ pub mod value;
 pub use error::{Error, Result};
 pub use filestorage::FileStorage;
 pub use ids::{Oid, Tid};
-pub use storage::{ConflictResolver, DataRecord, LoadedRecord, Storage, StorageTxn, TxnInfo, TxnMeta};
+pub use storage::{
+    ConflictResolver, DataRecord, LoadedRecord, Storage, StorageTxn, TxnInfo, TxnMeta,
+};
 pub use value::Value;

@@ -125,7 +125,10 @@ impl Value {
 
     /// Build a global.
     pub fn global(module: &str, name: &str) -> Value {
-        Value::Global { module: module.to_owned(), name: name.to_owned() }
+        Value::Global {
+            module: module.to_owned(),
+            name: name.to_owned(),
+        }
     }
 
     /// Build the default ZODB persistent reference `(oid, klass)` to `module.name`.
@@ -140,7 +143,9 @@ impl Value {
     /// `(oid, (module, name))`, bare `oid`, `['w', (oid[, db])]`, `[oid]`,
     /// `['m', (db, oid, klass)]`, `['n', (db, oid)]`.
     pub fn ref_oid(&self) -> Option<Oid> {
-        let Value::PersistentRef(pid) = self else { return None };
+        let Value::PersistentRef(pid) = self else {
+            return None;
+        };
         fn oid_of(v: &Value) -> Option<Oid> {
             v.as_bytes().and_then(Oid::from_slice)
         }
@@ -164,7 +169,9 @@ impl Value {
 
     /// The class path `module.name` carried by a persistent reference, if any.
     pub fn ref_class(&self) -> Option<String> {
-        let Value::PersistentRef(pid) = self else { return None };
+        let Value::PersistentRef(pid) = self else {
+            return None;
+        };
         fn class_of(v: &Value) -> Option<String> {
             match v {
                 Value::Global { module, name } => Some(format!("{module}.{name}")),
