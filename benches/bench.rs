@@ -5,6 +5,7 @@
 //! Groups live in `benches/bench/*.rs`; each adds rows to the [`Report`].
 
 #[path = "bench/common.rs"]
+#[allow(dead_code)] // shared helpers; not every group uses every one
 mod common;
 #[path = "bench/storage_bench.rs"]
 mod storage_bench;
@@ -12,6 +13,9 @@ mod storage_bench;
 mod virtmem_bench;
 
 use common::{Config, Report};
+
+/// A benchmark group: adds its rows to the report.
+type Group = fn(&Config, &mut Report) -> Result<(), String>;
 
 fn main() {
     let cfg = match Config::from_args(std::env::args().skip(1)) {
@@ -22,7 +26,7 @@ fn main() {
         }
     };
     let mut report = Report::default();
-    let groups: [(&str, fn(&Config, &mut Report) -> Result<(), String>); 2] = [
+    let groups: [(&str, Group); 2] = [
         ("storage", storage_bench::run),
         ("virtmem", virtmem_bench::run),
     ];
