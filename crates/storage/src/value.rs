@@ -109,6 +109,7 @@ impl Value {
         match self {
             Value::Dict(items) => items
                 .iter()
+                .rev() // a repeated key: the last one wins, as in Python
                 .find(|(k, _)| k.as_text() == Some(key))
                 .map(|(_, v)| v),
             _ => None,
