@@ -12,7 +12,7 @@ pub mod value;
 
 pub use error::{Error, Result};
 pub use filestorage::FileStorage;
-pub use ids::{Oid, Tid};
+pub use ids::{Oid, Tid, TidTime};
 pub use storage::{
     ConflictResolver, DataRecord, LoadedRecord, Storage, StorageTxn, TxnInfo, TxnMeta,
 };
