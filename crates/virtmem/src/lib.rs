@@ -1,1 +1,135 @@
-//! userfaultfd-based virtual memory (filled by the virtmem issue).
+//! userfaultfd-based virtual memory: lazily loaded, dirty-tracked mappings of
+//! block files under a RAM budget.
+//!
+//! # Model
+//!
+//! A [`BigFile`] is a sequence of fixed-size blocks that can be loaded and
+//! stored (an in-memory [`MemBigFile`], a plain OS file [`FileBigFile`], or the
+//! database-backed ZBigFile of the `bigfile` crate). Opening a [`FileH`] on it
+//! reserves **one anonymous private mapping** for the whole file
+//! (`MAP_NORESERVE`, 1 TiB of address space by default) and registers it once
+//! with a userfaultfd for *missing* and *write-protect* faults. Every view of
+//! the handle ([`FileH::bytes`], [`FileH::view`], their `_mut` forms) is a
+//! sub-slice of that mapping, so overlapping views are coherent by
+//! construction.
+//!
+//! Nothing is read at open. The first touch of a page of block `blk` raises a
+//! fault that one of the handle's handler threads serves: it loads the block
+//! into a private staging buffer with [`BigFile::load_block`] and installs the
+//! whole block with one `UFFDIO_COPY`, write-protected, then wakes the
+//! faulting threads (two faults on one block load it once). The first write
+//! to a clean block raises a write-protect fault: the block is marked dirty
+//! and the protection is lifted for the whole block. A first touch that is a
+//! write loads the block writable and dirty at once. Blocks the file reports
+//! as holes are mapped with the shared zero page (`UFFDIO_ZEROPAGE`) and cost
+//! no memory until written.
+//!
+//! [`FileH::writeout`] with [`Writeout::STORE`] passes every dirty block to
+//! [`BigFile::store_block`] in ascending block order; [`Writeout::MARKSTORED`]
+//! makes them clean and write-protected again. [`FileH::discard`] drops all
+//! dirty blocks (the next touch reloads them), [`FileH::invalidate`] drops one
+//! block whatever its state. These operations take `&mut FileH`, so no view can
+//! observe memory changing under it.
+//!
+//! Clean loaded blocks are accounted against a [`Budget`] (a process-wide one
+//! by default, see [`set_process_budget`]; or one per handle): when they
+//! exceed it, the least recently faulted ones are dropped with
+//! `MADV_DONTNEED` and fault in again on next touch. Dirty blocks are never
+//! dropped. When faults walk a handle sequentially (forward or backward), idle
+//! handler threads load a bounded window of blocks ahead of the reader; each
+//! read-ahead block keeps its first page (in scan direction) back as a
+//! *marker* that is installed on the reader's first touch, which tells the
+//! engine the reader arrived and keeps the window moving.
+//!
+//! A block that fails to load never reads as zeros: the error is recorded on
+//! the handle ([`FileH::load_errors`]), a line is logged, and the faulting
+//! access gets `SIGBUS` (`UFFDIO_POISON`). Callers that want such errors as
+//! values call [`FileH::prefetch`] before touching memory.
+//!
+//! # Threads
+//!
+//! Each handle owns its userfaultfd and its handler threads (default: the
+//! number of CPUs, at least two), which poll the same fd, so parallel readers
+//! fault in parallel. See `NOTES.md` for the measurement behind per-handle
+//! threads: opening and closing a handle with its threads costs well under a
+//! millisecond, and a handle's fault service is never delayed by another
+//! handle's slow loads.
+//!
+//! # Requirements
+//!
+//! Linux x86-64 >= 6.6 (write-protect faults on anonymous memory, poison), and
+//! permission to create a userfaultfd for user-mode faults: root, or
+//! `sysctl vm.unprivileged_userfaultfd=1`, or `CAP_SYS_PTRACE`, or access to
+//! `/dev/userfaultfd`. [`FileH::open`] fails with [`Error::NotPermitted`]
+//! saying so otherwise. The fd is created with `UFFD_USER_MODE_ONLY`: the
+//! kernel does not resolve its own accesses to non-resident pages (a
+//! `write(2)` *from* a view of blocks not yet loaded fails with `EFAULT`); call
+//! [`FileH::prefetch`] first when handing views to system calls.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use virtmem::{FileH, MemBigFile, Options, Writeout};
+//!
+//! # fn main() -> Result<(), virtmem::Error> {
+//! let file = Arc::new(MemBigFile::new(2 << 20));
+//! let mut fh = FileH::open(file.clone(), Options::default())?;
+//! {
+//!     let mut v = fh.view_mut::<u64>(0, 1024)?;
+//!     v[7] = 42;
+//! }
+//! assert_eq!(fh.dirty_blocks(), vec![0]);
+//! fh.writeout(Writeout::STORE | Writeout::MARKSTORED)?;
+//! assert_eq!(file.block(0).unwrap()[56], 42);
+//! # Ok(())
+//! # }
+//! ```
+
+mod backends;
+mod budget;
+mod error;
+mod fileh;
+mod mapping;
+mod uffd;
+
+pub use backends::{FileBigFile, InjectedFailure, MemBigFile};
+pub use budget::{Budget, process_budget, set_process_budget};
+pub use error::{BoxError, Error, Result, SharedError};
+pub use fileh::{FileH, Options, Stats, View, ViewMut, Writeout};
+pub use mapping::Pod;
+
+/// What [`BigFile::load_block`] put in the buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loaded {
+    /// The buffer holds the block's bytes.
+    Data,
+    /// The block is a hole (all zeros); the buffer content is unspecified.
+    /// Holes are mapped with the shared zero page and cost no memory until
+    /// written.
+    Hole,
+}
+
+/// A file of fixed-size blocks that a [`FileH`] maps.
+///
+/// Methods are called from the handle's handler threads (and from the caller's
+/// thread for [`FileH::prefetch`] and [`FileH::writeout`]), concurrently for
+/// different blocks.
+pub trait BigFile: Send + Sync + 'static {
+    /// Block size in bytes: a non-zero multiple of 4096, fixed for the file.
+    fn block_size(&self) -> usize;
+
+    /// Fill `buf` (exactly one block) with block `blk`, or report a hole.
+    ///
+    /// An error becomes `SIGBUS` for the faulting access (and an error value
+    /// for [`FileH::prefetch`]); it is never turned into zeros.
+    fn load_block(&self, blk: u64, buf: &mut [u8]) -> Result<Loaded, BoxError>;
+
+    /// Store `data` (exactly one block) as the new content of block `blk`.
+    fn store_block(&self, blk: u64, data: &[u8]) -> Result<(), BoxError>;
+
+    /// A name for log lines and errors.
+    fn name(&self) -> String {
+        "bigfile".into()
+    }
+}

@@ -1,0 +1,1171 @@
+//! The file handle: one registered mapping, its block states, its handler
+//! threads, and the handle operations (writeout, discard, invalidate,
+//! prefetch).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::ops::{BitOr, Deref, DerefMut, Range};
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use parking_lot::{Condvar, Mutex};
+
+use crate::budget::{Budget, process_budget};
+use crate::error::{Error, Result, SharedError};
+use crate::mapping::{PAGE, Pod, Reservation, Staging};
+use crate::uffd::{self, Fill, Msg, Uffd};
+use crate::{BigFile, Loaded};
+
+/// Options of [`FileH::open`].
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Bytes of address space to reserve (rounded up to whole blocks). Views
+    /// may cover any part of it. Default 1 TiB.
+    pub reserve: u64,
+    /// A budget of this handle's own (bytes of clean resident blocks), instead
+    /// of the process-wide one.
+    pub budget: Option<u64>,
+    /// Load blocks ahead of sequential fault patterns. Default on.
+    pub readahead: bool,
+    /// Read-ahead window in blocks (also capped to a quarter of the budget).
+    /// Default 8.
+    pub readahead_window: u64,
+    /// Number of handler threads. Default: number of CPUs, at least 2.
+    pub threads: usize,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        let ncpu = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Options {
+            reserve: 1 << 40,
+            budget: None,
+            readahead: true,
+            readahead_window: 8,
+            threads: ncpu.max(2),
+        }
+    }
+}
+
+/// What [`FileH::writeout`] does; combine with `|`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Writeout(u8);
+
+impl Writeout {
+    /// Store every dirty block with [`BigFile::store_block`], ascending.
+    pub const STORE: Writeout = Writeout(1);
+    /// Mark dirty blocks clean and write-protect them again.
+    pub const MARKSTORED: Writeout = Writeout(2);
+
+    fn has(self, f: Writeout) -> bool {
+        self.0 & f.0 != 0
+    }
+}
+
+impl BitOr for Writeout {
+    type Output = Writeout;
+    fn bitor(self, o: Writeout) -> Writeout {
+        Writeout(self.0 | o.0)
+    }
+}
+
+/// Counters of a handle (monotonic since open).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Fault messages received.
+    pub faults: u64,
+    /// Blocks loaded on demand (fault or prefetch).
+    pub loads: u64,
+    /// Blocks loaded by read-ahead.
+    pub readahead_loads: u64,
+    /// Read-ahead markers the reader reached.
+    pub marker_hits: u64,
+    /// Clean blocks dropped to respect the budget.
+    pub evictions: u64,
+    /// Blocks that failed to load (and were poisoned).
+    pub load_failures: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    faults: AtomicU64,
+    loads: AtomicU64,
+    readahead_loads: AtomicU64,
+    marker_hits: AtomicU64,
+    evictions: AtomicU64,
+    load_failures: AtomicU64,
+}
+
+fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A read-ahead block's first page in scan direction, held back.
+struct Marker {
+    page: usize,
+    data: Box<[u8]>,
+}
+
+enum Block {
+    /// A thread is loading the block. `demanded`: some access waits for it;
+    /// `write`: some access wants to write it.
+    Loading { demanded: bool, write: bool },
+    /// Loaded, write-protected. `hole`: zero pages, not accounted.
+    Clean {
+        tick: u64,
+        hole: bool,
+        marker: Option<Marker>,
+    },
+    /// Written since load or last MARKSTORED; fully present and writable.
+    Dirty,
+    /// Being dropped to respect the budget.
+    Evicting { demanded: bool },
+    /// Failed to load; its pages are poisoned.
+    Poisoned,
+}
+
+#[derive(Default)]
+struct Seq {
+    last: Option<u64>,
+    dir: i8,
+    streak: u32,
+    /// Next block not yet scheduled for read-ahead in direction `dir`.
+    next: Option<u64>,
+}
+
+#[derive(Default)]
+struct State {
+    blocks: HashMap<u64, Block>,
+    /// tick -> blk for clean, non-hole blocks: eviction order.
+    lru: BTreeMap<u64, u64>,
+    tick: u64,
+    dirty: BTreeSet<u64>,
+    /// Blocks in Loading or Evicting state.
+    busy: usize,
+    /// No read-ahead may start (an exclusive operation runs).
+    paused: bool,
+    errors: BTreeMap<u64, SharedError>,
+    seq: Seq,
+}
+
+impl State {
+    fn next_tick(&mut self) -> u64 {
+        self.tick += 1;
+        self.tick
+    }
+}
+
+/// What a fault handler does after releasing the state lock.
+enum Action {
+    None,
+    Wake(usize),
+    Load { write: bool },
+    FillMarker(Marker),
+    MakeDirty(Option<Marker>),
+    Poison(usize),
+}
+
+struct Shared {
+    file: Arc<dyn BigFile>,
+    name: String,
+    bs: usize,
+    nblocks: u64,
+    map: Reservation,
+    uffd: Uffd,
+    wakeup: EventFd,
+    shutdown: AtomicBool,
+    st: Mutex<State>,
+    idle: Condvar,
+    budget: Arc<Budget>,
+    readahead: bool,
+    ra_window: u64,
+    ra_queue: Mutex<VecDeque<(u64, i8)>>,
+    counters: Counters,
+}
+
+/// A handle on a [`BigFile`]: one mapping of the whole file, loaded lazily.
+///
+/// Shared views ([`FileH::bytes`], [`FileH::view`]) borrow `&self` and may be
+/// used from many threads at once; mutable views and the operations that
+/// change what memory shows (writeout, discard, invalidate) borrow `&mut self`.
+pub struct FileH {
+    sh: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for FileH {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileH")
+            .field("file", &self.sh.name)
+            .field("block_size", &self.sh.bs)
+            .field("nblocks", &self.sh.nblocks)
+            .finish()
+    }
+}
+
+/// A shared view: a slice of the handle's mapping.
+#[derive(Debug)]
+pub struct View<'a, T: Pod> {
+    slice: &'a [T],
+    offset: u64,
+}
+
+impl<T: Pod> View<'_, T> {
+    /// Byte offset of the view in the file.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+}
+
+impl<T: Pod> Deref for View<'_, T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        self.slice
+    }
+}
+
+/// An exclusive view: a mutable slice of the handle's mapping.
+#[derive(Debug)]
+pub struct ViewMut<'a, T: Pod> {
+    slice: &'a mut [T],
+    offset: u64,
+}
+
+impl<'a, T: Pod> ViewMut<'a, T> {
+    /// Byte offset of the view in the file.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The slice with the view's full lifetime (e.g. to split it between
+    /// threads with `split_at_mut` / `chunks_mut`).
+    pub fn into_slice(self) -> &'a mut [T] {
+        self.slice
+    }
+}
+
+impl<T: Pod> Deref for ViewMut<'_, T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        self.slice
+    }
+}
+
+impl<T: Pod> DerefMut for ViewMut<'_, T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        self.slice
+    }
+}
+
+impl FileH {
+    /// Open a handle on `file`: reserve the mapping, create and register the
+    /// userfaultfd, start the handler threads.
+    pub fn open(file: Arc<dyn BigFile>, opts: Options) -> Result<FileH> {
+        let bs = file.block_size();
+        if bs == 0 || !bs.is_multiple_of(PAGE) {
+            return Err(Error::BlockSize { block_size: bs });
+        }
+        let nblocks = opts.reserve.div_ceil(bs as u64).max(1);
+        let len = usize::try_from(nblocks)
+            .ok()
+            .and_then(|n| n.checked_mul(bs))
+            .ok_or(Error::OutOfRange {
+                offset: 0,
+                len: opts.reserve,
+                size: usize::MAX as u64,
+            })?;
+        let need = uffd::FEATURE_PAGEFAULT_FLAG_WP | uffd::FEATURE_POISON;
+        let uffd = match Uffd::open(need) {
+            Ok(Ok(u)) => u,
+            Ok(Err(missing)) => return Err(Error::MissingFeatures { missing }),
+            Err(uffd::OpenError::NotPermitted(source)) => {
+                return Err(Error::NotPermitted { source });
+            }
+            Err(uffd::OpenError::Unavailable(source)) => return Err(Error::Unavailable { source }),
+        };
+        let map = Reservation::new(len).map_err(|source| Error::Os {
+            op: "mmap of the handle's reservation",
+            source,
+        })?;
+        uffd.register(
+            map.addr(),
+            len,
+            uffd::REGISTER_MODE_MISSING | uffd::REGISTER_MODE_WP,
+        )
+        .map_err(|source| Error::Os {
+            op: "UFFDIO_REGISTER",
+            source,
+        })?;
+        let wakeup = EventFd::from_value_and_flags(
+            0,
+            EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_SEMAPHORE,
+        )
+        .map_err(|e| Error::Os {
+            op: "eventfd",
+            source: e.into(),
+        })?;
+        let budget = match opts.budget {
+            Some(b) => Budget::new(b),
+            None => process_budget(),
+        };
+        let ra_window = opts
+            .readahead_window
+            .min((budget.limit() / bs as u64 / 4).max(1));
+        let sh = Arc::new(Shared {
+            name: file.name(),
+            file,
+            bs,
+            nblocks,
+            map,
+            uffd,
+            wakeup,
+            shutdown: AtomicBool::new(false),
+            st: Mutex::new(State::default()),
+            idle: Condvar::new(),
+            budget,
+            readahead: opts.readahead && opts.readahead_window > 0,
+            ra_window,
+            ra_queue: Mutex::new(VecDeque::new()),
+            counters: Counters::default(),
+        });
+        let mut fh = FileH {
+            sh,
+            threads: Vec::new(),
+        };
+        for i in 0..opts.threads.max(1) {
+            let sh = fh.sh.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("virtmem-{i}"))
+                .spawn(move || sh.handler_loop())
+                .map_err(|source| Error::Os {
+                    op: "spawning a handler thread",
+                    source,
+                })?;
+            fh.threads.push(t);
+        }
+        Ok(fh)
+    }
+
+    /// Block size in bytes.
+    pub fn block_size(&self) -> usize {
+        self.sh.bs
+    }
+
+    /// Size of the reserved mapping in bytes (a whole number of blocks).
+    pub fn size(&self) -> u64 {
+        self.sh.map.len() as u64
+    }
+
+    /// The budget this handle accounts its clean blocks against.
+    pub fn budget(&self) -> &Arc<Budget> {
+        &self.sh.budget
+    }
+
+    /// Counters since open.
+    pub fn stats(&self) -> Stats {
+        let c = &self.sh.counters;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Stats {
+            faults: l(&c.faults),
+            loads: l(&c.loads),
+            readahead_loads: l(&c.readahead_loads),
+            marker_hits: l(&c.marker_hits),
+            evictions: l(&c.evictions),
+            load_failures: l(&c.load_failures),
+        }
+    }
+
+    fn check<T: Pod>(&self, offset: u64, count: usize) -> Result<usize> {
+        let bytes = (count as u64).checked_mul(size_of::<T>() as u64);
+        let end = bytes.and_then(|b| offset.checked_add(b));
+        match end {
+            Some(e) if e <= self.size() => {}
+            _ => {
+                return Err(Error::OutOfRange {
+                    offset,
+                    len: bytes.unwrap_or(u64::MAX),
+                    size: self.size(),
+                });
+            }
+        }
+        let off = offset as usize;
+        if !(self.sh.map.addr() + off).is_multiple_of(align_of::<T>()) {
+            return Err(Error::Misaligned {
+                offset,
+                align: align_of::<T>(),
+                type_name: std::any::type_name::<T>(),
+            });
+        }
+        Ok(off)
+    }
+
+    /// Shared view of bytes `range` of the file.
+    pub fn bytes(&self, range: Range<u64>) -> Result<View<'_, u8>> {
+        let n = range.end.saturating_sub(range.start) as usize;
+        self.view::<u8>(range.start, n)
+    }
+
+    /// Exclusive view of bytes `range` of the file.
+    pub fn bytes_mut(&mut self, range: Range<u64>) -> Result<ViewMut<'_, u8>> {
+        let n = range.end.saturating_sub(range.start) as usize;
+        self.view_mut::<u8>(range.start, n)
+    }
+
+    /// Shared view of `count` elements of type `T` starting at byte `offset`.
+    pub fn view<T: Pod>(&self, offset: u64, count: usize) -> Result<View<'_, T>> {
+        let off = self.check::<T>(offset, count)?;
+        Ok(View {
+            slice: self.sh.map.slice(off, count),
+            offset,
+        })
+    }
+
+    /// Exclusive view of `count` elements of type `T` starting at byte `offset`.
+    pub fn view_mut<T: Pod>(&mut self, offset: u64, count: usize) -> Result<ViewMut<'_, T>> {
+        let off = self.check::<T>(offset, count)?;
+        Ok(ViewMut {
+            // `&mut self` guarantees that no other view of the mapping exists.
+            slice: self.sh.map.slice_mut(off, count),
+            offset,
+        })
+    }
+
+    /// Dirty blocks, ascending.
+    pub fn dirty_blocks(&self) -> Vec<u64> {
+        self.sh.st.lock().dirty.iter().copied().collect()
+    }
+
+    /// Blocks whose load failed (and are poisoned), with their errors.
+    pub fn load_errors(&self) -> Vec<(u64, SharedError)> {
+        let st = self.sh.st.lock();
+        st.errors.iter().map(|(b, e)| (*b, e.clone())).collect()
+    }
+
+    /// Number of blocks resident now (clean, dirty or holes).
+    pub fn resident_blocks(&self) -> usize {
+        let st = self.sh.st.lock();
+        st.blocks
+            .values()
+            .filter(|b| matches!(b, Block::Clean { .. } | Block::Dirty))
+            .count()
+    }
+
+    /// Load blocks `blocks` (block numbers) that are not resident, on the
+    /// calling thread, write-protected. Blocks that failed before are retried.
+    /// Returns the first load error as a value (the failed block is also
+    /// poisoned and recorded, as for a fault).
+    pub fn prefetch(&self, blocks: Range<u64>) -> Result<()> {
+        let sh = &*self.sh;
+        let mut staging: Option<Staging> = None;
+        let mut first_err = None;
+        for blk in blocks {
+            if blk >= sh.nblocks {
+                return Err(Error::BlockOutOfRange {
+                    blk,
+                    nblocks: sh.nblocks,
+                });
+            }
+            let retry = {
+                let mut st = sh.st.lock();
+                while let Some(Block::Loading { .. } | Block::Evicting { .. }) = st.blocks.get(&blk)
+                {
+                    sh.idle.wait(&mut st);
+                }
+                match st.blocks.get(&blk) {
+                    None => {
+                        st.blocks.insert(
+                            blk,
+                            Block::Loading {
+                                demanded: false,
+                                write: false,
+                            },
+                        );
+                        st.busy += 1;
+                        Some(false)
+                    }
+                    Some(Block::Poisoned) => {
+                        st.blocks.insert(
+                            blk,
+                            Block::Loading {
+                                demanded: false,
+                                write: false,
+                            },
+                        );
+                        st.errors.remove(&blk);
+                        st.busy += 1;
+                        Some(true)
+                    }
+                    _ => None,
+                }
+            };
+            let Some(retry) = retry else { continue };
+            if retry {
+                let (off, len) = sh.block_range(blk);
+                if let Err(source) = sh.map.dontneed(off, len) {
+                    sh.finish_failed_raw(blk);
+                    return Err(Error::Os {
+                        op: "madvise(MADV_DONTNEED)",
+                        source,
+                    });
+                }
+            }
+            inc(&sh.counters.loads);
+            if let Err(e) = sh.load_and_map(blk, false, None, &mut staging)
+                && first_err.is_none()
+            {
+                first_err = Some(e);
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Write out dirty blocks: [`Writeout::STORE`] stores them in ascending
+    /// order (stopping at the first error; all stay dirty then),
+    /// [`Writeout::MARKSTORED`] makes them clean and write-protected.
+    pub fn writeout(&mut self, how: Writeout) -> Result<()> {
+        let sh = &*self.sh;
+        let mut st = sh.quiesce();
+        let dirty: Vec<u64> = st.dirty.iter().copied().collect();
+        let r = (|| {
+            if how.has(Writeout::STORE) {
+                for &blk in &dirty {
+                    let (off, len) = sh.block_range(blk);
+                    let data: &[u8] = sh.map.slice(off, len);
+                    sh.file
+                        .store_block(blk, data)
+                        .map_err(|source| Error::Store {
+                            blk,
+                            file: sh.name.clone(),
+                            source,
+                        })?;
+                }
+            }
+            if how.has(Writeout::MARKSTORED) {
+                for &blk in &dirty {
+                    let (off, len) = sh.block_range(blk);
+                    sh.uffd
+                        .writeprotect(sh.map.addr() + off, len, true, false)
+                        .map_err(|source| Error::Os {
+                            op: "UFFDIO_WRITEPROTECT",
+                            source,
+                        })?;
+                    let tick = st.next_tick();
+                    st.blocks.insert(
+                        blk,
+                        Block::Clean {
+                            tick,
+                            hole: false,
+                            marker: None,
+                        },
+                    );
+                    st.lru.insert(tick, blk);
+                    st.dirty.remove(&blk);
+                    sh.budget.add(sh.bs as u64);
+                }
+            }
+            Ok(())
+        })();
+        st.paused = false;
+        drop(st);
+        sh.evict_over_budget();
+        r
+    }
+
+    /// Drop every dirty block: the next touch reloads it from the file.
+    pub fn discard(&mut self) -> Result<()> {
+        let sh = &*self.sh;
+        let mut st = sh.quiesce();
+        let dirty: Vec<u64> = st.dirty.iter().copied().collect();
+        let mut r = Ok(());
+        for blk in dirty {
+            let (off, len) = sh.block_range(blk);
+            if let Err(source) = sh.map.dontneed(off, len) {
+                r = Err(Error::Os {
+                    op: "madvise(MADV_DONTNEED)",
+                    source,
+                });
+                break;
+            }
+            st.dirty.remove(&blk);
+            st.blocks.remove(&blk);
+        }
+        st.paused = false;
+        r
+    }
+
+    /// Drop block `blk` whatever its state (clean, dirty, failed): the next
+    /// touch reloads it from the file.
+    pub fn invalidate(&mut self, blk: u64) -> Result<()> {
+        let sh = &*self.sh;
+        if blk >= sh.nblocks {
+            return Err(Error::BlockOutOfRange {
+                blk,
+                nblocks: sh.nblocks,
+            });
+        }
+        let mut st = sh.quiesce();
+        let r = (|| {
+            let Some(b) = st.blocks.get(&blk) else {
+                return Ok(());
+            };
+            let (off, len) = sh.block_range(blk);
+            sh.map.dontneed(off, len).map_err(|source| Error::Os {
+                op: "madvise(MADV_DONTNEED)",
+                source,
+            })?;
+            if let Block::Clean { tick, hole, .. } = b {
+                let (tick, hole) = (*tick, *hole);
+                st.lru.remove(&tick);
+                if !hole {
+                    sh.budget.sub(sh.bs as u64);
+                }
+            }
+            st.blocks.remove(&blk);
+            st.dirty.remove(&blk);
+            st.errors.remove(&blk);
+            Ok(())
+        })();
+        st.paused = false;
+        r
+    }
+}
+
+impl Drop for FileH {
+    fn drop(&mut self) {
+        let sh = &*self.sh;
+        sh.shutdown.store(true, Ordering::SeqCst);
+        // Each thread consumes one token and then sees `shutdown`.
+        let _ = sh.wakeup.write(self.threads.len() as u64 + 1);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        // Return the budget held by clean blocks (the mapping goes with `sh`).
+        let st = sh.st.lock();
+        let clean = st
+            .blocks
+            .values()
+            .filter(|b| matches!(b, Block::Clean { hole: false, .. }))
+            .count() as u64;
+        sh.budget.sub(clean * sh.bs as u64);
+    }
+}
+
+impl Shared {
+    fn block_range(&self, blk: u64) -> (usize, usize) {
+        (blk as usize * self.bs, self.bs)
+    }
+
+    fn os(op: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+        move |source| Error::Os { op, source }
+    }
+
+    /// Stop read-ahead and wait until no block is being loaded or evicted.
+    /// The caller must clear `paused` when done.
+    fn quiesce(&self) -> parking_lot::MutexGuard<'_, State> {
+        self.ra_queue.lock().clear();
+        let mut st = self.st.lock();
+        st.paused = true;
+        st.seq = Seq::default();
+        while st.busy > 0 {
+            self.idle.wait(&mut st);
+        }
+        st
+    }
+
+    fn handler_loop(&self) {
+        let mut staging: Option<Staging> = None;
+        let mut msgs = [Msg::default(); 16];
+        loop {
+            if self.shutdown.load(Ordering::Relaxed) {
+                return;
+            }
+            match self.uffd.read_msgs(&mut msgs) {
+                Ok(0) => {}
+                Ok(n) => {
+                    for m in &msgs[..n] {
+                        self.handle_fault(m, &mut staging);
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!("virtmem: reading userfaultfd of {}: {e}", self.name);
+                }
+            }
+            if self.wakeup.read().is_ok() {
+                let job = self.ra_queue.lock().pop_front();
+                if let Some((blk, dir)) = job {
+                    self.readahead(blk, dir, &mut staging);
+                }
+                continue;
+            }
+            let mut fds = [
+                PollFd::new(self.uffd.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.wakeup.as_fd(), PollFlags::POLLIN),
+            ];
+            if let Err(e) = poll(&mut fds, PollTimeout::NONE)
+                && e != nix::errno::Errno::EINTR
+            {
+                tracing::error!("virtmem: poll on userfaultfd of {}: {e}", self.name);
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+    }
+
+    /// Note a demand access to `blk` for sequential detection; returns the
+    /// read-ahead jobs to queue.
+    fn note_access(&self, st: &mut State, blk: u64) -> Option<(Range<u64>, i8)> {
+        if !self.readahead || st.paused {
+            return None;
+        }
+        let s = &mut st.seq;
+        let dir = match s.last {
+            Some(l) if blk == l.wrapping_add(1) => 1,
+            Some(l) if blk.wrapping_add(1) == l => -1,
+            Some(l) if blk == l => return None,
+            _ => 0,
+        };
+        s.last = Some(blk);
+        if dir == 0 || dir != s.dir {
+            s.dir = dir;
+            s.streak = u32::from(dir != 0);
+            s.next = None;
+            return None;
+        }
+        s.streak += 1;
+        let w = self.ra_window;
+        if dir > 0 {
+            let from = s.next.unwrap_or(blk + 1).max(blk + 1);
+            let to = (blk + 1 + w).min(self.nblocks);
+            if from >= to {
+                return None;
+            }
+            s.next = Some(to);
+            Some((from..to, 1))
+        } else {
+            let top = s.next.unwrap_or(blk).min(blk); // exclusive upper bound
+            let low = blk.saturating_sub(w);
+            if low >= top {
+                return None;
+            }
+            s.next = Some(low);
+            Some((low..top, -1))
+        }
+    }
+
+    fn queue_readahead(&self, jobs: Range<u64>, dir: i8) {
+        let n = jobs.end - jobs.start;
+        {
+            let mut q = self.ra_queue.lock();
+            if dir > 0 {
+                q.extend(jobs.map(|b| (b, 1)));
+            } else {
+                q.extend(jobs.rev().map(|b| (b, -1)));
+            }
+        }
+        let _ = self.wakeup.write(n);
+    }
+
+    fn handle_fault(&self, m: &Msg, staging: &mut Option<Staging>) {
+        if m.event != uffd::EVENT_PAGEFAULT {
+            return;
+        }
+        inc(&self.counters.faults);
+        let addr = m.address as usize & !(PAGE - 1);
+        let base = self.map.addr();
+        if addr < base || addr >= base + self.map.len() {
+            return;
+        }
+        let off = addr - base;
+        let blk = (off / self.bs) as u64;
+        let write = m.flags & uffd::PAGEFAULT_FLAG_WRITE != 0;
+        let wp = m.flags & uffd::PAGEFAULT_FLAG_WP != 0;
+        let mut ra = None;
+        let action = {
+            let mut st = self.st.lock();
+            let st = &mut *st;
+            match st.blocks.get_mut(&blk) {
+                None => {
+                    if wp {
+                        Action::Wake(addr)
+                    } else {
+                        st.blocks.insert(
+                            blk,
+                            Block::Loading {
+                                demanded: true,
+                                write,
+                            },
+                        );
+                        st.busy += 1;
+                        ra = self.note_access(st, blk);
+                        Action::Load { write }
+                    }
+                }
+                Some(Block::Loading { demanded, write: w }) => {
+                    *demanded = true;
+                    *w |= write || wp;
+                    ra = self.note_access(st, blk);
+                    Action::None
+                }
+                Some(Block::Evicting { demanded }) => {
+                    *demanded = true;
+                    Action::None
+                }
+                Some(Block::Clean { tick, hole, marker }) => {
+                    if wp || write {
+                        let (t, h, mk) = (*tick, *hole, marker.take());
+                        st.lru.remove(&t);
+                        if !h {
+                            self.budget.sub(self.bs as u64);
+                        }
+                        st.blocks.insert(blk, Block::Dirty);
+                        st.dirty.insert(blk);
+                        if mk.is_some() {
+                            ra = self.note_access(st, blk);
+                        }
+                        Action::MakeDirty(mk)
+                    } else if let Some(mk) = marker.take() {
+                        let t = *tick;
+                        let nt = st.next_tick();
+                        if let Some(Block::Clean { tick, .. }) = st.blocks.get_mut(&blk) {
+                            *tick = nt;
+                        }
+                        if st.lru.remove(&t).is_some() {
+                            st.lru.insert(nt, blk);
+                        }
+                        ra = self.note_access(st, blk);
+                        Action::FillMarker(mk)
+                    } else {
+                        Action::Wake(addr)
+                    }
+                }
+                Some(Block::Dirty) => Action::Wake(addr),
+                Some(Block::Poisoned) => {
+                    if wp {
+                        Action::Wake(addr)
+                    } else {
+                        Action::Poison(addr)
+                    }
+                }
+            }
+        };
+        if let Some((jobs, dir)) = ra {
+            self.queue_readahead(jobs, dir);
+        }
+        let block_addr = base + blk as usize * self.bs;
+        let r = match action {
+            Action::None => Ok(()),
+            Action::Wake(a) => self.uffd.wake(a, PAGE),
+            Action::Poison(a) => self.uffd.poison(a, PAGE, PAGE),
+            Action::Load { write } => {
+                inc(&self.counters.loads);
+                // Errors are recorded, logged and poisoned inside.
+                let _ = self.load_and_map(blk, write, None, staging);
+                Ok(())
+            }
+            Action::FillMarker(mk) => {
+                inc(&self.counters.marker_hits);
+                self.fill_marker(block_addr, &mk, true)
+            }
+            Action::MakeDirty(mk) => {
+                let r = match &mk {
+                    Some(mk) => self.fill_marker(block_addr, mk, false),
+                    None => Ok(()),
+                };
+                r.and_then(|()| self.uffd.writeprotect(block_addr, self.bs, false, true))
+            }
+        };
+        if let Err(e) = r {
+            // The waiting thread would hang: there is nothing sane left to do
+            // for this access but to make it fail loudly.
+            eprintln!(
+                "virtmem: serving a fault at block {blk} of {} failed: {e}; the access gets SIGBUS",
+                self.name
+            );
+            tracing::error!(blk, file = %self.name, "serving a fault failed: {e}");
+            let _ = self.uffd.poison(addr, PAGE, PAGE);
+        }
+    }
+
+    fn fill_marker(&self, block_addr: usize, mk: &Marker, wp: bool) -> std::io::Result<()> {
+        let a = block_addr + mk.page * PAGE;
+        match self.uffd.copy(a, &mk.data, wp, true)? {
+            Fill::Done => Ok(()),
+            Fill::Exists(_) => self.uffd.wake(a, PAGE),
+        }
+    }
+
+    /// Copy `src` to `dst` without waking, skipping pages that already exist.
+    fn copy_all(&self, dst: usize, src: &[u8], wp: bool) -> std::io::Result<()> {
+        let mut off = 0;
+        while off < src.len() {
+            match self.uffd.copy(dst + off, &src[off..], wp, false)? {
+                Fill::Done => return Ok(()),
+                Fill::Exists(n) => off += n + PAGE,
+            }
+        }
+        Ok(())
+    }
+
+    fn readahead(&self, blk: u64, dir: i8, staging: &mut Option<Staging>) {
+        {
+            let mut st = self.st.lock();
+            if st.paused || st.blocks.contains_key(&blk) || self.shutdown.load(Ordering::Relaxed) {
+                return;
+            }
+            st.blocks.insert(
+                blk,
+                Block::Loading {
+                    demanded: false,
+                    write: false,
+                },
+            );
+            st.busy += 1;
+        }
+        inc(&self.counters.readahead_loads);
+        let _ = self.load_and_map(blk, false, Some(dir), staging);
+    }
+
+    /// Undo a Loading state without mapping anything (used on early errors).
+    fn finish_failed_raw(&self, blk: u64) {
+        let mut st = self.st.lock();
+        st.blocks.remove(&blk);
+        st.busy -= 1;
+        self.idle.notify_all();
+    }
+
+    /// Load block `blk` (state Loading, owned by the caller) and map it.
+    /// `write`: the fault was a write (map writable and dirty). `ra`: a
+    /// read-ahead load in direction `dir` (hold back a marker page).
+    fn load_and_map(
+        &self,
+        blk: u64,
+        write: bool,
+        ra: Option<i8>,
+        staging: &mut Option<Staging>,
+    ) -> Result<()> {
+        let (off, len) = self.block_range(blk);
+        let addr = self.map.addr() + off;
+        let r = self.load_into_place(blk, addr, len, write, ra, staging);
+        let (hole, marker) = match r {
+            Ok(x) => x,
+            Err(e) => {
+                let msg = e.to_string();
+                eprintln!("virtmem: {msg}; the faulting access gets SIGBUS");
+                tracing::error!(blk, file = %self.name, "{msg}; the faulting access gets SIGBUS");
+                inc(&self.counters.load_failures);
+                let mut st = self.st.lock();
+                if let Error::Load { source, .. } = &e {
+                    st.errors.insert(blk, source.clone());
+                } else {
+                    st.errors
+                        .insert(blk, SharedError(Arc::new(std::io::Error::other(msg))));
+                }
+                st.blocks.insert(blk, Block::Poisoned);
+                st.busy -= 1;
+                self.idle.notify_all();
+                drop(st);
+                // State first, then the markers (which wake the waiters): a
+                // fault in between sees Poisoned and poisons its own page.
+                if let Err(pe) = self.uffd.poison(addr, len, PAGE) {
+                    eprintln!(
+                        "virtmem: UFFDIO_POISON on block {blk} of {} failed: {pe}",
+                        self.name
+                    );
+                }
+                return Err(e);
+            }
+        };
+        let post = {
+            let mut st = self.st.lock();
+            let (demanded, pending_write) = match st.blocks.get(&blk) {
+                Some(Block::Loading { demanded, write }) => (*demanded, *write),
+                _ => (false, false),
+            };
+            st.busy -= 1;
+            self.idle.notify_all();
+            if write {
+                st.blocks.insert(blk, Block::Dirty);
+                st.dirty.insert(blk);
+                Action::None
+            } else if pending_write {
+                st.blocks.insert(blk, Block::Dirty);
+                st.dirty.insert(blk);
+                Action::MakeDirty(marker)
+            } else {
+                let tick = st.next_tick();
+                let (marker, post) = match marker {
+                    Some(mk) if demanded => (None, Action::FillMarker(mk)),
+                    m => (m, Action::None),
+                };
+                st.blocks.insert(blk, Block::Clean { tick, hole, marker });
+                if !hole {
+                    st.lru.insert(tick, blk);
+                    self.budget.add(self.bs as u64);
+                }
+                post
+            }
+        };
+        let r = match post {
+            Action::FillMarker(mk) => self
+                .fill_marker(addr, &mk, true)
+                .and_then(|()| self.uffd.wake(addr, len)),
+            Action::MakeDirty(mk) => {
+                let r = match &mk {
+                    Some(mk) => self.fill_marker(addr, mk, false),
+                    None => Ok(()),
+                };
+                r.and_then(|()| self.uffd.writeprotect(addr, len, false, true))
+            }
+            // The state is updated: now let the waiting accesses run.
+            _ => self.uffd.wake(addr, len),
+        };
+        if let Err(source) = r {
+            eprintln!(
+                "virtmem: finishing the load of block {blk} of {} failed: {source}",
+                self.name
+            );
+            return Err(Error::Os {
+                op: "UFFDIO_COPY/WRITEPROTECT",
+                source,
+            });
+        }
+        self.evict_over_budget();
+        Ok(())
+    }
+
+    /// The I/O part of a load: returns (is hole, held-back marker).
+    fn load_into_place(
+        &self,
+        blk: u64,
+        addr: usize,
+        len: usize,
+        write: bool,
+        ra: Option<i8>,
+        staging: &mut Option<Staging>,
+    ) -> Result<(bool, Option<Marker>)> {
+        if staging.is_none() {
+            *staging = Some(Staging::new(len).map_err(Self::os("allocating a staging buffer"))?);
+        }
+        let Some(buf) = staging.as_mut() else {
+            return Err(Error::Os {
+                op: "allocating a staging buffer",
+                source: std::io::Error::other("no buffer"),
+            });
+        };
+        let loaded = self
+            .file
+            .load_block(blk, buf.as_mut_slice())
+            .map_err(|e| Error::Load {
+                blk,
+                file: self.name.clone(),
+                source: SharedError(Arc::from(e)),
+            })?;
+        match (loaded, write) {
+            (Loaded::Hole, false) => {
+                // Zero pages, then protect them so the first write is seen.
+                if let Fill::Exists(_) = self
+                    .uffd
+                    .zeropage(addr, len)
+                    .map_err(Self::os("UFFDIO_ZEROPAGE"))?
+                {
+                    // Some page appeared meanwhile (cannot happen while we own
+                    // Loading); fill the rest page by page.
+                    for p in (0..len).step_by(PAGE) {
+                        let _ = self.uffd.zeropage(addr + p, PAGE);
+                    }
+                }
+                self.uffd
+                    .writeprotect(addr, len, true, false)
+                    .map_err(Self::os("UFFDIO_WRITEPROTECT"))?;
+                Ok((true, None))
+            }
+            (Loaded::Hole, true) => {
+                buf.as_mut_slice().fill(0);
+                self.copy_all(addr, buf.as_slice(), false)
+                    .map_err(Self::os("UFFDIO_COPY"))?;
+                Ok((false, None))
+            }
+            (Loaded::Data, true) => {
+                self.copy_all(addr, buf.as_slice(), false)
+                    .map_err(Self::os("UFFDIO_COPY"))?;
+                Ok((false, None))
+            }
+            (Loaded::Data, false) => {
+                let data = buf.as_slice();
+                let Some(dir) = ra else {
+                    self.copy_all(addr, data, true)
+                        .map_err(Self::os("UFFDIO_COPY"))?;
+                    return Ok((false, None));
+                };
+                let page = if dir >= 0 { 0 } else { len / PAGE - 1 };
+                let mo = page * PAGE;
+                let marker = Marker {
+                    page,
+                    data: data[mo..mo + PAGE].into(),
+                };
+                if page == 0 {
+                    self.copy_all(addr + PAGE, &data[PAGE..], true)
+                } else {
+                    self.copy_all(addr, &data[..mo], true)
+                }
+                .map_err(Self::os("UFFDIO_COPY"))?;
+                Ok((false, Some(marker)))
+            }
+        }
+    }
+
+    /// Drop least recently faulted clean blocks while the budget is exceeded.
+    fn evict_over_budget(&self) {
+        while self.budget.over() {
+            let victim = {
+                let mut st = self.st.lock();
+                let Some((_, blk)) = st.lru.pop_first() else {
+                    return;
+                };
+                st.blocks.insert(blk, Block::Evicting { demanded: false });
+                st.busy += 1;
+                self.budget.sub(self.bs as u64);
+                blk
+            };
+            let (off, len) = self.block_range(victim);
+            let r = self.map.dontneed(off, len);
+            inc(&self.counters.evictions);
+            let mut st = self.st.lock();
+            let demanded = matches!(
+                st.blocks.get(&victim),
+                Some(Block::Evicting { demanded: true })
+            );
+            st.busy -= 1;
+            self.idle.notify_all();
+            if let Err(e) = r {
+                // Pages still there: keep the block as clean (protected).
+                eprintln!("virtmem: evicting block {victim} of {}: {e}", self.name);
+                let tick = st.next_tick();
+                st.blocks.insert(
+                    victim,
+                    Block::Clean {
+                        tick,
+                        hole: false,
+                        marker: None,
+                    },
+                );
+                st.lru.insert(tick, victim);
+                self.budget.add(self.bs as u64);
+                drop(st);
+                let _ = self.uffd.wake(self.map.addr() + off, len);
+                return;
+            }
+            st.blocks.remove(&victim);
+            drop(st);
+            if demanded {
+                let _ = self.uffd.wake(self.map.addr() + off, len);
+            }
+        }
+    }
+}

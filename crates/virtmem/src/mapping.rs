@@ -1,0 +1,203 @@
+//! The mmap layer: the anonymous reservation behind a file handle, the
+//! per-thread staging buffers, and the conversions from mapped memory to Rust
+//! slices. With [`crate::uffd`] this is the only module with `unsafe` code.
+
+use std::io;
+use std::ptr::NonNull;
+
+/// Size of a base page on x86-64.
+pub const PAGE: usize = 4096;
+
+/// Plain-old-data element types that typed views may hold: every bit pattern
+/// is a valid value, there is no padding and no pointer.
+///
+/// # Safety
+///
+/// Implement only for `Copy` types without padding bytes and for which any
+/// byte content is a valid value (integers, floats, arrays of them,
+/// `#[repr(C)]` structs of them without padding).
+pub unsafe trait Pod: Copy + Send + Sync + 'static {}
+
+macro_rules! pod {
+    ($($t:ty),*) => { $(
+        // SAFETY: primitive numeric type: no padding, every bit pattern valid.
+        unsafe impl Pod for $t {}
+    )* };
+}
+pod!(
+    u8, i8, u16, i16, u32, i32, u64, i64, u128, i128, usize, isize, f32, f64
+);
+// SAFETY: an array of Pod elements has no padding and every bit pattern valid.
+unsafe impl<T: Pod, const N: usize> Pod for [T; N] {}
+
+/// An anonymous, private, MAP_NORESERVE mapping: the address space of one
+/// file handle. Unmapped on drop.
+#[derive(Debug)]
+pub struct Reservation {
+    base: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the reservation is plain memory addressed by raw pointer; access
+// discipline (shared vs exclusive slices) is enforced by the borrowing API of
+// `FileH`, and the handler threads only pass addresses to the kernel.
+unsafe impl Send for Reservation {}
+// SAFETY: see `Send`; `&Reservation` only hands out slices through methods
+// whose callers uphold the aliasing rules (documented on each method).
+unsafe impl Sync for Reservation {}
+
+impl Reservation {
+    /// Reserve `len` bytes (a multiple of [`PAGE`]).
+    pub fn new(len: usize) -> io::Result<Reservation> {
+        // SAFETY: anonymous mapping at a kernel-chosen address; no existing
+        // memory is affected.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let base =
+            NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned NULL"))?;
+        // Large blocks are filled with UFFDIO_COPY one page at a time; THP
+        // would only waste time in khugepaged on this range.
+        // SAFETY: advice on our own fresh mapping; failure is harmless.
+        unsafe { libc::madvise(p, len, libc::MADV_NOHUGEPAGE) };
+        Ok(Reservation { base, len })
+    }
+
+    /// Start address.
+    pub fn addr(&self) -> usize {
+        self.base.as_ptr() as usize
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Drop the pages of `[off, off+len)` (MADV_DONTNEED): the next access
+    /// faults again. Also removes poison markers.
+    pub fn dontneed(&self, off: usize, len: usize) -> io::Result<()> {
+        debug_assert!(off + len <= self.len);
+        // SAFETY: the range lies inside our mapping. Dropping pages of a
+        // private anonymous mapping is always memory-safe: later reads see
+        // what the fault handler installs.
+        let rc =
+            unsafe { libc::madvise(self.base.as_ptr().add(off).cast(), len, libc::MADV_DONTNEED) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Shared typed slice over `[off, off + count*size_of::<T>())`.
+    ///
+    /// The caller has checked bounds and alignment, and guarantees that no
+    /// `&mut` slice overlapping the range exists for the returned lifetime.
+    pub fn slice<T: Pod>(&self, off: usize, count: usize) -> &[T] {
+        debug_assert!(off + count * size_of::<T>() <= self.len);
+        debug_assert!((self.addr() + off).is_multiple_of(align_of::<T>()));
+        // SAFETY: in bounds and aligned (checked by the caller, asserted in
+        // debug); the memory is readable (faults are served by the handler);
+        // T is Pod so any content is a valid value; aliasing per caller contract.
+        unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(off).cast::<T>(), count) }
+    }
+
+    /// Exclusive typed slice. The caller holds exclusive access to the whole
+    /// handle (`&mut FileH`), so no other slice of the mapping exists.
+    #[allow(clippy::mut_from_ref)]
+    pub fn slice_mut<T: Pod>(&self, off: usize, count: usize) -> &mut [T] {
+        debug_assert!(off + count * size_of::<T>() <= self.len);
+        debug_assert!((self.addr() + off).is_multiple_of(align_of::<T>()));
+        // SAFETY: in bounds and aligned (checked by the caller); writable
+        // mapping; T is Pod; exclusivity guaranteed by the caller's `&mut FileH`.
+        unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(off).cast::<T>(), count) }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the mapping we created; no slice of it can
+        // outlive the Reservation (they borrow it).
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+    }
+}
+
+/// A block-sized buffer used by a handler thread to load a block before
+/// copying it into place (the fault path never reads into registered memory).
+/// Aligned to 2 MiB and advised for huge pages so the copy source costs few
+/// TLB misses.
+pub struct Staging {
+    base: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: owned memory, used by one thread at a time through &mut.
+unsafe impl Send for Staging {}
+
+impl Staging {
+    const ALIGN: usize = 2 << 20;
+
+    /// Allocate a zero-filled buffer of `len` bytes (multiple of [`PAGE`]).
+    pub fn new(len: usize) -> io::Result<Staging> {
+        let total = len + Self::ALIGN;
+        // SAFETY: fresh anonymous mapping at a kernel-chosen address.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                total,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let start = p as usize;
+        let aligned = start.next_multiple_of(Self::ALIGN);
+        let head = aligned - start;
+        let tail = total - head - len;
+        // SAFETY: trimming the unaligned head and the tail of our own mapping.
+        unsafe {
+            if head > 0 {
+                libc::munmap(p, head);
+            }
+            if tail > 0 {
+                libc::munmap((aligned + len) as *mut libc::c_void, tail);
+            }
+            libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
+        }
+        let base = NonNull::new(aligned as *mut u8)
+            .ok_or_else(|| io::Error::other("mmap returned NULL"))?;
+        Ok(Staging { base, len })
+    }
+
+    /// The buffer.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: our own mapping of `len` bytes, borrowed exclusively via &mut self.
+        unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr(), self.len) }
+    }
+
+    /// The buffer, read-only.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: our own mapping of `len` bytes.
+        unsafe { std::slice::from_raw_parts(self.base.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the aligned region we kept.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+    }
+}

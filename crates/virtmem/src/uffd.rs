@@ -1,0 +1,374 @@
+//! Minimal userfaultfd binding: the syscall, the `UFFDIO_*` ioctls this crate
+//! uses and the fault message, with `#[repr(C)]` structs matching
+//! `linux/userfaultfd.h` (Linux 6.x layout).
+//!
+//! This is one of the two modules of the crate that contain `unsafe` code (the
+//! other is [`crate::mapping`]). Every ioctl takes a pointer to a local struct
+//! that lives for the duration of the call; addresses passed to the kernel are
+//! plain integers that the kernel validates itself (it fails with `EINVAL`/
+//! `ENOENT` on ranges outside a registered area, it never dereferences them on
+//! our behalf unsafely).
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+const UFFD_API: u64 = 0xAA;
+const UFFDIO: u64 = 0xAA;
+
+/// `UFFD_USER_MODE_ONLY`: only faults from user mode are handled.
+const UFFD_USER_MODE_ONLY: libc::c_int = 1;
+
+/// Page-fault event code in [`Msg::event`].
+pub const EVENT_PAGEFAULT: u8 = 0x12;
+/// Fault flag: the faulting access was a write.
+pub const PAGEFAULT_FLAG_WRITE: u64 = 1 << 0;
+/// Fault flag: the fault was raised by write protection.
+pub const PAGEFAULT_FLAG_WP: u64 = 1 << 1;
+
+/// Feature: write-protect faults on anonymous memory.
+pub const FEATURE_PAGEFAULT_FLAG_WP: u64 = 1 << 0;
+/// Feature: `UFFDIO_POISON`.
+pub const FEATURE_POISON: u64 = 1 << 14;
+
+/// Register mode: missing-page faults.
+pub const REGISTER_MODE_MISSING: u64 = 1 << 0;
+/// Register mode: write-protect faults.
+pub const REGISTER_MODE_WP: u64 = 1 << 1;
+
+const COPY_MODE_DONTWAKE: u64 = 1 << 0;
+const COPY_MODE_WP: u64 = 1 << 1;
+const ZEROPAGE_MODE_DONTWAKE: u64 = 1 << 0;
+const WRITEPROTECT_MODE_WP: u64 = 1 << 0;
+const WRITEPROTECT_MODE_DONTWAKE: u64 = 1 << 1;
+const POISON_MODE_DONTWAKE: u64 = 1 << 0;
+
+const fn iowr(nr: u64, size: usize) -> u64 {
+    (3 << 30) | ((size as u64) << 16) | (UFFDIO << 8) | nr
+}
+const fn ior(nr: u64, size: usize) -> u64 {
+    (2 << 30) | ((size as u64) << 16) | (UFFDIO << 8) | nr
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct UffdioApi {
+    api: u64,
+    features: u64,
+    ioctls: u64,
+}
+
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct UffdioRange {
+    start: u64,
+    len: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct UffdioRegister {
+    range: UffdioRange,
+    mode: u64,
+    ioctls: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct UffdioCopy {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    copy: i64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct UffdioZeropage {
+    range: UffdioRange,
+    mode: u64,
+    zeropage: i64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct UffdioWriteprotect {
+    range: UffdioRange,
+    mode: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct UffdioPoison {
+    range: UffdioRange,
+    mode: u64,
+    updated: i64,
+}
+
+const UFFDIO_API: u64 = iowr(0x3F, size_of::<UffdioApi>());
+const UFFDIO_REGISTER: u64 = iowr(0x00, size_of::<UffdioRegister>());
+const UFFDIO_WAKE: u64 = ior(0x02, size_of::<UffdioRange>());
+const UFFDIO_COPY: u64 = iowr(0x03, size_of::<UffdioCopy>());
+const UFFDIO_ZEROPAGE: u64 = iowr(0x04, size_of::<UffdioZeropage>());
+const UFFDIO_WRITEPROTECT: u64 = iowr(0x06, size_of::<UffdioWriteprotect>());
+const UFFDIO_POISON: u64 = iowr(0x08, size_of::<UffdioPoison>());
+
+/// One message read from a userfaultfd (`struct uffd_msg`, 32 bytes).
+#[repr(C)]
+#[derive(Default, Clone, Copy, Debug)]
+pub struct Msg {
+    /// Event code ([`EVENT_PAGEFAULT`] for the only events we enable).
+    pub event: u8,
+    reserved1: u8,
+    reserved2: u16,
+    reserved3: u32,
+    /// `pagefault.flags` ([`PAGEFAULT_FLAG_WRITE`], [`PAGEFAULT_FLAG_WP`]).
+    pub flags: u64,
+    /// `pagefault.address`: the faulting address (page aligned).
+    pub address: u64,
+    arg_rest: u64,
+}
+
+const _: () = assert!(size_of::<Msg>() == 32);
+const _: () = assert!(size_of::<UffdioCopy>() == 40);
+const _: () = assert!(size_of::<UffdioRegister>() == 32);
+
+/// Why a userfaultfd could not be created.
+#[derive(Debug)]
+pub enum OpenError {
+    /// `EPERM`: the process may not create a userfaultfd for user faults.
+    NotPermitted(io::Error),
+    /// `ENOSYS` or another error: the kernel does not offer userfaultfd.
+    Unavailable(io::Error),
+}
+
+/// An open userfaultfd (non-blocking, close-on-exec, user-mode faults only).
+#[derive(Debug)]
+pub struct Uffd {
+    fd: OwnedFd,
+}
+
+/// Outcome of a range-filling ioctl that may stop early.
+pub enum Fill {
+    /// The whole range was filled.
+    Done,
+    /// The page at this byte offset from the start already existed (EEXIST);
+    /// the bytes before it were filled.
+    Exists(usize),
+}
+
+impl Uffd {
+    /// Create a userfaultfd and negotiate `features` (all must be supported).
+    /// Returns the fd; `missing` lists the requested features the kernel lacks.
+    pub fn open(features: u64) -> Result<Result<Uffd, u64>, OpenError> {
+        let flags = libc::O_CLOEXEC | libc::O_NONBLOCK | UFFD_USER_MODE_ONLY;
+        // SAFETY: the userfaultfd syscall takes one integer argument and
+        // returns a new fd or -1; it touches no memory of ours.
+        let rc = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            return Err(match e.raw_os_error() {
+                Some(libc::EPERM) => OpenError::NotPermitted(e),
+                _ => OpenError::Unavailable(e),
+            });
+        }
+        let raw = rc as libc::c_int;
+        // SAFETY: `raw` is a fresh fd returned by the kernel that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let mut api = UffdioApi {
+            api: UFFD_API,
+            features,
+            ioctls: 0,
+        };
+        // SAFETY: `api` is a live, properly laid out `struct uffdio_api` for the call.
+        let rc = unsafe { libc::ioctl(fd.as_raw_fd(), UFFDIO_API as _, &mut api) };
+        if rc < 0 {
+            // EINVAL: some requested feature is unsupported. Ask with none to
+            // learn which ones are missing (needs a fresh fd: API is one-shot).
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINVAL) {
+                return Err(OpenError::Unavailable(e));
+            }
+            // SAFETY: as above, a new fd from the kernel.
+            let rc = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
+            if rc < 0 {
+                return Err(OpenError::Unavailable(io::Error::last_os_error()));
+            }
+            // SAFETY: fresh fd owned by nobody else.
+            let probe = unsafe { OwnedFd::from_raw_fd(rc as libc::c_int) };
+            let mut api = UffdioApi {
+                api: UFFD_API,
+                features: 0,
+                ioctls: 0,
+            };
+            // SAFETY: `api` is a live `struct uffdio_api` for the call.
+            let rc = unsafe { libc::ioctl(probe.as_raw_fd(), UFFDIO_API as _, &mut api) };
+            if rc < 0 {
+                return Err(OpenError::Unavailable(io::Error::last_os_error()));
+            }
+            return Ok(Err(features & !api.features));
+        }
+        Ok(Ok(Uffd { fd }))
+    }
+
+    /// The fd, for poll().
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    fn ioctl<T>(&self, req: u64, arg: &mut T) -> io::Result<()> {
+        // SAFETY: every caller passes the struct type matching `req`; the
+        // struct is borrowed mutably for the whole call.
+        let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), req as _, arg as *mut T) };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Register `[start, start+len)` with `mode` (REGISTER_MODE_*).
+    pub fn register(&self, start: usize, len: usize, mode: u64) -> io::Result<()> {
+        let mut r = UffdioRegister {
+            range: UffdioRange {
+                start: start as u64,
+                len: len as u64,
+            },
+            mode,
+            ioctls: 0,
+        };
+        self.ioctl(UFFDIO_REGISTER, &mut r)
+    }
+
+    /// Atomically fill `[dst, dst+src.len())` with a copy of `src`.
+    /// `wp`: install the pages write-protected; `wake`: wake waiters.
+    /// Retries on EAGAIN; stops at an existing page (reported as [`Fill::Exists`]).
+    pub fn copy(&self, dst: usize, src: &[u8], wp: bool, wake: bool) -> io::Result<Fill> {
+        let mut done = 0usize;
+        while done < src.len() {
+            let mut c = UffdioCopy {
+                dst: (dst + done) as u64,
+                src: src[done..].as_ptr() as u64,
+                len: (src.len() - done) as u64,
+                mode: if wp { COPY_MODE_WP } else { 0 } | if wake { 0 } else { COPY_MODE_DONTWAKE },
+                copy: 0,
+            };
+            let r = self.ioctl(UFFDIO_COPY, &mut c);
+            if c.copy > 0 {
+                done += c.copy as usize;
+            }
+            match r {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => return Ok(Fill::Exists(done)),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Fill::Done)
+    }
+
+    /// Map the shared zero page over `[start, start+len)` without waking.
+    pub fn zeropage(&self, start: usize, len: usize) -> io::Result<Fill> {
+        let mut done = 0usize;
+        while done < len {
+            let mut z = UffdioZeropage {
+                range: UffdioRange {
+                    start: (start + done) as u64,
+                    len: (len - done) as u64,
+                },
+                mode: ZEROPAGE_MODE_DONTWAKE,
+                zeropage: 0,
+            };
+            let r = self.ioctl(UFFDIO_ZEROPAGE, &mut z);
+            if z.zeropage > 0 {
+                done += z.zeropage as usize;
+            }
+            match r {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => return Ok(Fill::Exists(done)),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Fill::Done)
+    }
+
+    /// Set (`wp = true`) or clear write protection on a range. Clearing wakes
+    /// waiters unless `wake` is false; setting never wakes.
+    pub fn writeprotect(&self, start: usize, len: usize, wp: bool, wake: bool) -> io::Result<()> {
+        let mut w = UffdioWriteprotect {
+            range: UffdioRange {
+                start: start as u64,
+                len: len as u64,
+            },
+            // The kernel rejects DONTWAKE together with WP (protecting never wakes).
+            mode: if wp {
+                WRITEPROTECT_MODE_WP
+            } else if wake {
+                0
+            } else {
+                WRITEPROTECT_MODE_DONTWAKE
+            },
+        };
+        loop {
+            match self.ioctl(UFFDIO_WRITEPROTECT, &mut w) {
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => continue,
+                r => return r,
+            }
+        }
+    }
+
+    /// Wake threads waiting on faults in the range.
+    pub fn wake(&self, start: usize, len: usize) -> io::Result<()> {
+        let mut r = UffdioRange {
+            start: start as u64,
+            len: len as u64,
+        };
+        self.ioctl(UFFDIO_WAKE, &mut r)
+    }
+
+    /// Install poison markers on the missing pages of a range (accesses get
+    /// SIGBUS) and wake waiters. Existing pages are skipped.
+    pub fn poison(&self, start: usize, len: usize, page: usize) -> io::Result<()> {
+        let mut off = 0usize;
+        while off < len {
+            let mut p = UffdioPoison {
+                range: UffdioRange {
+                    start: (start + off) as u64,
+                    len: (len - off) as u64,
+                },
+                mode: POISON_MODE_DONTWAKE,
+                updated: 0,
+            };
+            let r = self.ioctl(UFFDIO_POISON, &mut p);
+            if p.updated > 0 {
+                off += p.updated as usize;
+            }
+            match r {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {}
+                // A page that exists keeps its content; skip it.
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => off += page,
+                Err(e) => return Err(e),
+            }
+        }
+        self.wake(start, len)
+    }
+
+    /// Read pending fault messages into `buf`; returns how many were read
+    /// (0 if none is pending).
+    pub fn read_msgs(&self, buf: &mut [Msg]) -> io::Result<usize> {
+        let bytes = size_of_val(buf);
+        // SAFETY: `buf` is a live, writable array of `Msg` (plain integers, any
+        // bit pattern valid) of exactly `bytes` bytes.
+        let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), bytes) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EAGAIN) {
+                return Ok(0);
+            }
+            return Err(e);
+        }
+        Ok(n as usize / size_of::<Msg>())
+    }
+}
