@@ -6,3 +6,5 @@ pub use bigarray;
 pub use bigfile;
 pub use storage;
 pub use virtmem;
+
+pub mod fsdump;
