@@ -1,0 +1,133 @@
+//! Model test: random reads, writes, writeouts, discards and invalidations
+//! against a handle (small budget, read-ahead on, so eviction and read-ahead
+//! run too) and against a plain `Vec<u8>` model of the same semantics.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use proptest::prelude::*;
+use virtmem::{BigFile, FileH, MemBigFile, Options, Writeout};
+
+const BS: usize = 16 << 10;
+const NB: u64 = 8;
+const SIZE: usize = BS * NB as usize;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Read { off: usize, len: usize },
+    Write { off: usize, len: usize, byte: u8 },
+    WriteU64 { idx: usize, val: u64 },
+    Store,
+    StoreMarkStored,
+    Discard,
+    Invalidate(u64),
+    ScanAll,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0..SIZE, 1..3 * BS).prop_map(|(off, len)| Op::Read { off, len: len.min(SIZE - off) }),
+        4 => (0..SIZE, 1..2 * BS, any::<u8>())
+            .prop_map(|(off, len, byte)| Op::Write { off, len: len.min(SIZE - off), byte }),
+        2 => (0..SIZE / 8, any::<u64>()).prop_map(|(idx, val)| Op::WriteU64 { idx, val }),
+        1 => Just(Op::Store),
+        2 => Just(Op::StoreMarkStored),
+        1 => Just(Op::Discard),
+        2 => (0..NB).prop_map(Op::Invalidate),
+        1 => Just(Op::ScanAll),
+    ]
+}
+
+fn blocks_of(off: usize, len: usize) -> std::ops::RangeInclusive<u64> {
+    (off / BS) as u64..=((off + len - 1) / BS) as u64
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn handle_matches_vec_model(
+        init in proptest::collection::vec(proptest::option::of(any::<u8>()), NB as usize),
+        ops in proptest::collection::vec(op(), 1..40),
+    ) {
+        // The file: some blocks filled with a byte pattern, some holes.
+        let file = Arc::new(MemBigFile::new(BS));
+        let mut stored = vec![0u8; SIZE]; // what the file holds
+        for (b, fill) in init.iter().enumerate() {
+            if let Some(x) = fill {
+                let data: Vec<u8> = (0..BS).map(|i| x.wrapping_add(i as u8)).collect();
+                stored[b * BS..(b + 1) * BS].copy_from_slice(&data);
+                file.set_block(b as u64, &data);
+            }
+        }
+        let mut mem = stored.clone(); // what the mapping must show
+        let mut dirty = BTreeSet::new();
+        let opts = Options {
+            reserve: SIZE as u64,
+            budget: Some(3 * BS as u64),
+            readahead: true,
+            readahead_window: 2,
+            threads: 2,
+        };
+        let mut fh = FileH::open(file.clone() as Arc<dyn BigFile>, opts).unwrap();
+        for op in ops {
+            match op {
+                Op::Read { off, len } => {
+                    let v = fh.bytes(off as u64..(off + len) as u64).unwrap();
+                    prop_assert_eq!(&v[..], &mem[off..off + len], "read {}+{}", off, len);
+                }
+                Op::Write { off, len, byte } => {
+                    fh.bytes_mut(off as u64..(off + len) as u64).unwrap().fill(byte);
+                    mem[off..off + len].fill(byte);
+                    dirty.extend(blocks_of(off, len));
+                }
+                Op::WriteU64 { idx, val } => {
+                    fh.view_mut::<u64>(idx as u64 * 8, 1).unwrap()[0] = val;
+                    mem[idx * 8..idx * 8 + 8].copy_from_slice(&val.to_ne_bytes());
+                    dirty.extend(blocks_of(idx * 8, 8));
+                }
+                Op::Store | Op::StoreMarkStored => {
+                    let how = if matches!(op, Op::Store) {
+                        Writeout::STORE
+                    } else {
+                        Writeout::STORE | Writeout::MARKSTORED
+                    };
+                    fh.writeout(how).unwrap();
+                    let stores = file.take_stores();
+                    prop_assert_eq!(&stores, &dirty.iter().copied().collect::<Vec<_>>());
+                    for &b in &dirty {
+                        let r = b as usize * BS..(b as usize + 1) * BS;
+                        stored[r.clone()].copy_from_slice(&mem[r.clone()]);
+                        prop_assert_eq!(file.block(b).unwrap(), mem[r].to_vec());
+                    }
+                    if matches!(op, Op::StoreMarkStored) {
+                        dirty.clear();
+                    }
+                }
+                Op::Discard => {
+                    fh.discard().unwrap();
+                    for &b in &dirty {
+                        let r = b as usize * BS..(b as usize + 1) * BS;
+                        mem[r.clone()].copy_from_slice(&stored[r]);
+                    }
+                    dirty.clear();
+                }
+                Op::Invalidate(b) => {
+                    fh.invalidate(b).unwrap();
+                    let r = b as usize * BS..(b as usize + 1) * BS;
+                    mem[r.clone()].copy_from_slice(&stored[r]);
+                    dirty.remove(&b);
+                }
+                Op::ScanAll => {
+                    let v = fh.bytes(0..SIZE as u64).unwrap();
+                    prop_assert!(&v[..] == &mem[..], "full scan differs");
+                }
+            }
+            prop_assert_eq!(fh.dirty_blocks(), dirty.iter().copied().collect::<Vec<_>>());
+            prop_assert!(file.take_stores().is_empty(), "stores outside writeout");
+        }
+        let v = fh.bytes(0..SIZE as u64).unwrap();
+        prop_assert!(&v[..] == &mem[..], "final scan differs");
+        prop_assert!(fh.load_errors().is_empty());
+    }
+}
