@@ -33,7 +33,8 @@ pub struct Options {
     /// Read-ahead window in blocks (also capped to a quarter of the budget).
     /// Default 8.
     pub readahead_window: u64,
-    /// Number of handler threads. Default: number of CPUs, at least 2.
+    /// Number of handler threads. Default: number of CPUs (at least 2) plus
+    /// one; all but one of them also run read-ahead.
     pub threads: usize,
 }
 
@@ -45,7 +46,7 @@ impl Default for Options {
             budget: None,
             readahead: true,
             readahead_window: 8,
-            threads: ncpu.max(2),
+            threads: ncpu.max(2) + 1,
         }
     }
 }
@@ -127,14 +128,19 @@ enum Block {
     Poisoned,
 }
 
-#[derive(Default)]
+/// One sequential access stream (a reader walking blocks).
 struct Seq {
-    last: Option<u64>,
+    last: u64,
+    /// +1 forward, -1 backward, 0 not yet known.
     dir: i8,
-    streak: u32,
     /// Next block not yet scheduled for read-ahead in direction `dir`.
     next: Option<u64>,
+    /// Tick of the last access, to replace the least recently used stream.
+    used: u64,
 }
+
+/// How many concurrent streams read-ahead tracks per handle.
+const STREAMS: usize = 4;
 
 #[derive(Default)]
 struct State {
@@ -148,7 +154,7 @@ struct State {
     /// No read-ahead may start (an exclusive operation runs).
     paused: bool,
     errors: BTreeMap<u64, SharedError>,
-    seq: Seq,
+    streams: Vec<Seq>,
 }
 
 impl State {
@@ -175,7 +181,10 @@ struct Shared {
     nblocks: u64,
     map: Reservation,
     uffd: Uffd,
+    /// Read-ahead jobs queued (semaphore counter).
     wakeup: EventFd,
+    /// Becomes readable at shutdown.
+    stop: EventFd,
     shutdown: AtomicBool,
     st: Mutex<State>,
     idle: Condvar,
@@ -307,6 +316,11 @@ impl FileH {
             op: "eventfd",
             source: e.into(),
         })?;
+        let stop = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+            .map_err(|e| Error::Os {
+                op: "eventfd",
+                source: e.into(),
+            })?;
         let budget = match opts.budget {
             Some(b) => Budget::new(b),
             None => process_budget(),
@@ -322,6 +336,7 @@ impl FileH {
             map,
             uffd,
             wakeup,
+            stop,
             shutdown: AtomicBool::new(false),
             st: Mutex::new(State::default()),
             idle: Condvar::new(),
@@ -335,11 +350,15 @@ impl FileH {
             sh,
             threads: Vec::new(),
         };
-        for i in 0..opts.threads.max(1) {
+        // With two or more threads, the last one only serves faults, so a
+        // fault never waits behind read-ahead loads.
+        let n = opts.threads.max(1);
+        for i in 0..n {
+            let ra_worker = n == 1 || i + 1 < n;
             let sh = fh.sh.clone();
             let t = std::thread::Builder::new()
                 .name(format!("virtmem-{i}"))
-                .spawn(move || sh.handler_loop())
+                .spawn(move || sh.handler_loop(ra_worker))
                 .map_err(|source| Error::Os {
                     op: "spawning a handler thread",
                     source,
@@ -640,8 +659,7 @@ impl Drop for FileH {
     fn drop(&mut self) {
         let sh = &*self.sh;
         sh.shutdown.store(true, Ordering::SeqCst);
-        // Each thread consumes one token and then sees `shutdown`.
-        let _ = sh.wakeup.write(self.threads.len() as u64 + 1);
+        let _ = sh.stop.write(1);
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -671,14 +689,14 @@ impl Shared {
         self.ra_queue.lock().clear();
         let mut st = self.st.lock();
         st.paused = true;
-        st.seq = Seq::default();
+        st.streams.clear();
         while st.busy > 0 {
             self.idle.wait(&mut st);
         }
         st
     }
 
-    fn handler_loop(&self) {
+    fn handler_loop(&self, ra_worker: bool) {
         let mut staging: Option<Staging> = None;
         let mut msgs = [Msg::default(); 16];
         loop {
@@ -697,7 +715,7 @@ impl Shared {
                     tracing::error!("virtmem: reading userfaultfd of {}: {e}", self.name);
                 }
             }
-            if self.wakeup.read().is_ok() {
+            if ra_worker && self.wakeup.read().is_ok() {
                 let job = self.ra_queue.lock().pop_front();
                 if let Some((blk, dir)) = job {
                     self.readahead(blk, dir, &mut staging);
@@ -706,9 +724,12 @@ impl Shared {
             }
             let mut fds = [
                 PollFd::new(self.uffd.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.stop.as_fd(), PollFlags::POLLIN),
                 PollFd::new(self.wakeup.as_fd(), PollFlags::POLLIN),
             ];
-            if let Err(e) = poll(&mut fds, PollTimeout::NONE)
+            // The fault-only thread does not take read-ahead jobs.
+            let watch = if ra_worker { 3 } else { 2 };
+            if let Err(e) = poll(&mut fds[..watch], PollTimeout::NONE)
                 && e != nix::errno::Errno::EINTR
             {
                 tracing::error!("virtmem: poll on userfaultfd of {}: {e}", self.name);
@@ -717,31 +738,61 @@ impl Shared {
         }
     }
 
-    /// Note a demand access to `blk` for sequential detection; returns the
-    /// read-ahead jobs to queue.
+    /// Note an access to `blk` seen by the engine (a demand fault or a
+    /// read-ahead marker) for sequential detection; returns the read-ahead
+    /// jobs to queue.
+    ///
+    /// Up to [`STREAMS`] streams are tracked, so several threads scanning
+    /// different parts of a handle each get read-ahead. An access continues a
+    /// stream if it is the next block in the stream's direction, or (once the
+    /// direction is known) lands within the read-ahead window past the
+    /// stream's last access (blocks in between were read ahead and reached
+    /// without faults).
     fn note_access(&self, st: &mut State, blk: u64) -> Option<(Range<u64>, i8)> {
         if !self.readahead || st.paused {
             return None;
         }
-        let s = &mut st.seq;
-        let dir = match s.last {
-            Some(l) if blk == l.wrapping_add(1) => 1,
-            Some(l) if blk.wrapping_add(1) == l => -1,
-            Some(l) if blk == l => return None,
-            _ => 0,
+        let tick = st.next_tick();
+        let w = self.ra_window;
+        let mut found = None;
+        for (i, s) in st.streams.iter().enumerate() {
+            let l = s.last;
+            let fwd = blk > l && (blk == l + 1 || (s.dir > 0 && blk - l <= w + 1));
+            let bwd = blk < l && (blk + 1 == l || (s.dir < 0 && l - blk <= w + 1));
+            if blk == l {
+                found = Some((i, 0));
+                break;
+            }
+            if (fwd && s.dir >= 0) || (bwd && s.dir <= 0) {
+                found = Some((i, if fwd { 1 } else { -1 }));
+                break;
+            }
+        }
+        let Some((i, dir)) = found else {
+            let new = Seq {
+                last: blk,
+                dir: 0,
+                next: None,
+                used: tick,
+            };
+            if st.streams.len() < STREAMS {
+                st.streams.push(new);
+            } else if let Some(old) = st.streams.iter_mut().min_by_key(|s| s.used) {
+                *old = new;
+            }
+            return None;
         };
-        s.last = Some(blk);
-        if dir == 0 || dir != s.dir {
-            s.dir = dir;
-            s.streak = u32::from(dir != 0);
-            s.next = None;
+        let nblocks = self.nblocks;
+        let s = &mut st.streams[i];
+        s.used = tick;
+        if dir == 0 {
             return None;
         }
-        s.streak += 1;
-        let w = self.ra_window;
+        s.last = blk;
+        s.dir = dir;
         if dir > 0 {
             let from = s.next.unwrap_or(blk + 1).max(blk + 1);
-            let to = (blk + 1 + w).min(self.nblocks);
+            let to = (blk + 1 + w).min(nblocks);
             if from >= to {
                 return None;
             }
@@ -1098,7 +1149,8 @@ impl Shared {
             }
             (Loaded::Data, false) => {
                 let data = buf.as_slice();
-                let Some(dir) = ra else {
+                let stride = (self.ra_window / 2).max(1);
+                let Some(dir) = ra.filter(|_| blk % stride == 0) else {
                     self.copy_all(addr, data, true)
                         .map_err(Self::os("UFFDIO_COPY"))?;
                     return Ok((false, None));
