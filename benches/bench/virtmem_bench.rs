@@ -237,7 +237,6 @@ fn run_inner(
         let (s, t_rescan) = timed(|| par_sum(&v, threads));
         check("virtmem rescan", s)?;
         let st = fh.stats();
-        drop(v);
         drop(fh);
         eprintln!(
             "  ({threads} thr: {} demand loads, {} read-ahead loads, {} marker hits)",
@@ -276,7 +275,6 @@ fn run_inner(
                 .map_err(|e| e.to_string())?;
             let (s, t_nora) = timed(|| par_sum(&v, 1));
             check("virtmem scan no readahead", s)?;
-            drop(v);
             drop(fh);
             report.throughput(
                 "virtmem cold scan 1 thr (read-ahead on)",

@@ -1150,7 +1150,7 @@ impl Shared {
             (Loaded::Data, false) => {
                 let data = buf.as_slice();
                 let stride = (self.ra_window / 2).max(1);
-                let Some(dir) = ra.filter(|_| blk % stride == 0) else {
+                let Some(dir) = ra.filter(|_| blk.is_multiple_of(stride)) else {
                     self.copy_all(addr, data, true)
                         .map_err(Self::os("UFFDIO_COPY"))?;
                     return Ok((false, None));

@@ -120,14 +120,14 @@ proptest! {
                 }
                 Op::ScanAll => {
                     let v = fh.bytes(0..SIZE as u64).unwrap();
-                    prop_assert!(&v[..] == &mem[..], "full scan differs");
+                    prop_assert!(v[..] == mem[..], "full scan differs");
                 }
             }
             prop_assert_eq!(fh.dirty_blocks(), dirty.iter().copied().collect::<Vec<_>>());
             prop_assert!(file.take_stores().is_empty(), "stores outside writeout");
         }
         let v = fh.bytes(0..SIZE as u64).unwrap();
-        prop_assert!(&v[..] == &mem[..], "final scan differs");
+        prop_assert!(v[..] == mem[..], "final scan differs");
         prop_assert!(fh.load_errors().is_empty());
     }
 }
