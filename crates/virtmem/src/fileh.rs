@@ -15,7 +15,7 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::budget::{Budget, process_budget};
 use crate::error::{Error, Result, SharedError};
-use crate::mapping::{PAGE, Pod, Reservation, Staging};
+use crate::mapping::{PAGE, Pagemap, Pod, Reservation, Staging};
 use crate::uffd::{self, Fill, Msg, Uffd};
 use crate::{BigFile, Loaded};
 
@@ -192,6 +192,8 @@ struct Shared {
     readahead: bool,
     ra_window: u64,
     ra_queue: Mutex<VecDeque<(u64, i8)>>,
+    /// For the zero-page check of holes; `None`: holes are mapped as data.
+    pagemap: Option<Pagemap>,
     counters: Counters,
 }
 
@@ -344,6 +346,7 @@ impl FileH {
             readahead: opts.readahead && opts.readahead_window > 0,
             ra_window,
             ra_queue: Mutex::new(VecDeque::new()),
+            pagemap: Pagemap::open(),
             counters: Counters::default(),
         });
         let mut fh = FileH {
@@ -1003,7 +1006,7 @@ impl Shared {
         let (off, len) = self.block_range(blk);
         let addr = self.map.addr() + off;
         let r = self.load_into_place(blk, addr, len, write, ra, staging);
-        let (hole, marker) = match r {
+        let (hole, marker, written) = match r {
             Ok(x) => x,
             Err(e) => {
                 let msg = e.to_string();
@@ -1044,7 +1047,7 @@ impl Shared {
                 st.blocks.insert(blk, Block::Dirty);
                 st.dirty.insert(blk);
                 Action::None
-            } else if pending_write {
+            } else if pending_write || written {
                 st.blocks.insert(blk, Block::Dirty);
                 st.dirty.insert(blk);
                 Action::MakeDirty(marker)
@@ -1090,7 +1093,8 @@ impl Shared {
         Ok(())
     }
 
-    /// The I/O part of a load: returns (is hole, held-back marker).
+    /// The I/O part of a load: returns (is hole, held-back marker, a hole
+    /// was written while being mapped).
     fn load_into_place(
         &self,
         blk: u64,
@@ -1099,7 +1103,7 @@ impl Shared {
         write: bool,
         ra: Option<i8>,
         staging: &mut Option<Staging>,
-    ) -> Result<(bool, Option<Marker>)> {
+    ) -> Result<(bool, Option<Marker>, bool)> {
         if staging.is_none() {
             *staging = Some(Staging::new(len).map_err(Self::os("allocating a staging buffer"))?);
         }
@@ -1119,14 +1123,24 @@ impl Shared {
             })?;
         match (loaded, write) {
             (Loaded::Hole, false) => {
-                // Zero pages, then protect them so the first write is seen.
+                let Some(pm) = &self.pagemap else {
+                    // No way to check the zero-page race below: map zeros
+                    // (costs memory like data).
+                    buf.as_mut_slice().fill(0);
+                    self.copy_all(addr, buf.as_slice(), true)
+                        .map_err(Self::os("UFFDIO_COPY"))?;
+                    return Ok((false, None, false));
+                };
+                // Zero pages (no memory), then protect them so the first
+                // write is seen. UFFDIO_ZEROPAGE cannot install protected
+                // pages, so a write by another thread between the two calls
+                // would replace a zero page silently: PAGEMAP_SCAN finds such
+                // pages, and the block is then dirty.
                 if let Fill::Exists(_) = self
                     .uffd
                     .zeropage(addr, len)
                     .map_err(Self::os("UFFDIO_ZEROPAGE"))?
                 {
-                    // Some page appeared meanwhile (cannot happen while we own
-                    // Loading); fill the rest page by page.
                     for p in (0..len).step_by(PAGE) {
                         let _ = self.uffd.zeropage(addr + p, PAGE);
                     }
@@ -1134,18 +1148,19 @@ impl Shared {
                 self.uffd
                     .writeprotect(addr, len, true, false)
                     .map_err(Self::os("UFFDIO_WRITEPROTECT"))?;
-                Ok((true, None))
+                let written = pm.written(addr, len).map_err(Self::os("PAGEMAP_SCAN"))?;
+                Ok((true, None, written))
             }
             (Loaded::Hole, true) => {
                 buf.as_mut_slice().fill(0);
                 self.copy_all(addr, buf.as_slice(), false)
                     .map_err(Self::os("UFFDIO_COPY"))?;
-                Ok((false, None))
+                Ok((false, None, false))
             }
             (Loaded::Data, true) => {
                 self.copy_all(addr, buf.as_slice(), false)
                     .map_err(Self::os("UFFDIO_COPY"))?;
-                Ok((false, None))
+                Ok((false, None, false))
             }
             (Loaded::Data, false) => {
                 let data = buf.as_slice();
@@ -1153,7 +1168,7 @@ impl Shared {
                 let Some(dir) = ra.filter(|_| blk.is_multiple_of(stride)) else {
                     self.copy_all(addr, data, true)
                         .map_err(Self::os("UFFDIO_COPY"))?;
-                    return Ok((false, None));
+                    return Ok((false, None, false));
                 };
                 let page = if dir >= 0 { 0 } else { len / PAGE - 1 };
                 let mo = page * PAGE;
@@ -1167,7 +1182,7 @@ impl Shared {
                     self.copy_all(addr, &data[..mo], true)
                 }
                 .map_err(Self::os("UFFDIO_COPY"))?;
-                Ok((false, Some(marker)))
+                Ok((false, Some(marker), false))
             }
         }
     }

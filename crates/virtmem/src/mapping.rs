@@ -201,3 +201,103 @@ impl Drop for Staging {
         unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
     }
 }
+
+/// `struct pm_scan_arg` of `linux/fs.h` (PAGEMAP_SCAN, Linux >= 6.7).
+#[repr(C)]
+#[derive(Default)]
+struct PmScanArg {
+    size: u64,
+    flags: u64,
+    start: u64,
+    end: u64,
+    walk_end: u64,
+    vec: u64,
+    vec_len: u64,
+    max_pages: u64,
+    category_inverted: u64,
+    category_mask: u64,
+    category_anyof_mask: u64,
+    return_mask: u64,
+}
+
+/// `struct page_region` of `linux/fs.h`.
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct PageRegion {
+    start: u64,
+    end: u64,
+    categories: u64,
+}
+
+const PAGE_IS_PRESENT: u64 = 1 << 3;
+const PAGE_IS_PFNZERO: u64 = 1 << 5;
+/// `_IOWR('f', 16, struct pm_scan_arg)`.
+const PAGEMAP_SCAN: u64 =
+    (3 << 30) | ((size_of::<PmScanArg>() as u64) << 16) | ((b'f' as u64) << 8) | 16;
+
+/// `/proc/self/pagemap`, used to ask which pages of a range are something
+/// else than the shared zero page.
+#[derive(Debug)]
+pub struct Pagemap {
+    file: std::fs::File,
+}
+
+impl Pagemap {
+    /// Open `/proc/self/pagemap` and check that it supports PAGEMAP_SCAN.
+    pub fn open() -> Option<Pagemap> {
+        let file = std::fs::File::open("/proc/self/pagemap").ok()?;
+        let pm = Pagemap { file };
+        // Probe with an empty-result scan of one page of our own stack area.
+        let probe = [0u8; PAGE * 2];
+        let a = (probe.as_ptr() as usize).next_multiple_of(PAGE);
+        pm.written(a, PAGE).ok()?;
+        Some(pm)
+    }
+
+    /// True if some page of `[addr, addr+len)` is present and is not the
+    /// shared zero page (i.e. was written).
+    pub fn written(&self, addr: usize, len: usize) -> io::Result<bool> {
+        use std::os::fd::AsRawFd;
+        let mut region = [PageRegion::default(); 1];
+        let mut arg = PmScanArg {
+            size: size_of::<PmScanArg>() as u64,
+            start: addr as u64,
+            end: (addr + len) as u64,
+            vec: region.as_mut_ptr() as u64,
+            vec_len: 1,
+            category_inverted: PAGE_IS_PFNZERO,
+            category_mask: PAGE_IS_PRESENT | PAGE_IS_PFNZERO,
+            return_mask: PAGE_IS_PRESENT,
+            ..PmScanArg::default()
+        };
+        // SAFETY: `arg` is a live `struct pm_scan_arg`; `vec` points to a
+        // live array of `vec_len` page_region entries that the kernel fills;
+        // the scanned range is only read by the kernel.
+        let n = unsafe { libc::ioctl(self.file.as_raw_fd(), PAGEMAP_SCAN as _, &mut arg) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pagemap_tells_zero_pages_from_written_ones() {
+        let pm = Pagemap::open().expect("PAGEMAP_SCAN available on this kernel");
+        let r = Reservation::new(4 * PAGE).unwrap();
+        let a = r.addr();
+        assert!(!pm.written(a, 4 * PAGE).unwrap(), "untouched pages");
+        // A read of untouched private anonymous memory maps the zero page.
+        assert_eq!(std::hint::black_box(r.slice::<u8>(PAGE, 1))[0], 0);
+        assert!(!pm.written(a, 4 * PAGE).unwrap(), "zero page only");
+        r.slice_mut::<u8>(2 * PAGE + 5, 1)[0] = 1;
+        assert!(pm.written(a, 4 * PAGE).unwrap(), "a written page");
+        assert!(!pm.written(a, 2 * PAGE).unwrap(), "other range");
+        r.dontneed(2 * PAGE, PAGE).unwrap();
+        assert!(!pm.written(a, 4 * PAGE).unwrap(), "after MADV_DONTNEED");
+    }
+}
