@@ -13,13 +13,13 @@ pub const MAX_DEPTH: u32 = 200;
 /// Most memo entries accepted in one record (Python's own pickles use one per object).
 const MAX_MEMO: usize = 1 << 20;
 
-/// A value on the VM stack with its nesting depth.
-#[derive(Clone)]
+/// A value on the VM stack with its nesting depth and size.
 struct Slot {
     v: Value,
     depth: u32,
-    /// Memo ids under which this very object was stored; mutations of the
-    /// object (APPEND, SETITEM, BUILD) refresh those entries.
+    /// Nodes plus payload bytes: what cloning it costs.
+    size: u64,
+    /// Memo ids that refer to this very object while it is on the stack.
     memo_ids: Vec<u32>,
 }
 
@@ -28,18 +28,42 @@ enum Item {
     Val(Slot),
 }
 
+/// A memo entry: the object is either still on the VM stack (and may still
+/// be filled by APPENDS/SETITEMS/BUILD), or final.
+enum Memo {
+    OnStack(usize),
+    Ready(Value, u32, u64),
+}
+
 /// One unpickler: a shared memo across successive `load`s (ZODB records are
 /// two pickles written by one pickler, FORMATS.md §3.1).
+///
+/// Python shares memoized objects by reference; a value tree cannot, so a
+/// memo reference (GET) is a copy. Copies are counted, and a pickle that
+/// would expand by memo reuse beyond a bound proportional to its length (a
+/// "billion laughs" pickle) is rejected instead of exhausting memory.
 pub struct Decoder<'a> {
     data: &'a [u8],
     pos: usize,
-    memo: HashMap<u32, (Value, u32)>,
+    stack: Vec<Item>,
+    memo: HashMap<u32, Memo>,
+    copied: u64,
+    copy_limit: u64,
 }
 
 fn err(offset: usize, msg: impl Into<String>) -> Error {
     Error::Pickle {
         offset,
         msg: msg.into(),
+    }
+}
+
+fn leaf_size(v: &Value) -> u64 {
+    1 + match v {
+        Value::Bytes(b) | Value::Py2Str(b) | Value::BigInt(b) => b.len() as u64,
+        Value::Str(s) => s.len() as u64,
+        Value::Global { module, name } => (module.len() + name.len()) as u64,
+        _ => 0,
     }
 }
 
@@ -124,7 +148,10 @@ impl<'a> Decoder<'a> {
         Decoder {
             data,
             pos: 0,
+            stack: Vec::new(),
             memo: HashMap::new(),
+            copied: 0,
+            copy_limit: 16 * data.len() as u64 + (1 << 20),
         }
     }
 
@@ -191,10 +218,137 @@ impl<'a> Decoder<'a> {
         Ok(n as usize)
     }
 
+    fn charge(&mut self, size: u64, at: usize) -> Result<()> {
+        self.copied = self.copied.saturating_add(size);
+        if self.copied > self.copy_limit {
+            return Err(err(
+                at,
+                "pickle expands beyond its size bound by memo reuse",
+            ));
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, v: Value) {
+        let size = leaf_size(&v);
+        self.push_sized(v, 0, size);
+    }
+
+    fn push_sized(&mut self, v: Value, depth: u32, size: u64) {
+        self.stack.push(Item::Val(Slot {
+            v,
+            depth,
+            size,
+            memo_ids: Vec::new(),
+        }));
+    }
+
+    /// Make the memo entries of the slot at stack index `idx` final (it is
+    /// leaving the stack). Skipped when `keep` is false (last pickle: the
+    /// memo is never read again).
+    fn settle(&mut self, idx: usize, slot: &Slot, at: usize, keep: bool) -> Result<()> {
+        for id in &slot.memo_ids {
+            if matches!(self.memo.get(id), Some(Memo::OnStack(i)) if *i == idx) {
+                if keep {
+                    self.charge(slot.size, at)?;
+                    self.memo
+                        .insert(*id, Memo::Ready(slot.v.clone(), slot.depth, slot.size));
+                } else {
+                    self.memo.remove(id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn pop(&mut self, at: usize, name: &str) -> Result<Slot> {
+        self.pop_keep(at, name, true)
+    }
+
+    fn pop_keep(&mut self, at: usize, name: &str, keep: bool) -> Result<Slot> {
+        match self.stack.pop() {
+            Some(Item::Val(s)) => {
+                let idx = self.stack.len();
+                self.settle(idx, &s, at, keep)?;
+                Ok(s)
+            }
+            Some(Item::Mark) => Err(err(
+                at,
+                format!("{name}: found MARK where a value was expected"),
+            )),
+            None => Err(err(at, format!("{name}: stack underflow"))),
+        }
+    }
+
+    fn top(&mut self, at: usize, name: &str) -> Result<&mut Slot> {
+        match self.stack.last_mut() {
+            Some(Item::Val(s)) => Ok(s),
+            Some(Item::Mark) => Err(err(
+                at,
+                format!("{name}: found MARK where a value was expected"),
+            )),
+            None => Err(err(at, format!("{name}: stack underflow"))),
+        }
+    }
+
+    /// Pop everything down to (and including) the last `from` items.
+    fn drain_from(&mut self, from: usize, at: usize) -> Result<Vec<Slot>> {
+        let items: Vec<(usize, Item)> = self
+            .stack
+            .drain(from..)
+            .enumerate()
+            .map(|(i, it)| (from + i, it))
+            .collect();
+        let mut out = Vec::with_capacity(items.len());
+        for (idx, it) in items {
+            if let Item::Val(s) = it {
+                self.settle(idx, &s, at, true)?;
+                out.push(s);
+            }
+        }
+        Ok(out)
+    }
+
+    fn pop_mark(&mut self, at: usize, name: &str) -> Result<Vec<Slot>> {
+        let m = self
+            .stack
+            .iter()
+            .rposition(|i| matches!(i, Item::Mark))
+            .ok_or_else(|| err(at, format!("{name}: no MARK on the stack")))?;
+        let mut items = self.drain_from(m + 1, at)?;
+        self.stack.pop(); // the MARK
+        items.shrink_to_fit();
+        Ok(items)
+    }
+
+    fn memo_get(&mut self, id: u32, at: usize, name: &str) -> Result<()> {
+        let (v, depth, size) = match self.memo.get(&id) {
+            Some(Memo::Ready(v, d, s)) => (v.clone(), *d, *s),
+            Some(Memo::OnStack(i)) => match self.stack.get(*i) {
+                Some(Item::Val(s)) => (s.v.clone(), s.depth, s.size),
+                _ => return Err(err(at, format!("{name}: memo key {id} is stale"))),
+            },
+            None => return Err(err(at, format!("{name}: memo key {id} never stored"))),
+        };
+        self.charge(size, at)?;
+        self.push_sized(v, depth, size);
+        Ok(())
+    }
+
     /// Run the VM until STOP and return the pickled value.
     pub fn load(&mut self) -> Result<Value> {
+        self.load_inner(true)
+    }
+
+    /// Like [`Decoder::load`] for the last pickle of the data: memo entries
+    /// that only this pickle could still use are dropped instead of copied.
+    pub fn load_last(&mut self) -> Result<Value> {
+        self.load_inner(false)
+    }
+
+    fn load_inner(&mut self, keep_memo: bool) -> Result<Value> {
         let start = self.pos;
-        let mut stack: Vec<Item> = Vec::new();
+        self.stack.clear();
         loop {
             let at = self.pos;
             let Some(&op) = self.data.get(at) else {
@@ -204,8 +358,8 @@ impl<'a> Decoder<'a> {
             let name = opcode_name(op);
             match op {
                 b'.' => {
-                    let v = pop(&mut stack, at, name)?;
-                    if !stack.is_empty() {
+                    let v = self.pop_keep(at, name, keep_memo)?;
+                    if !self.stack.is_empty() {
                         return Err(err(at, "STOP with more than one value on the stack"));
                     }
                     return Ok(v.v);
@@ -219,20 +373,22 @@ impl<'a> Decoder<'a> {
                 0x95 => {
                     self.take_arr::<8>(at)?;
                 }
-                b'(' => stack.push(Item::Mark),
+                b'(' => self.stack.push(Item::Mark),
                 b'0' => {
-                    pop(&mut stack, at, name)?;
+                    self.pop(at, name)?;
                 }
                 b'1' => {
-                    pop_mark(&mut stack, at, name)?;
+                    self.pop_mark(at, name)?;
                 }
                 b'2' => {
-                    let top = top(&mut stack, at, name)?.clone();
-                    push(&mut stack, top.v, top.depth);
+                    let t = self.top(at, name)?;
+                    let (v, d, s) = (t.v.clone(), t.depth, t.size);
+                    self.charge(s, at)?;
+                    self.push_sized(v, d, s);
                 }
-                b'N' => push(&mut stack, Value::None, 0),
-                0x88 => push(&mut stack, Value::Bool(true), 0),
-                0x89 => push(&mut stack, Value::Bool(false), 0),
+                b'N' => self.push(Value::None),
+                0x88 => self.push(Value::Bool(true)),
+                0x89 => self.push(Value::Bool(false)),
                 b'I' => {
                     let l = self.line(at)?;
                     let v = match l {
@@ -240,50 +396,50 @@ impl<'a> Decoder<'a> {
                         b"01" => Value::Bool(true),
                         _ => parse_decimal(l).ok_or_else(|| err(at, "INT: bad number"))?,
                     };
-                    push(&mut stack, v, 0);
+                    self.push(v);
                 }
                 b'L' => {
                     let l = self.line(at)?;
                     let l = l.strip_suffix(b"L").unwrap_or(l);
                     let v = parse_decimal(l).ok_or_else(|| err(at, "LONG: bad number"))?;
-                    push(&mut stack, v, 0);
+                    self.push(v);
                 }
                 b'J' => {
                     let v = i32::from_le_bytes(self.take_arr::<4>(at)?);
-                    push(&mut stack, Value::Int(i64::from(v)), 0);
+                    self.push(Value::Int(i64::from(v)));
                 }
                 b'K' => {
                     let v = self.take_arr::<1>(at)?[0];
-                    push(&mut stack, Value::Int(i64::from(v)), 0);
+                    self.push(Value::Int(i64::from(v)));
                 }
                 b'M' => {
                     let v = u16::from_le_bytes(self.take_arr::<2>(at)?);
-                    push(&mut stack, Value::Int(i64::from(v)), 0);
+                    self.push(Value::Int(i64::from(v)));
                 }
                 0x8a | 0x8b => {
                     let n = self.len_arg(if op == 0x8a { 1 } else { 4 }, at)?;
                     let b = self.take(n, at)?;
-                    push(&mut stack, long_from_le(b), 0);
+                    self.push(long_from_le(b));
                 }
                 b'F' => {
                     let l = self.line(at)?;
                     let s = std::str::from_utf8(l).map_err(|_| err(at, "FLOAT: not ASCII"))?;
                     let f = parse_py_float(s).ok_or_else(|| err(at, "FLOAT: bad number"))?;
-                    push(&mut stack, Value::Float(f), 0);
+                    self.push(Value::Float(f));
                 }
                 b'G' => {
                     let f = f64::from_be_bytes(self.take_arr::<8>(at)?);
-                    push(&mut stack, Value::Float(f), 0);
+                    self.push(Value::Float(f));
                 }
                 b'S' => {
                     let l = self.line(at)?;
                     let b = unquote_py2_repr(l).ok_or_else(|| err(at, "STRING: bad quoting"))?;
-                    push(&mut stack, Value::Py2Str(b), 0);
+                    self.push(Value::Py2Str(b));
                 }
                 b'T' | b'U' => {
                     let n = self.len_arg(if op == b'U' { 1 } else { 4 }, at)?;
                     let b = self.take(n, at)?.to_vec();
-                    push(&mut stack, Value::Py2Str(b), 0);
+                    self.push(Value::Py2Str(b));
                 }
                 b'B' | b'C' | 0x8e | 0x96 => {
                     let w = match op {
@@ -293,13 +449,13 @@ impl<'a> Decoder<'a> {
                     };
                     let n = self.len_arg(w, at)?;
                     let b = self.take(n, at)?.to_vec();
-                    push(&mut stack, Value::Bytes(b), 0);
+                    self.push(Value::Bytes(b));
                 }
                 b'V' => {
                     let l = self.line(at)?;
                     let s =
                         raw_unicode_unescape(l).ok_or_else(|| err(at, "UNICODE: bad escape"))?;
-                    push(&mut stack, Value::Str(s), 0);
+                    self.push(Value::Str(s));
                 }
                 b'X' | 0x8c | 0x8d => {
                     let w = match op {
@@ -311,97 +467,88 @@ impl<'a> Decoder<'a> {
                     let b = self.take(n, at)?;
                     let s = std::str::from_utf8(b)
                         .map_err(|_| err(at, format!("{name}: invalid UTF-8")))?;
-                    push(&mut stack, Value::Str(s.to_owned()), 0);
+                    self.push(Value::Str(s.to_owned()));
                 }
-                b')' => push(&mut stack, Value::Tuple(Vec::new()), 0),
-                b']' => push(&mut stack, Value::List(Vec::new()), 0),
-                b'}' => push(&mut stack, Value::Dict(Vec::new()), 0),
+                b')' => self.push(Value::Tuple(Vec::new())),
+                b']' => self.push(Value::List(Vec::new())),
+                b'}' => self.push(Value::Dict(Vec::new())),
                 b't' | b'l' => {
-                    let items = pop_mark(&mut stack, at, name)?;
-                    let d = child_depth(&items, at)?;
+                    let items = self.pop_mark(at, name)?;
+                    let (d, sz) = sum_children(&items, at)?;
                     let vs = items.into_iter().map(|s| s.v).collect();
                     let v = if op == b't' {
                         Value::Tuple(vs)
                     } else {
                         Value::List(vs)
                     };
-                    push(&mut stack, v, d);
+                    self.push_sized(v, d, sz);
                 }
                 0x85..=0x87 => {
                     let n = usize::from(op - 0x84);
-                    if stack.len() < n
-                        || stack[stack.len() - n..]
+                    if self.stack.len() < n
+                        || self.stack[self.stack.len() - n..]
                             .iter()
                             .any(|i| matches!(i, Item::Mark))
                     {
                         return Err(err(at, format!("{name}: stack underflow")));
                     }
-                    let items: Vec<Slot> = stack
-                        .drain(stack.len() - n..)
-                        .filter_map(|i| match i {
-                            Item::Val(s) => Some(s),
-                            Item::Mark => None,
-                        })
-                        .collect();
-                    let d = child_depth(&items, at)?;
-                    push(
-                        &mut stack,
-                        Value::Tuple(items.into_iter().map(|s| s.v).collect()),
-                        d,
-                    );
+                    let items = self.drain_from(self.stack.len() - n, at)?;
+                    let (d, sz) = sum_children(&items, at)?;
+                    let v = Value::Tuple(items.into_iter().map(|s| s.v).collect());
+                    self.push_sized(v, d, sz);
                 }
                 b'd' => {
-                    let items = pop_mark(&mut stack, at, name)?;
+                    let items = self.pop_mark(at, name)?;
                     if items.len() % 2 != 0 {
                         return Err(err(at, "DICT: odd number of items"));
                     }
-                    let d = child_depth(&items, at)?;
+                    let (d, sz) = sum_children(&items, at)?;
                     let mut pairs = Vec::with_capacity(items.len() / 2);
                     let mut it = items.into_iter();
                     while let (Some(k), Some(v)) = (it.next(), it.next()) {
                         pairs.push((k.v, v.v));
                     }
-                    push(&mut stack, Value::Dict(pairs), d);
+                    self.push_sized(Value::Dict(pairs), d, sz);
                 }
                 b'a' | b'e' => {
                     let items = if op == b'a' {
-                        vec![pop(&mut stack, at, name)?]
+                        vec![self.pop(at, name)?]
                     } else {
-                        pop_mark(&mut stack, at, name)?
+                        self.pop_mark(at, name)?
                     };
-                    let d = child_depth(&items, at)?;
-                    let target = top(&mut stack, at, name)?;
+                    let (d, sz) = sum_children(&items, at)?;
+                    let target = self.top(at, name)?;
                     let Value::List(list) = &mut target.v else {
                         return Err(err(at, format!("{name} to a non-list")));
                     };
                     list.extend(items.into_iter().map(|s| s.v));
                     target.depth = target.depth.max(d);
-                    self.refresh_memo(target);
+                    target.size += sz - 1;
                 }
                 b's' | b'u' => {
                     let items = if op == b's' {
-                        let v = pop(&mut stack, at, name)?;
-                        let k = pop(&mut stack, at, name)?;
+                        let v = self.pop(at, name)?;
+                        let k = self.pop(at, name)?;
                         vec![k, v]
                     } else {
-                        pop_mark(&mut stack, at, name)?
+                        self.pop_mark(at, name)?
                     };
                     if items.len() % 2 != 0 {
                         return Err(err(at, "SETITEMS: odd number of items"));
                     }
-                    let d = child_depth(&items, at)?;
-                    let target = top(&mut stack, at, name)?;
+                    let (d, sz) = sum_children(&items, at)?;
+                    let target = self.top(at, name)?;
                     let Value::Dict(dict) = &mut target.v else {
                         return Err(err(at, format!("{name} to a non-dict")));
                     };
-                    let mut it = items.into_iter();
                     // Pickle order is kept; a repeated key is kept twice
                     // (Python would keep the last), see `Value::Dict`.
+                    let mut it = items.into_iter();
                     while let (Some(k), Some(v)) = (it.next(), it.next()) {
                         dict.push((k.v, v.v));
                     }
                     target.depth = target.depth.max(d);
-                    self.refresh_memo(target);
+                    target.size += sz - 1;
                 }
                 b'c' | b'i' => {
                     let module = self.line(at)?;
@@ -412,52 +559,57 @@ impl<'a> Decoder<'a> {
                         .map_err(|_| err(at, format!("{name}: name is not UTF-8")))?;
                     let g = Value::global(module, nm);
                     if op == b'c' {
-                        push(&mut stack, g, 0);
+                        self.push(g);
                     } else {
-                        let items = pop_mark(&mut stack, at, name)?;
-                        let d = child_depth(&items, at)?;
+                        let items = self.pop_mark(at, name)?;
+                        let (d, sz) = sum_children(&items, at)?;
+                        let gs = leaf_size(&g);
                         let args = Value::Tuple(items.into_iter().map(|s| s.v).collect());
-                        push(
-                            &mut stack,
+                        check_depth(d + 1, at)?;
+                        self.push_sized(
                             Value::NewObj {
                                 cls: Box::new(g),
                                 args: Box::new(args),
                             },
                             d + 1,
+                            sz + gs + 1,
                         );
                     }
                 }
                 0x93 => {
-                    let nm = pop(&mut stack, at, name)?;
-                    let module = pop(&mut stack, at, name)?;
+                    let nm = self.pop(at, name)?;
+                    let module = self.pop(at, name)?;
                     let (Some(m), Some(n)) = (module.v.as_text(), nm.v.as_text()) else {
                         return Err(err(at, "STACK_GLOBAL: module and name must be text"));
                     };
                     let g = Value::global(m, n);
-                    push(&mut stack, g, 0);
+                    self.push(g);
                 }
                 b'o' => {
-                    let mut items = pop_mark(&mut stack, at, name)?;
+                    let mut items = self.pop_mark(at, name)?;
                     if items.is_empty() {
                         return Err(err(at, "OBJ: no class"));
                     }
                     let cls = items.remove(0);
-                    let d = child_depth(&items, at)?.max(cls.depth + 1);
+                    let (d, sz) = sum_children(&items, at)?;
+                    let d = d.max(cls.depth + 1) + 1;
+                    check_depth(d, at)?;
                     let args = Value::Tuple(items.into_iter().map(|s| s.v).collect());
-                    push(
-                        &mut stack,
+                    self.push_sized(
                         Value::NewObj {
                             cls: Box::new(cls.v),
                             args: Box::new(args),
                         },
-                        d + 1,
+                        d,
+                        sz + cls.size + 1,
                     );
                 }
                 0x81 | b'R' => {
-                    let args = pop(&mut stack, at, name)?;
-                    let f = pop(&mut stack, at, name)?;
+                    let args = self.pop(at, name)?;
+                    let f = self.pop(at, name)?;
                     let d = args.depth.max(f.depth) + 1;
                     check_depth(d, at)?;
+                    let sz = args.size + f.size + 1;
                     let v = if op == b'R' {
                         Value::Reduce {
                             callable: Box::new(f.v),
@@ -469,11 +621,11 @@ impl<'a> Decoder<'a> {
                             args: Box::new(args.v),
                         }
                     };
-                    push(&mut stack, v, d);
+                    self.push_sized(v, d, sz);
                 }
                 b'b' => {
-                    let state = pop(&mut stack, at, name)?;
-                    let target = top(&mut stack, at, name)?;
+                    let state = self.pop(at, name)?;
+                    let target = self.top(at, name)?;
                     let d = target.depth.max(state.depth) + 1;
                     check_depth(d, at)?;
                     let obj = std::mem::replace(&mut target.v, Value::None);
@@ -482,21 +634,19 @@ impl<'a> Decoder<'a> {
                         state: Box::new(state.v),
                     };
                     target.depth = d;
-                    self.refresh_memo(target);
+                    target.size += state.size + 1;
                 }
                 b'P' => {
                     let l = self.line(at)?;
-                    push(
-                        &mut stack,
-                        Value::PersistentRef(Box::new(Value::Py2Str(l.to_vec()))),
-                        1,
-                    );
+                    let pid = Value::Py2Str(l.to_vec());
+                    let sz = leaf_size(&pid) + 1;
+                    self.push_sized(Value::PersistentRef(Box::new(pid)), 1, sz);
                 }
                 b'Q' => {
-                    let pid = pop(&mut stack, at, name)?;
+                    let pid = self.pop(at, name)?;
                     let d = pid.depth + 1;
                     check_depth(d, at)?;
-                    push(&mut stack, Value::PersistentRef(Box::new(pid.v)), d);
+                    self.push_sized(Value::PersistentRef(Box::new(pid.v)), d, pid.size + 1);
                 }
                 b'g' | b'h' | b'j' => {
                     let id = match op {
@@ -505,15 +655,7 @@ impl<'a> Decoder<'a> {
                         b'h' => u32::from(self.take_arr::<1>(at)?[0]),
                         _ => u32::from_le_bytes(self.take_arr::<4>(at)?),
                     };
-                    let (v, d) =
-                        self.memo.get(&id).cloned().ok_or_else(|| {
-                            err(at, format!("{name}: memo key {id} never stored"))
-                        })?;
-                    stack.push(Item::Val(Slot {
-                        v,
-                        depth: d,
-                        memo_ids: vec![id],
-                    }));
+                    self.memo_get(id, at, name)?;
                 }
                 b'p' | b'q' | b'r' | 0x94 => {
                     let id = match op {
@@ -528,10 +670,10 @@ impl<'a> Decoder<'a> {
                     if self.memo.len() >= MAX_MEMO {
                         return Err(err(at, "memo too large"));
                     }
-                    let slot = top(&mut stack, at, name)?;
+                    let idx = self.stack.len().wrapping_sub(1);
+                    let slot = self.top(at, name)?;
                     slot.memo_ids.push(id);
-                    let entry = (slot.v.clone(), slot.depth);
-                    self.memo.insert(id, entry);
+                    self.memo.insert(id, Memo::OnStack(idx));
                 }
                 _ => {
                     return Err(err(
@@ -544,58 +686,6 @@ impl<'a> Decoder<'a> {
             }
         }
     }
-
-    fn refresh_memo(&mut self, slot: &Slot) {
-        for id in &slot.memo_ids {
-            self.memo.insert(*id, (slot.v.clone(), slot.depth));
-        }
-    }
-}
-
-fn push(stack: &mut Vec<Item>, v: Value, depth: u32) {
-    stack.push(Item::Val(Slot {
-        v,
-        depth,
-        memo_ids: Vec::new(),
-    }));
-}
-
-fn pop(stack: &mut Vec<Item>, at: usize, name: &str) -> Result<Slot> {
-    match stack.pop() {
-        Some(Item::Val(s)) => Ok(s),
-        Some(Item::Mark) => Err(err(
-            at,
-            format!("{name}: found MARK where a value was expected"),
-        )),
-        None => Err(err(at, format!("{name}: stack underflow"))),
-    }
-}
-
-fn top<'s>(stack: &'s mut [Item], at: usize, name: &str) -> Result<&'s mut Slot> {
-    match stack.last_mut() {
-        Some(Item::Val(s)) => Ok(s),
-        Some(Item::Mark) => Err(err(
-            at,
-            format!("{name}: found MARK where a value was expected"),
-        )),
-        None => Err(err(at, format!("{name}: stack underflow"))),
-    }
-}
-
-fn pop_mark(stack: &mut Vec<Item>, at: usize, name: &str) -> Result<Vec<Slot>> {
-    let m = stack
-        .iter()
-        .rposition(|i| matches!(i, Item::Mark))
-        .ok_or_else(|| err(at, format!("{name}: no MARK on the stack")))?;
-    let items = stack
-        .drain(m..)
-        .skip(1)
-        .filter_map(|i| match i {
-            Item::Val(s) => Some(s),
-            Item::Mark => None,
-        })
-        .collect();
-    Ok(items)
 }
 
 fn check_depth(d: u32, at: usize) -> Result<()> {
@@ -605,10 +695,12 @@ fn check_depth(d: u32, at: usize) -> Result<()> {
     Ok(())
 }
 
-fn child_depth(items: &[Slot], at: usize) -> Result<u32> {
+/// Depth and size of a container holding `items`.
+fn sum_children(items: &[Slot], at: usize) -> Result<(u32, u64)> {
     let d = items.iter().map(|s| s.depth).max().unwrap_or(0) + 1;
     check_depth(d, at)?;
-    Ok(d)
+    let sz = items.iter().map(|s| s.size).sum::<u64>() + 1;
+    Ok((d, sz))
 }
 
 fn parse_memo_id(l: &[u8]) -> Option<u32> {

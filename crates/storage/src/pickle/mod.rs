@@ -40,7 +40,7 @@ pub enum Dialect {
 /// of bytes consumed (up to and including STOP).
 pub fn decode(data: &[u8]) -> Result<(Value, usize)> {
     let mut d = Decoder::new(data);
-    let v = d.load()?;
+    let v = d.load_last()?;
     Ok((v, d.position()))
 }
 
@@ -49,7 +49,7 @@ pub fn decode_record(data: &[u8]) -> Result<(Value, Value)> {
     check_plain(data)?;
     let mut d = Decoder::new(data);
     let meta = d.load()?;
-    let state = d.load()?;
+    let state = d.load_last()?;
     if d.position() != data.len() {
         return Err(Error::Pickle {
             offset: d.position(),

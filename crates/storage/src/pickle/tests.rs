@@ -294,6 +294,34 @@ fn deep_nesting_is_bounded() {
 }
 
 #[test]
+fn memo_expansion_is_bounded() {
+    // "billion laughs": each step builds a pair of the previous value twice.
+    let mut p = b"\x80\x03]q\x00".to_vec();
+    for _ in 0..60 {
+        p.extend_from_slice(b"h\x00h\x00\x86q\x00");
+    }
+    p.push(b'.');
+    let t = std::time::Instant::now();
+    let e = decode(&p).expect_err("expansion");
+    assert!(e.to_string().contains("memo reuse"), "{e}");
+    assert!(t.elapsed() < std::time::Duration::from_secs(2));
+    // appending one item at a time to a memoized list stays linear
+    let mut p = b"\x80\x03]q\x00".to_vec();
+    for _ in 0..200_000 {
+        p.extend_from_slice(b"Na");
+    }
+    p.push(b'.');
+    let t = std::time::Instant::now();
+    let (v, _) = decode(&p).expect("list");
+    assert_eq!(v.as_seq().map(<[Value]>::len), Some(200_000));
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
 fn encoded_record_has_the_documented_bytes() {
     // FORMATS.md §2.15: the root record of tiny.fs
     let state = Value::Dict(vec![(Value::Str("data".into()), Value::Dict(vec![]))]);
