@@ -1,6 +1,7 @@
-//! wendelin: out-of-core arrays over a ZODB-compatible transactional object database.
+#![doc = include_str!("../README.md")]
 //!
-//! This crate re-exports the layers: [`storage`], [`virtmem`], [`bigfile`], [`bigarray`].
+//! This crate re-exports the layers (`storage`, `virtmem`, `bigfile`,
+//! `bigarray`) and holds the code of the `wendelin` command.
 
 pub use bigarray;
 pub use bigfile;
