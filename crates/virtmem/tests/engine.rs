@@ -471,3 +471,52 @@ fn bad_block_size_is_an_error() {
         Err(Error::BlockSize { block_size: 1000 })
     ));
 }
+
+/// 1 GiB OS file of 2 MiB blocks scanned forward, backward and by two threads
+/// under a 64 MiB budget. Slow-ish and needs disk space: `--ignored`.
+#[test]
+#[ignore]
+fn big_file_scans_under_a_small_budget() {
+    const BS2: usize = 2 << 20;
+    let n = 512u64;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.bin");
+    {
+        use std::io::Write;
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+        for b in 0..n {
+            let words: Vec<u8> = (0..BS2 / 8)
+                .flat_map(|i| (b * 1_000_003 + i as u64).to_ne_bytes())
+                .collect();
+            w.write_all(&words).unwrap();
+        }
+    }
+    let want: u64 = (0..n)
+        .flat_map(|b| (0..BS2 as u64 / 8).map(move |i| b * 1_000_003 + i))
+        .fold(0, u64::wrapping_add);
+    let file = Arc::new(FileBigFile::open(&path, BS2).unwrap());
+    let budget = 64u64 << 20;
+    let opts = Options {
+        reserve: n * BS2 as u64,
+        budget: Some(budget),
+        ..Options::default()
+    };
+    let fh = FileH::open(file, opts).unwrap();
+    let v = fh.view::<u64>(0, n as usize * BS2 / 8).unwrap();
+    let fwd = v.iter().fold(0u64, |a, &x| a.wrapping_add(x));
+    assert_eq!(fwd, want);
+    let bwd = v.iter().rev().fold(0u64, |a, &x| a.wrapping_add(x));
+    assert_eq!(bwd, want);
+    let (lo, hi) = v.split_at(v.len() / 2);
+    let two = std::thread::scope(|s| {
+        let a = s.spawn(|| lo.iter().fold(0u64, |a, &x| a.wrapping_add(x)));
+        let b = hi.iter().fold(0u64, |a, &x| a.wrapping_add(x));
+        a.join().unwrap().wrapping_add(b)
+    });
+    assert_eq!(two, want);
+    assert!(fh.budget().used() <= budget + 8 * BS2 as u64);
+    assert!(fh.resident_blocks() as u64 <= budget / BS2 as u64 + 8);
+    let st = fh.stats();
+    assert!(st.readahead_loads > n, "{st:?}");
+    assert!(st.evictions >= 3 * n - 64, "{st:?}");
+}
