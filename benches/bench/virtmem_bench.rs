@@ -313,14 +313,14 @@ fn run_inner(
     // write() + fsync of the same bytes.
     let wsize = if cfg.quick { size } else { size.min(512 << 20) };
     let wblocks = wsize / BS as u64;
-    let datas: Vec<Vec<u64>> = (0..4).map(|b| words_of(&block_data(b))).collect();
+    let raw: Vec<Vec<u8>> = (0..4).map(block_data).collect();
+    let datas: Vec<Vec<u64>> = raw.iter().map(|b| words_of(b)).collect();
     let _ = std::fs::remove_file(wpath);
     let (r, t_base) = timed(|| -> Result<(), String> {
         let mut wf = File::create(wpath).map_err(|e| e.to_string())?;
         for b in 0..wblocks {
-            let d = &datas[(b % 4) as usize];
-            let bytes: Vec<u8> = d.iter().flat_map(|w| w.to_ne_bytes()).collect();
-            wf.write_all(&bytes).map_err(|e| e.to_string())?;
+            wf.write_all(&raw[(b % 4) as usize])
+                .map_err(|e| e.to_string())?;
         }
         wf.sync_all().map_err(|e| e.to_string())
     });

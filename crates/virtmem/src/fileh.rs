@@ -1,6 +1,23 @@
 //! The file handle: one registered mapping, its block states, its handler
 //! threads, and the handle operations (writeout, discard, invalidate,
 //! prefetch).
+//!
+//! Block state machine (absent from the table = not resident, no pages):
+//!
+//! ```text
+//!  absent --fault/prefetch/read-ahead--> Loading --ok--> Clean (write-protected)
+//!                                          |  \--write fault / write seen--> Dirty
+//!                                          \--error--> Poisoned (pages poisoned)
+//!  Clean --write-protect fault--> Dirty --MARKSTORED--> Clean
+//!  Clean --over budget--> Evicting --MADV_DONTNEED--> absent
+//!  Dirty --discard/invalidate--> absent;  Clean/Poisoned --invalidate--> absent
+//! ```
+//!
+//! Invariants: a Clean or Dirty block has all its pages present except a
+//! Clean block's held-back read-ahead marker page; a Dirty block is fully
+//! present and writable, so writeout reads it without faulting. State
+//! changes are made under the state lock *before* the waiting accesses are
+//! woken, so an access that returned is already accounted (e.g. dirty).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::{BitOr, Deref, DerefMut, Range};
