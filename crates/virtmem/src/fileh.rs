@@ -212,6 +212,10 @@ struct Shared {
     /// For the zero-page check of holes; `None`: holes are mapped as data.
     pagemap: Option<Pagemap>,
     counters: Counters,
+    /// Last address answered with a bare wake, since when: an access that
+    /// keeps faulting on a page its block state says is present (a broken
+    /// invariant) is failed loudly instead of spinning forever.
+    spurious: Mutex<Option<(usize, std::time::Instant, std::time::Instant)>>,
 }
 
 /// A handle on a [`BigFile`]: one mapping of the whole file, loaded lazily.
@@ -365,6 +369,7 @@ impl FileH {
             ra_queue: Mutex::new(VecDeque::new()),
             pagemap: Pagemap::open(),
             counters: Counters::default(),
+            spurious: Mutex::new(None),
         });
         let mut fh = FileH {
             sh,
@@ -931,6 +936,15 @@ impl Shared {
         let block_addr = base + blk as usize * self.bs;
         let r = match action {
             Action::None => Ok(()),
+            Action::Wake(a) if !wp && self.spinning(a) => {
+                eprintln!(
+                    "virtmem: internal error: page {a:#x} of block {blk} of {} keeps faulting \
+                     although its block is resident; the access gets SIGBUS",
+                    self.name
+                );
+                tracing::error!(blk, file = %self.name, "page keeps faulting; poisoned");
+                self.uffd.poison(a, PAGE, PAGE)
+            }
             Action::Wake(a) => self.uffd.wake(a, PAGE),
             Action::Poison(a) => self.uffd.poison(a, PAGE, PAGE),
             Action::Load { write } => {
@@ -960,6 +974,23 @@ impl Shared {
             );
             tracing::error!(blk, file = %self.name, "serving a fault failed: {e}");
             let _ = self.uffd.poison(addr, PAGE, PAGE);
+        }
+    }
+
+    /// True if missing faults at `addr` have been answered with bare wakes
+    /// back to back (less than 10 ms apart) for more than a second.
+    fn spinning(&self, addr: usize) -> bool {
+        let mut g = self.spurious.lock();
+        let now = std::time::Instant::now();
+        match &mut *g {
+            Some((a, since, last)) if *a == addr && now.duration_since(*last).as_millis() < 10 => {
+                *last = now;
+                now.duration_since(*since).as_secs() >= 1
+            }
+            _ => {
+                *g = Some((addr, now, now));
+                false
+            }
         }
     }
 
