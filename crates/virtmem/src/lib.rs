@@ -85,7 +85,7 @@
 //!
 //! # Example
 //!
-//! ```no_run
+//! ```
 //! use std::sync::Arc;
 //! use virtmem::{FileH, MemBigFile, Options, Writeout};
 //!
