@@ -28,12 +28,18 @@ struct MemInner {
     loads: HashMap<u64, u64>,
     stores: Vec<u64>,
     failing: BTreeSet<u64>,
+    failing_stores: BTreeSet<u64>,
 }
 
 /// The error a [`MemBigFile`] block set to fail returns.
 #[derive(Debug, thiserror::Error)]
-#[error("injected load failure for block {0}")]
-pub struct InjectedFailure(pub u64);
+#[error("injected {op} failure for block {blk}")]
+pub struct InjectedFailure {
+    /// "load" or "store".
+    pub op: &'static str,
+    /// The block.
+    pub blk: u64,
+}
 
 impl MemBigFile {
     /// An empty file (all holes) of `block_size`-byte blocks.
@@ -84,6 +90,18 @@ impl MemBigFile {
     }
 }
 
+impl MemBigFile {
+    /// Make stores of `blk` fail (`true`) or succeed again (`false`).
+    pub fn set_store_failing(&self, blk: u64, failing: bool) {
+        let mut g = self.inner.lock();
+        if failing {
+            g.failing_stores.insert(blk);
+        } else {
+            g.failing_stores.remove(&blk);
+        }
+    }
+}
+
 impl BigFile for MemBigFile {
     fn block_size(&self) -> usize {
         self.block_size
@@ -93,7 +111,7 @@ impl BigFile for MemBigFile {
         let mut g = self.inner.lock();
         *g.loads.entry(blk).or_insert(0) += 1;
         if g.failing.contains(&blk) {
-            return Err(Box::new(InjectedFailure(blk)));
+            return Err(Box::new(InjectedFailure { op: "load", blk }));
         }
         match g.blocks.get(&blk) {
             Some(b) => {
@@ -106,6 +124,9 @@ impl BigFile for MemBigFile {
 
     fn store_block(&self, blk: u64, data: &[u8]) -> Result<(), BoxError> {
         let mut g = self.inner.lock();
+        if g.failing_stores.contains(&blk) {
+            return Err(Box::new(InjectedFailure { op: "store", blk }));
+        }
         g.blocks.insert(blk, data.to_vec());
         g.stores.push(blk);
         Ok(())

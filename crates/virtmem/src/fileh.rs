@@ -117,6 +117,17 @@ struct Counters {
     load_failures: AtomicU64,
 }
 
+static TRACE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// Debug trace of state transitions to stderr (env `VIRTMEM_TRACE=1`).
+macro_rules! vtrace {
+    ($($t:tt)*) => {
+        if *TRACE.get_or_init(|| std::env::var_os("VIRTMEM_TRACE").is_some()) {
+            eprintln!($($t)*);
+        }
+    };
+}
+
 fn inc(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
@@ -174,6 +185,23 @@ struct State {
     streams: Vec<Seq>,
 }
 
+impl Block {
+    fn name(&self) -> &'static str {
+        match self {
+            Block::Loading { write: true, .. } => "Loading(w)",
+            Block::Loading { .. } => "Loading",
+            Block::Clean {
+                marker: Some(_), ..
+            } => "Clean(marker)",
+            Block::Clean { hole: true, .. } => "Clean(hole)",
+            Block::Clean { .. } => "Clean",
+            Block::Dirty => "Dirty",
+            Block::Evicting { .. } => "Evicting",
+            Block::Poisoned => "Poisoned",
+        }
+    }
+}
+
 impl State {
     fn next_tick(&mut self) -> u64 {
         self.tick += 1;
@@ -185,7 +213,7 @@ impl State {
 enum Action {
     None,
     Wake(usize),
-    Load { write: bool },
+    Load,
     FillMarker(Marker),
     MakeDirty(Option<Marker>),
     Poison(usize),
@@ -371,6 +399,7 @@ impl FileH {
             counters: Counters::default(),
             spurious: Mutex::new(None),
         });
+        vtrace!("T open");
         let mut fh = FileH {
             sh,
             threads: Vec::new(),
@@ -478,8 +507,16 @@ impl FileH {
     }
 
     /// Dirty blocks, ascending.
+    ///
+    /// Waits for loads in flight first: a write that landed on a hole's zero
+    /// page while a handler thread was mapping it is only known once that
+    /// load completes.
     pub fn dirty_blocks(&self) -> Vec<u64> {
-        self.sh.st.lock().dirty.iter().copied().collect()
+        let mut st = self.sh.st.lock();
+        while st.busy > 0 {
+            self.sh.idle.wait(&mut st);
+        }
+        st.dirty.iter().copied().collect()
     }
 
     /// Blocks whose load failed (and are poisoned), with their errors.
@@ -557,7 +594,7 @@ impl FileH {
                 }
             }
             inc(&sh.counters.loads);
-            if let Err(e) = sh.load_and_map(blk, false, None, &mut staging)
+            if let Err(e) = sh.load_and_map(blk, None, &mut staging)
                 && first_err.is_none()
             {
                 first_err = Some(e);
@@ -576,6 +613,7 @@ impl FileH {
         let sh = &*self.sh;
         let mut st = sh.quiesce();
         let dirty: Vec<u64> = st.dirty.iter().copied().collect();
+        vtrace!("T writeout {how:?} dirty {dirty:?}");
         let r = (|| {
             if how.has(Writeout::STORE) {
                 for &blk in &dirty {
@@ -626,6 +664,7 @@ impl FileH {
         let sh = &*self.sh;
         let mut st = sh.quiesce();
         let dirty: Vec<u64> = st.dirty.iter().copied().collect();
+        vtrace!("T discard dirty {dirty:?}");
         let mut r = Ok(());
         for blk in dirty {
             let (off, len) = sh.block_range(blk);
@@ -654,6 +693,10 @@ impl FileH {
             });
         }
         let mut st = sh.quiesce();
+        vtrace!(
+            "T invalidate blk {blk} state {}",
+            st.blocks.get(&blk).map_or("absent", Block::name)
+        );
         let r = (|| {
             let Some(b) = st.blocks.get(&blk) else {
                 return Ok(());
@@ -723,7 +766,9 @@ impl Shared {
 
     fn handler_loop(&self, ra_worker: bool) {
         let mut staging: Option<Staging> = None;
-        let mut msgs = [Msg::default(); 16];
+        // One message per read: a message read is served at once, and the
+        // other handler threads take the next ones in parallel.
+        let mut msgs = [Msg::default(); 1];
         loop {
             if self.shutdown.load(Ordering::Relaxed) {
                 return;
@@ -865,7 +910,18 @@ impl Shared {
         let action = {
             let mut st = self.st.lock();
             let st = &mut *st;
+            vtrace!(
+                "T fault blk {blk} page {} write {write} wp {wp} state {}",
+                (off % self.bs) / PAGE,
+                st.blocks.get(&blk).map_or("absent", Block::name)
+            );
             match st.blocks.get_mut(&blk) {
+                // Missing-page faults never mark a block dirty, even when the
+                // access was a write: the kernel queues a fault message before
+                // it re-checks the page, so a message can be stale (from a
+                // write already served in an earlier residency). A real write
+                // to the freshly loaded, write-protected block raises a
+                // write-protect fault, and only those make blocks dirty.
                 None => {
                     if wp {
                         Action::Wake(addr)
@@ -874,17 +930,17 @@ impl Shared {
                             blk,
                             Block::Loading {
                                 demanded: true,
-                                write,
+                                write: false,
                             },
                         );
                         st.busy += 1;
                         ra = self.note_access(st, blk);
-                        Action::Load { write }
+                        Action::Load
                     }
                 }
                 Some(Block::Loading { demanded, write: w }) => {
                     *demanded = true;
-                    *w |= write || wp;
+                    *w |= wp;
                     ra = self.note_access(st, blk);
                     Action::None
                 }
@@ -893,7 +949,7 @@ impl Shared {
                     Action::None
                 }
                 Some(Block::Clean { tick, hole, marker }) => {
-                    if wp || write {
+                    if wp {
                         let (t, h, mk) = (*tick, *hole, marker.take());
                         st.lru.remove(&t);
                         if !h {
@@ -947,10 +1003,10 @@ impl Shared {
             }
             Action::Wake(a) => self.uffd.wake(a, PAGE),
             Action::Poison(a) => self.uffd.poison(a, PAGE, PAGE),
-            Action::Load { write } => {
+            Action::Load => {
                 inc(&self.counters.loads);
                 // Errors are recorded, logged and poisoned inside.
-                let _ = self.load_and_map(blk, write, None, staging);
+                let _ = self.load_and_map(blk, None, staging);
                 Ok(())
             }
             Action::FillMarker(mk) => {
@@ -1017,6 +1073,11 @@ impl Shared {
     fn readahead(&self, blk: u64, dir: i8, staging: &mut Option<Staging>) {
         {
             let mut st = self.st.lock();
+            vtrace!(
+                "T readahead blk {blk} paused {} state {}",
+                st.paused,
+                st.blocks.get(&blk).map_or("absent", Block::name)
+            );
             if st.paused || st.blocks.contains_key(&blk) || self.shutdown.load(Ordering::Relaxed) {
                 return;
             }
@@ -1030,7 +1091,7 @@ impl Shared {
             st.busy += 1;
         }
         inc(&self.counters.readahead_loads);
-        let _ = self.load_and_map(blk, false, Some(dir), staging);
+        let _ = self.load_and_map(blk, Some(dir), staging);
     }
 
     /// Undo a Loading state without mapping anything (used on early errors).
@@ -1044,16 +1105,10 @@ impl Shared {
     /// Load block `blk` (state Loading, owned by the caller) and map it.
     /// `write`: the fault was a write (map writable and dirty). `ra`: a
     /// read-ahead load in direction `dir` (hold back a marker page).
-    fn load_and_map(
-        &self,
-        blk: u64,
-        write: bool,
-        ra: Option<i8>,
-        staging: &mut Option<Staging>,
-    ) -> Result<()> {
+    fn load_and_map(&self, blk: u64, ra: Option<i8>, staging: &mut Option<Staging>) -> Result<()> {
         let (off, len) = self.block_range(blk);
         let addr = self.map.addr() + off;
-        let r = self.load_into_place(blk, addr, len, write, ra, staging);
+        let r = self.load_into_place(blk, addr, len, ra, staging);
         let (hole, marker, written) = match r {
             Ok(x) => x,
             Err(e) => {
@@ -1089,13 +1144,14 @@ impl Shared {
                 Some(Block::Loading { demanded, write }) => (*demanded, *write),
                 _ => (false, false),
             };
+            vtrace!(
+                "T loaded blk {blk} ra {ra:?} pending {pending_write} written {written} demanded {demanded} hole {hole} marker {} state {}",
+                marker.is_some(),
+                st.blocks.get(&blk).map_or("absent", Block::name)
+            );
             st.busy -= 1;
             self.idle.notify_all();
-            if write {
-                st.blocks.insert(blk, Block::Dirty);
-                st.dirty.insert(blk);
-                Action::None
-            } else if pending_write || written {
+            if pending_write || written {
                 st.blocks.insert(blk, Block::Dirty);
                 st.dirty.insert(blk);
                 Action::MakeDirty(marker)
@@ -1148,7 +1204,6 @@ impl Shared {
         blk: u64,
         addr: usize,
         len: usize,
-        write: bool,
         ra: Option<i8>,
         staging: &mut Option<Staging>,
     ) -> Result<(bool, Option<Marker>, bool)> {
@@ -1169,8 +1224,8 @@ impl Shared {
                 file: self.name.clone(),
                 source: SharedError(Arc::from(e)),
             })?;
-        match (loaded, write) {
-            (Loaded::Hole, false) => {
+        match loaded {
+            Loaded::Hole => {
                 let Some(pm) = &self.pagemap else {
                     // No way to check the zero-page race below: map zeros
                     // (costs memory like data).
@@ -1199,18 +1254,7 @@ impl Shared {
                 let written = pm.written(addr, len).map_err(Self::os("PAGEMAP_SCAN"))?;
                 Ok((true, None, written))
             }
-            (Loaded::Hole, true) => {
-                buf.as_mut_slice().fill(0);
-                self.copy_all(addr, buf.as_slice(), false)
-                    .map_err(Self::os("UFFDIO_COPY"))?;
-                Ok((false, None, false))
-            }
-            (Loaded::Data, true) => {
-                self.copy_all(addr, buf.as_slice(), false)
-                    .map_err(Self::os("UFFDIO_COPY"))?;
-                Ok((false, None, false))
-            }
-            (Loaded::Data, false) => {
+            Loaded::Data => {
                 let data = buf.as_slice();
                 let stride = (self.ra_window / 2).max(1);
                 let Some(dir) = ra.filter(|_| blk.is_multiple_of(stride)) else {
@@ -1243,6 +1287,10 @@ impl Shared {
                 let Some((_, blk)) = st.lru.pop_first() else {
                     return;
                 };
+                vtrace!(
+                    "T evict blk {blk} state {}",
+                    st.blocks.get(&blk).map_or("absent", Block::name)
+                );
                 st.blocks.insert(blk, Block::Evicting { demanded: false });
                 st.busy += 1;
                 self.budget.sub(self.bs as u64);

@@ -20,7 +20,12 @@
 //! faulting threads (two faults on one block load it once). The first write
 //! to a clean block raises a write-protect fault: the block is marked dirty
 //! and the protection is lifted for the whole block. A first touch that is a
-//! write loads the block writable and dirty at once. Blocks the file reports
+//! write loads the block like a read and the write then raises that
+//! write-protect fault (one extra round trip of a few microseconds per block):
+//! only write-protect faults make blocks dirty, because a missing-page fault
+//! message can be stale (the kernel queues it before re-checking the page),
+//! and inferring a write from a stale one would dirty a block that was not
+//! written in its current residency. Blocks the file reports
 //! as holes are mapped with the shared zero page (`UFFDIO_ZEROPAGE`) and cost
 //! no memory until written.
 //!

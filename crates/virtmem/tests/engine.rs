@@ -520,3 +520,27 @@ fn big_file_scans_under_a_small_budget() {
     assert!(st.readahead_loads > n, "{st:?}");
     assert!(st.evictions >= 3 * n - 64, "{st:?}");
 }
+
+#[test]
+fn failed_store_keeps_every_block_dirty() {
+    let f = file_with(6, &[]);
+    let mut fh = open(&f, 6, false, 1 << 30);
+    for blk in [1u64, 2, 4] {
+        fh.bytes_mut(off(blk)..off(blk) + 1).unwrap()[0] = 0x11 * blk as u8;
+    }
+    f.set_store_failing(2, true);
+    match fh.writeout(Writeout::STORE | Writeout::MARKSTORED) {
+        Err(Error::Store { blk, source, .. }) => {
+            assert_eq!(blk, 2);
+            assert_eq!(source.to_string(), "injected store failure for block 2");
+        }
+        other => panic!("expected a store error for block 2, got {other:?}"),
+    }
+    assert_eq!(f.take_stores(), vec![1], "stores stop at the failing block");
+    assert_eq!(fh.dirty_blocks(), vec![1, 2, 4], "nothing is marked stored");
+    f.set_store_failing(2, false);
+    fh.writeout(Writeout::STORE | Writeout::MARKSTORED).unwrap();
+    assert_eq!(f.take_stores(), vec![1, 2, 4]);
+    assert!(fh.dirty_blocks().is_empty());
+    assert_eq!(f.block(4).unwrap()[0], 0x44);
+}

@@ -70,7 +70,11 @@ proptest! {
             threads: 2,
         };
         let mut fh = FileH::open(file.clone() as Arc<dyn BigFile>, opts).unwrap();
+        let trace = std::env::var_os("VIRTMEM_TRACE").is_some();
         for op in ops {
+            if trace {
+                eprintln!("OP {op:?} model dirty {dirty:?}");
+            }
             match op {
                 Op::Read { off, len } => {
                     let v = fh.bytes(off as u64..(off + len) as u64).unwrap();
