@@ -216,6 +216,9 @@ enum Action {
     Load,
     FillMarker(Marker),
     MakeDirty(Option<Marker>),
+    /// First write to a clean hole: replace its zero pages by writable
+    /// zeroed pages in one go (instead of one copy-on-write fault per page).
+    RefillHole,
     Poison(usize),
 }
 
@@ -239,6 +242,8 @@ struct Shared {
     ra_queue: Mutex<VecDeque<(u64, i8)>>,
     /// For the zero-page check of holes; `None`: holes are mapped as data.
     pagemap: Option<Pagemap>,
+    /// A never-written block-sized buffer: the source to fill holes with zeros.
+    zeros: Mutex<Option<Staging>>,
     counters: Counters,
     /// Last address answered with a bare wake, since when: an access that
     /// keeps faulting on a page its block state says is present (a broken
@@ -396,6 +401,7 @@ impl FileH {
             ra_window,
             ra_queue: Mutex::new(VecDeque::new()),
             pagemap: Pagemap::open(),
+            zeros: Mutex::new(None),
             counters: Counters::default(),
             spurious: Mutex::new(None),
         });
@@ -949,7 +955,18 @@ impl Shared {
                     Action::None
                 }
                 Some(Block::Clean { tick, hole, marker }) => {
-                    if wp {
+                    if wp && *hole {
+                        // Faults on the block wait while it is refilled.
+                        st.blocks.insert(
+                            blk,
+                            Block::Loading {
+                                demanded: true,
+                                write: true,
+                            },
+                        );
+                        st.busy += 1;
+                        Action::RefillHole
+                    } else if wp {
                         let (t, h, mk) = (*tick, *hole, marker.take());
                         st.lru.remove(&t);
                         if !h {
@@ -1020,6 +1037,7 @@ impl Shared {
                 };
                 r.and_then(|()| self.uffd.writeprotect(block_addr, self.bs, false, true))
             }
+            Action::RefillHole => self.refill_hole(blk, block_addr),
         };
         if let Err(e) = r {
             // The waiting thread would hang: there is nothing sane left to do
@@ -1031,6 +1049,33 @@ impl Shared {
             tracing::error!(blk, file = %self.name, "serving a fault failed: {e}");
             let _ = self.uffd.poison(addr, PAGE, PAGE);
         }
+    }
+
+    /// Replace the zero pages of clean hole `blk` (state Loading, owned by the
+    /// caller) by writable zeroed pages, mark it dirty and wake the waiters.
+    fn refill_hole(&self, blk: u64, addr: usize) -> std::io::Result<()> {
+        let (off, len) = self.block_range(blk);
+        // The block is write-protected zero pages: dropping them loses nothing.
+        let r = self.map.dontneed(off, len).and_then(|()| {
+            let mut z = self.zeros.lock();
+            if z.is_none() {
+                // Never written: reads of it hit the shared zero page, a
+                // cache-friendly copy source.
+                *z = Some(Staging::new(len)?);
+            }
+            match z.as_ref() {
+                Some(zb) => self.copy_all(addr, zb.as_slice(), false),
+                None => Ok(()),
+            }
+        });
+        let mut st = self.st.lock();
+        st.busy -= 1;
+        self.idle.notify_all();
+        st.blocks.insert(blk, Block::Dirty);
+        st.dirty.insert(blk);
+        drop(st);
+        // On error the waiters refault and get a poisoned page (see the caller).
+        r.and_then(|()| self.uffd.wake(addr, len))
     }
 
     /// True if missing faults at `addr` have been answered with bare wakes
