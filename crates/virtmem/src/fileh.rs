@@ -214,7 +214,6 @@ enum Action {
     None,
     Wake(usize),
     Load,
-    FillMarker(Marker),
     MakeDirty(Option<Marker>),
     /// First write to a clean hole: replace its zero pages by writable
     /// zeroed pages in one go (instead of one copy-on-write fault per page).
@@ -704,14 +703,16 @@ impl FileH {
             st.blocks.get(&blk).map_or("absent", Block::name)
         );
         let r = (|| {
-            let Some(b) = st.blocks.get(&blk) else {
-                return Ok(());
-            };
+            // Drop the range even for an absent block: no page may survive
+            // an invalidation, whatever the bookkeeping says.
             let (off, len) = sh.block_range(blk);
             sh.map.dontneed(off, len).map_err(|source| Error::Os {
                 op: "madvise(MADV_DONTNEED)",
                 source,
             })?;
+            let Some(b) = st.blocks.get(&blk) else {
+                return Ok(());
+            };
             if let Block::Clean { tick, hole, .. } = b {
                 let (tick, hole) = (*tick, *hole);
                 st.lru.remove(&tick);
@@ -988,7 +989,18 @@ impl Shared {
                             st.lru.insert(nt, blk);
                         }
                         ra = self.note_access(st, blk);
-                        Action::FillMarker(mk)
+                        // Installed under the state lock, so an eviction
+                        // cannot drop the block in between and leave a
+                        // stray page behind.
+                        inc(&self.counters.marker_hits);
+                        let ba = base + blk as usize * self.bs;
+                        match self.fill_marker(ba, &mk, true) {
+                            Ok(()) => Action::None,
+                            Err(e) => {
+                                eprintln!("virtmem: installing a marker page of block {blk}: {e}");
+                                Action::Poison(addr)
+                            }
+                        }
                     } else {
                         Action::Wake(addr)
                     }
@@ -1025,10 +1037,6 @@ impl Shared {
                 // Errors are recorded, logged and poisoned inside.
                 let _ = self.load_and_map(blk, None, staging);
                 Ok(())
-            }
-            Action::FillMarker(mk) => {
-                inc(&self.counters.marker_hits);
-                self.fill_marker(block_addr, &mk, true)
             }
             Action::MakeDirty(mk) => {
                 let r = match &mk {
@@ -1203,7 +1211,15 @@ impl Shared {
             } else {
                 let tick = st.next_tick();
                 let (marker, post) = match marker {
-                    Some(mk) if demanded => (None, Action::FillMarker(mk)),
+                    // Someone waits: install the marker now (under the lock,
+                    // see handle_fault).
+                    Some(mk) if demanded => match self.fill_marker(addr, &mk, true) {
+                        Ok(()) => (None, Action::None),
+                        Err(e) => {
+                            eprintln!("virtmem: installing a marker page of block {blk}: {e}");
+                            (Some(mk), Action::None)
+                        }
+                    },
                     m => (m, Action::None),
                 };
                 st.blocks.insert(blk, Block::Clean { tick, hole, marker });
@@ -1215,9 +1231,6 @@ impl Shared {
             }
         };
         let r = match post {
-            Action::FillMarker(mk) => self
-                .fill_marker(addr, &mk, true)
-                .and_then(|()| self.uffd.wake(addr, len)),
             Action::MakeDirty(mk) => {
                 let r = match &mk {
                     Some(mk) => self.fill_marker(addr, mk, false),
