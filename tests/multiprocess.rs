@@ -57,6 +57,13 @@ fn child_increment() {
     };
     let n: usize = arg.parse().expect("count");
     let fs = FileStorage::open(&path).expect("open");
+    // start barrier: both children begin committing at the same time
+    let go = path.with_extension("go");
+    let t0 = std::time::Instant::now();
+    while !go.exists() {
+        assert!(t0.elapsed() < Duration::from_secs(30), "no go signal");
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let counter = Oid(1);
     let mut conflicts = 0;
     let mut seen_foreign = false;
@@ -69,7 +76,9 @@ fn child_increment() {
         }
         let cur = fs.load(counter).expect("counter");
         let mine = fs.new_oid().expect("oid");
-        let mut t = fs.tpc_begin(meta("inc"), None).expect("begin");
+        let mut t = fs
+            .tpc_begin(meta(&format!("inc by {}", std::process::id())), None)
+            .expect("begin");
         match t.store(
             counter,
             cur.serial,
@@ -110,19 +119,19 @@ fn two_processes_commit_to_one_file() {
         t.store(o, Tid::ZERO, counter_record(0)).expect("store");
         t.finish().expect("finish");
     }
-    let n = 60;
+    let n = 100;
     let kids: Vec<_> = (0..2)
         .map(|_| spawn_child("child_increment", &path, &n.to_string()))
         .collect();
-    let mut foreign = 0;
+    // a reader opened before the children start
+    let reader = FileStorage::open_read_only(&path).expect("reader");
+    let t_before = reader.last_tid();
+    std::fs::write(path.with_extension("go"), b"").expect("go");
     for k in kids {
         let out = k.wait_with_output().expect("wait");
         assert!(out.status.success(), "child failed");
         let s = String::from_utf8_lossy(&out.stdout);
         assert!(s.contains("DONE"), "{s}");
-        if s.contains("seen_foreign=true") {
-            foreign += 1;
-        }
     }
     let fs = FileStorage::open_read_only(&path).expect("open");
     // every increment of both processes is there: no lost update
@@ -141,9 +150,31 @@ fn two_processes_commit_to_one_file() {
         "tids strictly increase"
     );
     assert_eq!(fs.scan_info().objects, 2 + 2 * n);
+    // the commits of the two processes interleave in the file
+    let by: Vec<&[u8]> = txns[2..]
+        .iter()
+        .map(|t| t.meta.description.as_slice())
+        .collect();
+    let switches = by.windows(2).filter(|w| w[0] != w[1]).count();
+    eprintln!(
+        "two processes: {} commits, {switches} switches between the writers",
+        by.len()
+    );
     assert!(
-        foreign >= 1,
-        "at least one process saw the other's commits at sync"
+        switches >= 1,
+        "no interleaving: {switches} {:?}",
+        by.iter()
+            .map(|b| String::from_utf8_lossy(b))
+            .collect::<Vec<_>>()
+    );
+    // the reader picks up every transaction and changed oid at its next sync
+    let t_after = reader.sync().expect("sync");
+    assert_eq!(t_after, fs.last_tid());
+    let changed = reader.changed_oids(t_before, t_after).expect("changed");
+    assert_eq!(changed.len(), 1 + 2 * n, "the counter and every new object");
+    assert_eq!(
+        counter_value(&reader.load(Oid(1)).expect("counter").data),
+        2 * n as i64
     );
 }
 

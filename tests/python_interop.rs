@@ -325,3 +325,67 @@ fn python_writes_rust_reads() {
         }
     }
 }
+
+const PY_HOLD_LOCK: &str = r#"
+import sys, time
+from ZODB.FileStorage import FileStorage
+fs = FileStorage(sys.argv[1])          # a writable open takes Data.fs.lock
+print("LOCKED", flush=True)
+sys.stdin.readline()                   # hold it until told to go
+fs.close()
+print("CLOSED", flush=True)
+"#;
+
+/// Python ZODB holds the commit lock for as long as it has the file open for
+/// writing: our commit waits and then fails with `Locked`; once Python closes,
+/// it goes through. Both sides use BSD flock on `<name>.lock`.
+#[test]
+fn python_writer_lock_excludes_our_commits() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::time::Duration;
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("Data.fs");
+    let opts = storage::filestorage::Options {
+        lock_timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let fs = FileStorage::open_with(&path, opts).expect("create");
+    let script = dir.path().join("hold.py");
+    std::fs::write(&script, PY_HOLD_LOCK).expect("script");
+    let mut py = std::process::Command::new(common::python())
+        .arg(&script)
+        .arg(&path)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python");
+    let mut out = BufReader::new(py.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("read");
+    assert_eq!(line.trim(), "LOCKED");
+    let e = fs
+        .tpc_begin(TxnMeta::default(), None)
+        .err()
+        .expect("locked");
+    assert!(matches!(e, storage::Error::Locked { .. }), "{e}");
+    py.stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"go\n")
+        .expect("write");
+    line.clear();
+    out.read_line(&mut line).expect("read");
+    assert_eq!(line.trim(), "CLOSED");
+    assert!(py.wait().expect("wait").success());
+    let o = fs.new_oid().expect("oid");
+    let mut t = fs
+        .tpc_begin(TxnMeta::default(), None)
+        .expect("begin after python closed");
+    t.store(
+        o,
+        Tid::ZERO,
+        pickle::encode_record("m", "C", &Value::None, Dialect::Py3).expect("enc"),
+    )
+    .expect("store");
+    t.finish().expect("finish");
+}

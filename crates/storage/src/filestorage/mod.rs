@@ -61,7 +61,7 @@ use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How to open a FileStorage.
 #[derive(Debug, Clone)]
@@ -192,7 +192,18 @@ impl<'f> Window<'f> {
         if !in_window {
             let want = WINDOW.min(self.size.saturating_sub(pos) as usize);
             self.buf.resize(want, 0);
-            read_exact_at(self.file, self.path, &mut self.buf, pos)?;
+            // The file may shrink while we scan (another process aborting
+            // its commit truncates it): a short read ends the window.
+            let mut got = 0;
+            while got < want {
+                match self.file.read_at(&mut self.buf[got..], pos + got as u64) {
+                    Ok(0) => break,
+                    Ok(n) => got += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(Error::io(self.path, "read", e)),
+                }
+            }
+            self.buf.truncate(got);
             self.start = pos;
         }
         let off = (pos - self.start) as usize;
@@ -233,7 +244,7 @@ fn scan(file: &File, path: &Path, mut pos: u64, idx: &mut Index) -> Result<Tail>
         .len();
     let mut w = Window::new(file, path, size);
     let mut tindex: Vec<(Oid, u64)> = Vec::new();
-    let tail = loop {
+    let tail = 'txns: loop {
         if pos >= size {
             break Tail::Clean;
         }
@@ -267,8 +278,11 @@ fn scan(file: &File, path: &Path, mut pos: u64, idx: &mut Index) -> Result<Tail>
             tindex.clear();
             let mut p = pos + h.header_len();
             while p < end {
-                let db = w.get_arr::<42>(p)?.filter(|_| p + DATA_HDR_LEN <= end);
-                let Some(db) = db else {
+                let db = w.get_arr::<42>(p)?;
+                let Some(db) = db.filter(|_| p + DATA_HDR_LEN <= end) else {
+                    if db.is_none() && shrunk(file, path, end)? {
+                        break 'txns Tail::Incomplete;
+                    }
                     return Err(corrupt(
                         path,
                         p,
@@ -300,6 +314,9 @@ fn scan(file: &File, path: &Path, mut pos: u64, idx: &mut Index) -> Result<Tail>
             }
         }
         let trailer = w.get_arr::<8>(end)?.map(u64::from_be_bytes);
+        if trailer.is_none() && shrunk(file, path, end)? {
+            break 'txns Tail::Incomplete;
+        }
         if trailer != Some(h.tlen) {
             return Err(corrupt(
                 path,
@@ -328,6 +345,16 @@ fn scan(file: &File, path: &Path, mut pos: u64, idx: &mut Index) -> Result<Tail>
         Some((pos, tail))
     };
     Ok(tail)
+}
+
+/// True if the file is now shorter than `need` (it was truncated while we
+/// scanned it: the transaction there is being aborted, not corrupt).
+fn shrunk(file: &File, path: &Path, need: u64) -> Result<bool> {
+    let now = file
+        .metadata()
+        .map_err(|e| Error::io(path, "stat", e))?
+        .len();
+    Ok(now < need.saturating_add(8))
 }
 
 fn check_data_header(path: &Path, d: &DataHeader, tpos: u64, tend: u64) -> Result<()> {
@@ -559,20 +586,43 @@ impl FileStorage {
     }
 
     /// Take the commit lock, waiting up to the lock timeout.
+    ///
+    /// When the lock is busy, a helper thread waits in a blocking `flock`, so
+    /// the kernel wakes us as soon as the holder releases it (polling would
+    /// let a process that commits in a tight loop starve the others). If the
+    /// timeout passes first, the helper releases the lock as soon as it gets it.
     fn lock_file(&self) -> Result<nix::fcntl::Flock<File>> {
-        let deadline = Instant::now() + self.lock_timeout;
-        let mut nap = Duration::from_micros(50);
-        loop {
-            if let Some(l) = self.try_lock_file()? {
-                return Ok(l);
+        use nix::fcntl::{Flock, FlockArg};
+        if let Some(l) = self.try_lock_file()? {
+            return Ok(l);
+        }
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&self.lock_path)
+            .map_err(|e| Error::io(&self.lock_path, "open", e))?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("fs-lock-wait".into())
+            .spawn(move || {
+                let r = Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| e);
+                // If the receiver gave up, the lock is dropped (released) here.
+                let _ = tx.send(r);
+            })
+            .map_err(|e| Error::io(&self.lock_path, "spawn lock waiter", e))?;
+        match rx.recv_timeout(self.lock_timeout) {
+            Ok(Ok(l)) => {
+                let line = format!(" {}\n", std::process::id());
+                let _ = l.set_len(0);
+                let _ = l.write_all_at(line.as_bytes(), 0);
+                Ok(l)
             }
-            if Instant::now() >= deadline {
-                return Err(Error::Locked {
-                    path: self.lock_path.clone(),
-                });
-            }
-            std::thread::sleep(nap);
-            nap = (nap * 2).min(Duration::from_millis(5));
+            Ok(Err(e)) => Err(Error::io(&self.lock_path, "flock", e.into())),
+            Err(_) => Err(Error::Locked {
+                path: self.lock_path.clone(),
+            }),
         }
     }
 
