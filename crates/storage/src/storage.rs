@@ -103,12 +103,14 @@ pub trait Storage: Send + Sync {
 
     /// Start a commit: takes the commit lock (blocking until other committers
     /// finish) and chooses the transaction's tid. Dropping the returned
-    /// transaction without `finish` aborts it.
+    /// transaction without `finish` aborts it. The transaction owns what it
+    /// needs of the storage (it is `'static`), so data managers can keep it
+    /// between the phases of two-phase commit.
     fn tpc_begin(
         &self,
         meta: TxnMeta,
         resolver: Option<std::sync::Arc<dyn ConflictResolver>>,
-    ) -> Result<Box<dyn StorageTxn + '_>>;
+    ) -> Result<Box<dyn StorageTxn>>;
 
     /// Oids changed by transactions with `after < tid <= upto`, without
     /// duplicates, in ascending order.

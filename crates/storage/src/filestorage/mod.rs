@@ -147,8 +147,9 @@ pub struct ScanInfo {
     pub tail: Tail,
 }
 
-/// A ZODB FileStorage (`Data.fs`). See the module docs for the model.
-pub struct FileStorage {
+/// The shared state of a [`FileStorage`]: its methods are reached through
+/// the handle (`Deref`).
+pub struct FileStorageInner {
     path: PathBuf,
     lock_path: PathBuf,
     read_only: bool,
@@ -160,6 +161,21 @@ pub struct FileStorage {
     oid_alloc: Mutex<u64>,
     commit_busy: Mutex<bool>,
     commit_cv: Condvar,
+}
+
+/// A ZODB FileStorage (`Data.fs`). See the module docs for the model.
+/// Clones are handles to the same open file and index; transactions in
+/// two-phase commit hold one, so they are `'static`.
+#[derive(Clone)]
+pub struct FileStorage {
+    inner: Arc<FileStorageInner>,
+}
+
+impl std::ops::Deref for FileStorage {
+    type Target = FileStorageInner;
+    fn deref(&self) -> &FileStorageInner {
+        &self.inner
+    }
 }
 
 /// Window reader used by scans: serves small header reads from a buffer so
@@ -461,7 +477,7 @@ impl FileStorage {
                 ),
             ));
         }
-        let fs = FileStorage {
+        let inner = FileStorageInner {
             path,
             lock_path,
             read_only: opts.read_only,
@@ -475,6 +491,9 @@ impl FileStorage {
             oid_alloc: Mutex::new(0),
             commit_busy: Mutex::new(false),
             commit_cv: Condvar::new(),
+        };
+        let fs = FileStorage {
+            inner: Arc::new(inner),
         };
         {
             let file = fs.file.read().clone();
@@ -495,36 +514,6 @@ impl FileStorage {
             }
         }
         Ok(fs)
-    }
-
-    /// The file's magic (`FS30` or `FS21`).
-    pub fn magic(&self) -> [u8; 4] {
-        self.magic
-    }
-
-    /// The pickle dialect records in this file use.
-    pub fn dialect(&self) -> Dialect {
-        if self.magic == *MAGIC_FS21 {
-            Dialect::Py2
-        } else {
-            Dialect::Py3
-        }
-    }
-
-    /// The file path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Statistics of the current index.
-    pub fn scan_info(&self) -> ScanInfo {
-        let idx = self.index.read();
-        ScanInfo {
-            end: idx.end,
-            transactions: idx.txns.len(),
-            objects: idx.oids.len(),
-            tail: idx.tail.map_or(Tail::Clean, |t| t.1),
-        }
     }
 
     fn create_root(&self) -> Result<()> {
@@ -556,6 +545,38 @@ impl FileStorage {
         txn.vote()?;
         txn.finish()?;
         Ok(())
+    }
+}
+
+impl FileStorageInner {
+    /// The file's magic (`FS30` or `FS21`).
+    pub fn magic(&self) -> [u8; 4] {
+        self.magic
+    }
+
+    /// The pickle dialect records in this file use.
+    pub fn dialect(&self) -> Dialect {
+        if self.magic == *MAGIC_FS21 {
+            Dialect::Py2
+        } else {
+            Dialect::Py3
+        }
+    }
+
+    /// The file path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Statistics of the current index.
+    pub fn scan_info(&self) -> ScanInfo {
+        let idx = self.index.read();
+        ScanInfo {
+            end: idx.end,
+            transactions: idx.txns.len(),
+            objects: idx.oids.len(),
+            tail: idx.tail.map_or(Tail::Clean, |t| t.1),
+        }
     }
 
     fn current_file(&self) -> Arc<File> {
@@ -943,7 +964,7 @@ impl Storage for FileStorage {
         &self,
         meta: TxnMeta,
         resolver: Option<Arc<dyn ConflictResolver>>,
-    ) -> Result<Box<dyn StorageTxn + '_>> {
+    ) -> Result<Box<dyn StorageTxn>> {
         if self.read_only {
             return Err(Error::ReadOnly {
                 path: self.path.clone(),
@@ -961,7 +982,7 @@ impl Storage for FileStorage {
             }
         }
         self.acquire_commit_slot();
-        let mut slot = CommitSlot(Some(self));
+        let mut slot = CommitSlot(Some(&self.inner));
         let lock = self.lock_file()?;
         self.sync_inner()?;
         self.repair_tail()?;
@@ -990,7 +1011,7 @@ impl Storage for FileStorage {
         }
         slot.0 = None;
         Ok(Box::new(FsTxn {
-            fs: self,
+            fs: self.clone(),
             file,
             _lock: lock,
             header,
@@ -1054,7 +1075,7 @@ impl Storage for FileStorage {
 }
 
 /// Releases the in-process commit slot if `tpc_begin` fails half-way.
-struct CommitSlot<'a>(Option<&'a FileStorage>);
+struct CommitSlot<'a>(Option<&'a FileStorageInner>);
 
 impl Drop for CommitSlot<'_> {
     fn drop(&mut self) {
@@ -1065,8 +1086,8 @@ impl Drop for CommitSlot<'_> {
 }
 
 /// A FileStorage transaction in two-phase commit.
-struct FsTxn<'a> {
-    fs: &'a FileStorage,
+struct FsTxn {
+    fs: FileStorage,
     file: Arc<File>,
     _lock: nix::fcntl::Flock<File>,
     header: TxnHeader,
@@ -1079,7 +1100,7 @@ struct FsTxn<'a> {
     done: bool,
 }
 
-impl FsTxn<'_> {
+impl FsTxn {
     fn write(&self, bytes: &[u8], pos: u64) -> Result<()> {
         self.file
             .write_all_at(bytes, pos)
@@ -1093,7 +1114,7 @@ impl FsTxn<'_> {
     }
 }
 
-impl StorageTxn for FsTxn<'_> {
+impl StorageTxn for FsTxn {
     fn tid(&self) -> Tid {
         self.header.tid
     }
@@ -1207,7 +1228,7 @@ impl StorageTxn for FsTxn<'_> {
     }
 }
 
-impl Drop for FsTxn<'_> {
+impl Drop for FsTxn {
     fn drop(&mut self) {
         if !self.done {
             self.rollback();
