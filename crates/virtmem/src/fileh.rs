@@ -547,13 +547,13 @@ impl FileH {
         let sh = &*self.sh;
         let mut staging: Option<Staging> = None;
         let mut first_err = None;
+        if blocks.end > sh.nblocks && blocks.start < blocks.end {
+            return Err(Error::BlockOutOfRange {
+                blk: blocks.start.max(sh.nblocks),
+                nblocks: sh.nblocks,
+            });
+        }
         for blk in blocks {
-            if blk >= sh.nblocks {
-                return Err(Error::BlockOutOfRange {
-                    blk,
-                    nblocks: sh.nblocks,
-                });
-            }
             let retry = {
                 let mut st = sh.st.lock();
                 while let Some(Block::Loading { .. } | Block::Evicting { .. }) = st.blocks.get(&blk)

@@ -108,6 +108,8 @@
 //! # }
 //! ```
 
+#![warn(missing_docs)]
+
 mod backends;
 mod budget;
 mod error;

@@ -371,10 +371,16 @@ fn prefetch_returns_load_errors_as_values_and_retries() {
     fh.invalidate(4).unwrap();
     assert!(fh.load_errors().is_empty());
     assert_eq!(fh.bytes(off(4)..off(4) + 2).unwrap()[..], pattern(4)[..2]);
+    let before = f.total_loads();
     assert!(matches!(
         fh.prefetch(5..7),
         Err(Error::BlockOutOfRange { blk: 6, .. })
     ));
+    assert_eq!(
+        f.total_loads(),
+        before,
+        "a bad range is rejected before any load"
+    );
 }
 
 const CHILD_ENV: &str = "VIRTMEM_POISON_CHILD";
