@@ -539,6 +539,25 @@ impl FileH {
             .count()
     }
 
+    /// Test hook: drop the pages of block `blk` *without* telling the engine,
+    /// breaking its bookkeeping on purpose (used to test that an access
+    /// faulting forever on a block the engine believes resident is failed with
+    /// SIGBUS rather than spinning). Not for normal use.
+    #[doc(hidden)]
+    pub fn debug_drop_pages_behind_engine(&self, blk: u64) -> Result<()> {
+        if blk >= self.sh.nblocks {
+            return Err(Error::BlockOutOfRange {
+                blk,
+                nblocks: self.sh.nblocks,
+            });
+        }
+        let (off, len) = self.sh.block_range(blk);
+        self.sh
+            .map
+            .dontneed(off, len)
+            .map_err(Shared::os("madvise(MADV_DONTNEED)"))
+    }
+
     /// Load blocks `blocks` (block numbers) that are not resident, on the
     /// calling thread, write-protected. Blocks that failed before are retried.
     /// Returns the first load error as a value (the failed block is also

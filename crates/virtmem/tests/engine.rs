@@ -550,3 +550,46 @@ fn failed_store_keeps_every_block_dirty() {
     assert!(fh.dirty_blocks().is_empty());
     assert_eq!(f.block(4).unwrap()[0], 0x44);
 }
+
+const SPIN_CHILD_ENV: &str = "VIRTMEM_SPIN_CHILD";
+
+/// Child half of `a_page_faulting_forever_is_failed_not_spun`.
+#[test]
+fn spin_child() {
+    if std::env::var_os(SPIN_CHILD_ENV).is_none() {
+        return;
+    }
+    let f = file_with(2, &[]);
+    let fh = open(&f, 2, false, 1 << 30);
+    let v = fh.bytes(0..off(1)).unwrap();
+    eprintln!("child: block 0 reads {}", std::hint::black_box(&v[..])[5]);
+    fh.debug_drop_pages_behind_engine(0).unwrap();
+    let x = std::hint::black_box(&v[..])[5]; // faults on a "resident" block
+    eprintln!("child: UNREACHABLE read {x}");
+    std::process::exit(3);
+}
+
+#[test]
+fn a_page_faulting_forever_is_failed_not_spun() {
+    use std::os::unix::process::ExitStatusExt;
+    let exe = std::env::current_exe().unwrap();
+    let t = std::time::Instant::now();
+    let out = std::process::Command::new(exe)
+        .args(["spin_child", "--exact", "--nocapture", "--test-threads=1"])
+        .env(SPIN_CHILD_ENV, "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGBUS),
+        "status {:?}, stderr:\n{stderr}",
+        out.status
+    );
+    assert!(
+        stderr.contains("keeps faulting although its block is resident"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("UNREACHABLE"), "{stderr}");
+    assert!(t.elapsed().as_secs() < 20, "took {:?}", t.elapsed());
+}
