@@ -53,6 +53,11 @@ pub struct Options {
     /// Number of handler threads. Default: number of CPUs (at least 2) plus
     /// one; all but one of them also run read-ahead.
     pub threads: usize,
+    /// Map holes with the shared zero page, so they cost no memory until
+    /// written (needs PAGEMAP_SCAN, Linux >= 6.7, to stay exact; without it
+    /// this is ignored). `false`: holes are mapped as zero-filled data.
+    /// Default `true`.
+    pub zero_page_holes: bool,
 }
 
 impl Default for Options {
@@ -64,6 +69,7 @@ impl Default for Options {
             readahead: true,
             readahead_window: 8,
             threads: ncpu.max(2) + 1,
+            zero_page_holes: true,
         }
     }
 }
@@ -399,7 +405,11 @@ impl FileH {
             readahead: opts.readahead && opts.readahead_window > 0,
             ra_window,
             ra_queue: Mutex::new(VecDeque::new()),
-            pagemap: Pagemap::open(),
+            pagemap: if opts.zero_page_holes {
+                Pagemap::open()
+            } else {
+                None
+            },
             zeros: Mutex::new(None),
             counters: Counters::default(),
             spurious: Mutex::new(None),

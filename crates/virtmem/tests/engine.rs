@@ -593,3 +593,30 @@ fn a_page_faulting_forever_is_failed_not_spun() {
     assert!(!stderr.contains("UNREACHABLE"), "{stderr}");
     assert!(t.elapsed().as_secs() < 20, "took {:?}", t.elapsed());
 }
+
+#[test]
+fn holes_as_data_when_zero_pages_are_off() {
+    let f = file_with(4, &[1, 2]);
+    let opts = Options {
+        reserve: 4 * BS as u64,
+        budget: Some(1 << 30),
+        readahead: false,
+        zero_page_holes: false,
+        ..Options::default()
+    };
+    let mut fh = FileH::open(f.clone() as Arc<dyn BigFile>, opts).unwrap();
+    assert!(fh.bytes(off(1)..off(2)).unwrap().iter().all(|&b| b == 0));
+    assert_eq!(
+        fh.budget().used(),
+        BS as u64,
+        "a hole mapped as data is accounted"
+    );
+    fh.bytes_mut(off(1) + 10..off(1) + 11).unwrap()[0] = 5;
+    fh.bytes_mut(off(2) + 20..off(2) + 21).unwrap()[0] = 6; // first touch is a write
+    assert_eq!(fh.dirty_blocks(), vec![1, 2]);
+    fh.writeout(Writeout::STORE | Writeout::MARKSTORED).unwrap();
+    assert_eq!(f.take_stores(), vec![1, 2]);
+    assert_eq!(f.block(1).unwrap()[10], 5);
+    assert_eq!(f.block(2).unwrap()[20], 6);
+    assert!(fh.dirty_blocks().is_empty());
+}

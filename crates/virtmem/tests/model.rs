@@ -49,6 +49,7 @@ proptest! {
     fn handle_matches_vec_model(
         init in proptest::collection::vec(proptest::option::of(any::<u8>()), NB as usize),
         ops in proptest::collection::vec(op(), 1..40),
+        zero_page_holes in any::<bool>(),
     ) {
         // The file: some blocks filled with a byte pattern, some holes.
         let file = Arc::new(MemBigFile::new(BS));
@@ -68,6 +69,7 @@ proptest! {
             readahead: true,
             readahead_window: 2,
             threads: 2,
+            zero_page_holes,
         };
         let mut fh = FileH::open(file.clone() as Arc<dyn BigFile>, opts).unwrap();
         let trace = std::env::var_os("VIRTMEM_TRACE").is_some();
