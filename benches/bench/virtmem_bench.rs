@@ -351,6 +351,7 @@ fn run_inner(
     };
     // The disk is noisy: the baseline runs before and after ours, the best counts.
     let t_base1 = baseline()?;
+    warm()?;
     let wfile = Arc::new(FileBigFile::open(wpath, BS).map_err(|e| e.to_string())?);
     let mut fh = open_handle(wfile.clone(), wsize, false)?;
     let (r, t_ours) = timed(|| -> Result<(), String> {

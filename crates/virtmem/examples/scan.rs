@@ -1,5 +1,6 @@
 //! Scan a file through a handle and print the throughput and the handle's
-//! counters: `cargo run --release --example scan -- FILE [readahead 0|1] [threads]`.
+//! counters: `cargo run --release --example scan -- FILE [readahead 0|1] [threads]`
+//! (env `RA_WINDOW`: read-ahead window in blocks).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,6 +21,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         reserve: size,
         budget: Some(size + (64 << 20)),
         readahead,
+        readahead_window: std::env::var("RA_WINDOW")
+            .ok()
+            .and_then(|w| w.parse().ok())
+            .unwrap_or(Options::default().readahead_window),
         ..Options::default()
     };
     let fh = FileH::open(file as Arc<dyn BigFile>, opts)?;
