@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::{BitOr, Deref, DerefMut, Range};
 use std::os::fd::AsFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -239,6 +239,8 @@ struct Shared {
     /// Becomes readable at shutdown.
     stop: EventFd,
     shutdown: AtomicBool,
+    /// Handler threads between reading a fault message and serving it.
+    in_flight: AtomicUsize,
     st: Mutex<State>,
     idle: Condvar,
     budget: Arc<Budget>,
@@ -399,6 +401,7 @@ impl FileH {
             wakeup,
             stop,
             shutdown: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
             st: Mutex::new(State::default()),
             idle: Condvar::new(),
             budget,
@@ -789,15 +792,30 @@ impl Shared {
 
     /// Stop read-ahead and wait until no block is being loaded or evicted.
     /// The caller must clear `paused` when done.
+    ///
+    /// Also waits until no handler thread holds a fault message it has read
+    /// but not yet served: with `&mut FileH` no access is running, so any such
+    /// message is stale, and serving it after (say) MARKSTORED could dirty a
+    /// block that was not written since.
     fn quiesce(&self) -> parking_lot::MutexGuard<'_, State> {
         self.ra_queue.lock().clear();
-        let mut st = self.st.lock();
-        st.paused = true;
-        st.streams.clear();
-        while st.busy > 0 {
-            self.idle.wait(&mut st);
+        {
+            let mut st = self.st.lock();
+            st.paused = true;
+            st.streams.clear();
         }
-        st
+        loop {
+            while self.in_flight.load(Ordering::SeqCst) > 0 {
+                std::thread::yield_now();
+            }
+            let mut st = self.st.lock();
+            while st.busy > 0 {
+                self.idle.wait(&mut st);
+            }
+            if self.in_flight.load(Ordering::SeqCst) == 0 {
+                return st;
+            }
+        }
     }
 
     fn handler_loop(&self, ra_worker: bool) {
@@ -809,14 +827,17 @@ impl Shared {
             if self.shutdown.load(Ordering::Relaxed) {
                 return;
             }
-            match self.uffd.read_msgs(&mut msgs) {
-                Ok(0) => {}
-                Ok(n) => {
-                    for m in &msgs[..n] {
-                        self.handle_fault(m, &mut staging);
-                    }
-                    continue;
+            self.in_flight.fetch_add(1, Ordering::SeqCst);
+            let r = self.uffd.read_msgs(&mut msgs);
+            if let Ok(n) = r {
+                for m in &msgs[..n] {
+                    self.handle_fault(m, &mut staging);
                 }
+            }
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            match r {
+                Ok(0) => {}
+                Ok(_) => continue,
                 Err(e) => {
                     tracing::error!("virtmem: reading userfaultfd of {}: {e}", self.name);
                 }
