@@ -1,0 +1,724 @@
+//! The object layer: [`DB`], [`Connection`] snapshots, typed persistent objects.
+//!
+//! A [`Connection`] sees the database as of one snapshot (`at`, a tid): every
+//! load goes through `load_before(oid, at + 1)`, whatever other connections or
+//! processes commit meanwhile. Objects loaded through it are cached per
+//! connection with the serial they were loaded at. At every transaction
+//! boundary of its [`TransactionManager`] (commit, abort) and at an explicit
+//! [`Connection::sync`], the connection moves to the newest snapshot, drops
+//! the objects that changed since its old one from its cache and hands the
+//! exact set of changed oids to its invalidation subscribers.
+//!
+//! Objects are Rust values implementing [`Persistent`] (state <-> pickle value
+//! tree, a ZODB class name). [`Connection::get_mut`] marks an object modified
+//! and joins the connection to the current transaction; [`Connection::add`]
+//! gives a new object its oid at once (as ZODB's `Connection.add` does). The
+//! references returned by `get`/`get_mut` hold the connection's lock: copy out
+//! what you need and drop them before calling the connection again.
+
+use crate::error::{Error, Result};
+use crate::filestorage::FileStorage;
+use crate::ids::{Oid, Tid};
+use crate::pickle::{self, Dialect};
+use crate::storage::{ConflictResolver, Storage, StorageTxn, TxnMeta};
+use crate::transaction::{DataManager, Synchronizer, TransactionManager};
+use crate::value::Value;
+use parking_lot::{MappedMutexGuard, Mutex, MutexGuard};
+use std::any::Any;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+/// A persistent object: a ZODB class and a state that converts to and from
+/// the pickle value tree. References to other objects are
+/// [`Value::PersistentRef`]s inside the state (see [`Connection::ref_to`]).
+pub trait Persistent: Any + Send + Sync {
+    /// `(module, name)` of the ZODB class, e.g. `("BTrees.LOBTree", "LOBucket")`.
+    fn class_path(&self) -> (&str, &str);
+    /// The state to pickle.
+    fn state(&self) -> Result<Value>;
+    /// Upcast for typed access.
+    fn as_any(&self) -> &dyn Any;
+    /// Upcast for typed access.
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+/// A Rust type for one or more ZODB classes.
+pub trait PersistentClass: Persistent + Sized {
+    /// Build the object from its class path and decoded state.
+    fn from_state(oid: Oid, module: &str, name: &str, state: Value) -> Result<Self>;
+}
+
+/// Any object, kept as its class path and raw state tree.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenericObject {
+    /// Module of the class.
+    pub module: String,
+    /// Name of the class.
+    pub name: String,
+    /// The state as decoded.
+    pub state: Value,
+}
+
+impl Persistent for GenericObject {
+    fn class_path(&self) -> (&str, &str) {
+        (&self.module, &self.name)
+    }
+    fn state(&self) -> Result<Value> {
+        Ok(self.state.clone())
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+impl PersistentClass for GenericObject {
+    fn from_state(_: Oid, module: &str, name: &str, state: Value) -> Result<Self> {
+        Ok(GenericObject {
+            module: module.into(),
+            name: name.into(),
+            state,
+        })
+    }
+}
+
+/// `persistent.mapping.PersistentMapping` (the root object): a dict under the
+/// state key `data` (legacy: `_container`), plus any other attributes.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PersistentMapping {
+    /// The user mapping, in stored order.
+    pub data: Vec<(Value, Value)>,
+    /// Other state attributes (subclasses), kept as they are.
+    pub attrs: Vec<(Value, Value)>,
+}
+
+impl PersistentMapping {
+    /// The value under text key `key`.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.data
+            .iter()
+            .rev()
+            .find(|(k, _)| k.as_text() == Some(key))
+            .map(|(_, v)| v)
+    }
+
+    /// Set text key `key` (replacing an existing entry).
+    pub fn insert(&mut self, key: &str, v: Value) {
+        match self.data.iter_mut().find(|(k, _)| k.as_text() == Some(key)) {
+            Some(e) => e.1 = v,
+            None => self.data.push((Value::Str(key.into()), v)),
+        }
+    }
+
+    /// Remove text key `key`, returning its value.
+    pub fn remove(&mut self, key: &str) -> Option<Value> {
+        let i = self
+            .data
+            .iter()
+            .position(|(k, _)| k.as_text() == Some(key))?;
+        Some(self.data.remove(i).1)
+    }
+
+    /// The text keys.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.data.iter().filter_map(|(k, _)| k.as_text())
+    }
+}
+
+impl Persistent for PersistentMapping {
+    fn class_path(&self) -> (&str, &str) {
+        ("persistent.mapping", "PersistentMapping")
+    }
+    fn state(&self) -> Result<Value> {
+        let mut items = vec![(Value::Str("data".into()), Value::Dict(self.data.clone()))];
+        items.extend(self.attrs.iter().cloned());
+        Ok(Value::Dict(items))
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+impl PersistentClass for PersistentMapping {
+    fn from_state(oid: Oid, module: &str, name: &str, state: Value) -> Result<Self> {
+        let bad = |msg: String| Error::BadState { oid, msg };
+        if !matches!(
+            (module, name),
+            ("persistent.mapping", "PersistentMapping") | ("persistent.dict", "PersistentDict")
+        ) {
+            return Err(bad(format!("{module}.{name} is not a PersistentMapping")));
+        }
+        let Value::Dict(items) = state else {
+            return Err(bad("PersistentMapping state is not a dict".into()));
+        };
+        let mut m = PersistentMapping::default();
+        for (k, v) in items {
+            match (k.as_text(), v) {
+                (Some("data" | "_container"), Value::Dict(d)) => m.data = d,
+                (_, v) => m.attrs.push((k, v)),
+            }
+        }
+        Ok(m)
+    }
+}
+
+/// Oids whose state changed between two snapshots of a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalidation {
+    /// The old snapshot.
+    pub from: Tid,
+    /// The new snapshot.
+    pub to: Tid,
+    /// Changed oids (ascending), excluding the connection's own commit.
+    pub oids: Vec<Oid>,
+}
+
+/// Resolves conflicts for the classes that know how (BTree buckets).
+struct ClassResolver;
+
+impl ConflictResolver for ClassResolver {
+    fn resolve(
+        &self,
+        oid: Oid,
+        old: &[u8],
+        committed: &[u8],
+        new: &[u8],
+    ) -> std::result::Result<Vec<u8>, String> {
+        crate::btree::resolve_conflict(oid, old, committed, new)
+    }
+}
+
+/// A database: a storage plus defaults for its connections.
+#[derive(Clone)]
+pub struct DB {
+    storage: Arc<dyn Storage>,
+    dialect: Dialect,
+    cache_size: usize,
+}
+
+impl DB {
+    /// Open a database by URL: `file:///path/Data.fs` or a plain path (a
+    /// FileStorage, created if missing). Other schemes are the extension
+    /// point for other storages and are refused with an error for now.
+    pub fn open(url: &str) -> Result<DB> {
+        let path = if let Some(p) = url.strip_prefix("file://") {
+            p
+        } else if url.contains("://") {
+            return Err(Error::Protocol(format!(
+                "unsupported storage URL {url:?} (supported: file:///path/data.fs or a path)"
+            )));
+        } else {
+            url
+        };
+        let fs = FileStorage::open(path)?;
+        let dialect = fs.dialect();
+        Ok(DB {
+            storage: Arc::new(fs),
+            dialect,
+            cache_size: 10_000,
+        })
+    }
+
+    /// A database over an already open storage writing pickles in `dialect`.
+    pub fn from_storage(storage: Arc<dyn Storage>, dialect: Dialect) -> DB {
+        DB {
+            storage,
+            dialect,
+            cache_size: 10_000,
+        }
+    }
+
+    /// Objects each connection keeps cached (unmodified ones beyond it are dropped).
+    pub fn set_cache_size(&mut self, n: usize) {
+        self.cache_size = n.max(1);
+    }
+
+    /// The storage.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    /// A connection bound to `tm`, at the newest snapshot. It joins `tm`'s
+    /// transactions when objects are modified and moves to the newest
+    /// snapshot at each of `tm`'s transaction boundaries.
+    pub fn open_connection(&self, tm: &TransactionManager) -> Result<Connection> {
+        let at = self.storage.sync()?;
+        let conn = Connection::new(self, at, Some(tm.clone()));
+        let s: Arc<dyn Synchronizer> = conn.shared.clone();
+        tm.register_synchronizer(Arc::downgrade(&s));
+        Ok(conn)
+    }
+
+    /// A read-only connection at the past snapshot `at` (time travel).
+    pub fn open_historical(&self, at: Tid) -> Result<Connection> {
+        Ok(Connection::new(self, at, None))
+    }
+}
+
+struct Entry {
+    obj: Box<dyn Persistent>,
+    serial: Tid,
+    used: u64,
+}
+
+struct ConnState {
+    at: Tid,
+    cache: HashMap<Oid, Entry>,
+    tick: u64,
+    modified: BTreeSet<Oid>,
+    added: BTreeSet<Oid>,
+    txn: Option<Box<dyn StorageTxn>>,
+    stored: Vec<Oid>,
+    resolved: Vec<Oid>,
+    /// (tid, oids) of this connection's last commit, not yet synced past.
+    own_commit: Option<Tid>,
+}
+
+/// An invalidation subscriber.
+type Subscriber = Arc<dyn Fn(&Invalidation) + Send + Sync>;
+
+struct Shared {
+    storage: Arc<dyn Storage>,
+    dialect: Dialect,
+    cache_size: usize,
+    tm: Option<TransactionManager>,
+    state: Mutex<ConnState>,
+    subscribers: Mutex<Vec<Subscriber>>,
+}
+
+/// A connection: a snapshot view of the database with an object cache.
+/// Clones are handles to the same connection.
+#[derive(Clone)]
+pub struct Connection {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("at", &self.at())
+            .finish()
+    }
+}
+
+impl Connection {
+    fn new(db: &DB, at: Tid, tm: Option<TransactionManager>) -> Connection {
+        let shared = Arc::new(Shared {
+            storage: db.storage.clone(),
+            dialect: db.dialect,
+            cache_size: db.cache_size,
+            tm,
+            state: Mutex::new(ConnState {
+                at,
+                cache: HashMap::new(),
+                tick: 0,
+                modified: BTreeSet::new(),
+                added: BTreeSet::new(),
+                txn: None,
+                stored: Vec::new(),
+                resolved: Vec::new(),
+                own_commit: None,
+            }),
+            subscribers: Mutex::new(Vec::new()),
+        });
+        Connection { shared }
+    }
+
+    /// The snapshot this connection sees (a tid).
+    pub fn at(&self) -> Tid {
+        self.shared.state.lock().at
+    }
+
+    /// True for a historical (read-only, time-travel) connection.
+    pub fn is_historical(&self) -> bool {
+        self.shared.tm.is_none()
+    }
+
+    /// The storage under this connection.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.shared.storage
+    }
+
+    /// The pickle dialect records are written in.
+    pub fn dialect(&self) -> Dialect {
+        self.shared.dialect
+    }
+
+    /// Call `f` with the changed oids at every snapshot move.
+    pub fn subscribe(&self, f: impl Fn(&Invalidation) + Send + Sync + 'static) {
+        self.shared.subscribers.lock().push(Arc::new(f));
+    }
+
+    /// Number of objects in the cache.
+    pub fn cache_len(&self) -> usize {
+        self.shared.state.lock().cache.len()
+    }
+
+    /// The record of `oid` as of this connection's snapshot (`None`: the
+    /// object does not exist in it). Does not touch the cache.
+    pub fn load_record(&self, oid: Oid) -> Result<Option<(Vec<u8>, Tid)>> {
+        let at = self.at();
+        Ok(self
+            .shared
+            .storage
+            .load_before(oid, Tid(at.0.saturating_add(1)))?
+            .map(|r| (r.data, r.serial)))
+    }
+
+    /// The class path `module.name` of `oid` (cached object or record).
+    pub fn class_of(&self, oid: Oid) -> Result<(String, String)> {
+        {
+            let st = self.shared.state.lock();
+            if let Some(e) = st.cache.get(&oid) {
+                let (m, n) = e.obj.class_path();
+                return Ok((m.to_owned(), n.to_owned()));
+            }
+        }
+        let (data, _) = self.load_record(oid)?.ok_or(Error::NotFound {
+            oid,
+            tid: Some(self.at()),
+        })?;
+        let (meta, _) = pickle::decode_record(&data)?;
+        pickle::class_of_meta(&meta).ok_or_else(|| Error::BadState {
+            oid,
+            msg: "record has no recognizable class".into(),
+        })
+    }
+
+    /// A persistent reference to `oid` (`(oid, class)` form) for use in states.
+    pub fn ref_to(&self, oid: Oid) -> Result<Value> {
+        let (m, n) = self.class_of(oid)?;
+        let oidv = match self.shared.dialect {
+            Dialect::Py3 => Value::Bytes(oid.to_bytes().to_vec()),
+            Dialect::Py2 => Value::Py2Str(oid.to_bytes().to_vec()),
+        };
+        Ok(Value::PersistentRef(Box::new(Value::Tuple(vec![
+            oidv,
+            Value::global(&m, &n),
+        ]))))
+    }
+
+    fn ensure_loaded<T: PersistentClass>(&self, st: &mut ConnState, oid: Oid) -> Result<()> {
+        st.tick += 1;
+        let tick = st.tick;
+        if let Some(e) = st.cache.get_mut(&oid) {
+            e.used = tick;
+            if e.obj.as_any().is::<T>() {
+                return Ok(());
+            }
+            return Err(Error::BadState {
+                oid,
+                msg: format!(
+                    "cached as {}.{}, requested as another Rust type",
+                    e.obj.class_path().0,
+                    e.obj.class_path().1
+                ),
+            });
+        }
+        let rec = self
+            .shared
+            .storage
+            .load_before(oid, Tid(st.at.0.saturating_add(1)))?
+            .ok_or(Error::NotFound {
+                oid,
+                tid: Some(st.at),
+            })?;
+        let (meta, state) = pickle::decode_record(&rec.data)?;
+        let (m, n) = pickle::class_of_meta(&meta).ok_or_else(|| Error::BadState {
+            oid,
+            msg: "record has no recognizable class".into(),
+        })?;
+        let obj = T::from_state(oid, &m, &n, state)?;
+        st.cache.insert(
+            oid,
+            Entry {
+                obj: Box::new(obj),
+                serial: rec.serial,
+                used: tick,
+            },
+        );
+        self.shared.shrink(st);
+        Ok(())
+    }
+}
+
+impl Shared {
+    /// Drop least recently used unmodified objects beyond the cache size.
+    fn shrink(&self, st: &mut ConnState) {
+        let limit = self.cache_size;
+        if st.cache.len() <= limit + limit / 8 {
+            return;
+        }
+        let mut clean: Vec<(u64, Oid)> = st
+            .cache
+            .iter()
+            .filter(|(o, _)| !st.modified.contains(o) && !st.added.contains(o))
+            .map(|(o, e)| (e.used, *o))
+            .collect();
+        clean.sort_unstable();
+        let excess = st.cache.len().saturating_sub(limit);
+        // never drop the object just loaded (highest tick)
+        for (_, o) in clean.into_iter().take(excess) {
+            if st.cache.get(&o).is_some_and(|e| e.used != st.tick) {
+                st.cache.remove(&o);
+            }
+        }
+    }
+}
+
+impl Connection {
+    /// The object `oid` as type `T`, loaded from this connection's snapshot
+    /// on first use. Holds the connection lock until dropped.
+    pub fn get<T: PersistentClass>(&self, oid: Oid) -> Result<MappedMutexGuard<'_, T>> {
+        let mut st = self.shared.state.lock();
+        self.ensure_loaded::<T>(&mut st, oid)?;
+        MutexGuard::try_map(st, |st| {
+            st.cache
+                .get_mut(&oid)
+                .and_then(|e| e.obj.as_any_mut().downcast_mut::<T>())
+        })
+        .map_err(|_| Error::BadState {
+            oid,
+            msg: "object vanished from the cache".into(),
+        })
+    }
+
+    /// Like [`Connection::get`], and marks the object modified: it is stored
+    /// at the next commit of the transaction this connection joins now.
+    pub fn get_mut<T: PersistentClass>(&self, oid: Oid) -> Result<MappedMutexGuard<'_, T>> {
+        self.join()?;
+        let mut st = self.shared.state.lock();
+        self.ensure_loaded::<T>(&mut st, oid)?;
+        if !st.added.contains(&oid) {
+            st.modified.insert(oid);
+        }
+        MutexGuard::try_map(st, |st| {
+            st.cache
+                .get_mut(&oid)
+                .and_then(|e| e.obj.as_any_mut().downcast_mut::<T>())
+        })
+        .map_err(|_| Error::BadState {
+            oid,
+            msg: "object vanished from the cache".into(),
+        })
+    }
+
+    /// The root mapping (oid 0).
+    pub fn root(&self) -> Result<MappedMutexGuard<'_, PersistentMapping>> {
+        self.get(Oid::ROOT)
+    }
+
+    /// The root mapping, marked modified.
+    pub fn root_mut(&self) -> Result<MappedMutexGuard<'_, PersistentMapping>> {
+        self.get_mut(Oid::ROOT)
+    }
+
+    /// Add a new object: it gets a fresh oid now and is stored at commit.
+    pub fn add<T: Persistent>(&self, obj: T) -> Result<Oid> {
+        self.join()?;
+        let oid = self.shared.storage.new_oid()?;
+        let mut st = self.shared.state.lock();
+        st.tick += 1;
+        let used = st.tick;
+        st.cache.insert(
+            oid,
+            Entry {
+                obj: Box::new(obj),
+                serial: Tid::ZERO,
+                used,
+            },
+        );
+        st.added.insert(oid);
+        Ok(oid)
+    }
+
+    /// Oids modified or added in the current transaction.
+    pub fn changed(&self) -> Vec<Oid> {
+        let st = self.shared.state.lock();
+        st.modified.union(&st.added).copied().collect()
+    }
+
+    fn join(&self) -> Result<()> {
+        let Some(tm) = &self.shared.tm else {
+            return Err(Error::Protocol(
+                "historical connections are read-only".into(),
+            ));
+        };
+        if self.shared.storage.is_read_only() {
+            return Err(Error::ReadOnly {
+                path: self.shared.storage.name().into(),
+            });
+        }
+        let dm: Arc<dyn DataManager> = self.shared.clone();
+        tm.join(dm);
+        Ok(())
+    }
+
+    /// Move to the newest snapshot now (outside a transaction boundary).
+    /// Fails if this connection has uncommitted changes.
+    pub fn sync(&self) -> Result<()> {
+        if self.is_historical() {
+            return Ok(());
+        }
+        if !self.changed().is_empty() {
+            return Err(Error::Protocol(
+                "sync with uncommitted changes: commit or abort first".into(),
+            ));
+        }
+        self.shared.move_to_newest()
+    }
+}
+
+impl Shared {
+    /// Move the snapshot to the storage's newest tid; deliver invalidations.
+    fn move_to_newest(&self) -> Result<()> {
+        let new_at = self.storage.sync()?;
+        let inv = {
+            let mut st = self.state.lock();
+            let old = st.at;
+            if new_at <= old {
+                st.own_commit = None;
+                return Ok(());
+            }
+            let mut oids: BTreeSet<Oid> = BTreeSet::new();
+            match st.own_commit.take() {
+                // Our own commit's objects are current in the cache.
+                Some(own) if own > old && own <= new_at => {
+                    oids.extend(self.storage.changed_oids(old, Tid(own.0 - 1))?);
+                    oids.extend(self.storage.changed_oids(own, new_at)?);
+                }
+                _ => oids.extend(self.storage.changed_oids(old, new_at)?),
+            }
+            for o in &oids {
+                st.cache.remove(o);
+            }
+            st.at = new_at;
+            Invalidation {
+                from: old,
+                to: new_at,
+                oids: oids.into_iter().collect(),
+            }
+        };
+        let subs: Vec<_> = self.subscribers.lock().clone();
+        for s in subs {
+            s(&inv);
+        }
+        Ok(())
+    }
+
+    /// Drop uncommitted changes: modified objects reload from the snapshot.
+    fn discard(&self) {
+        let mut st = self.state.lock();
+        let changed: Vec<Oid> = st.modified.iter().chain(st.added.iter()).copied().collect();
+        for o in changed {
+            st.cache.remove(&o);
+        }
+        st.modified.clear();
+        st.added.clear();
+        st.stored.clear();
+        st.resolved.clear();
+        if let Some(t) = st.txn.take() {
+            t.abort();
+        }
+    }
+}
+
+impl Synchronizer for Shared {
+    fn after_completion(&self, _committed: bool) {
+        if let Err(e) = self.move_to_newest() {
+            tracing::error!(error = %e, "connection could not move to the newest snapshot");
+        }
+    }
+}
+
+impl DataManager for Shared {
+    fn sort_key(&self) -> String {
+        format!("connection:{}:{:p}", self.storage.name(), self as *const _)
+    }
+
+    fn abort(&self, _txn: &TxnMeta) -> Result<()> {
+        self.discard();
+        Ok(())
+    }
+
+    fn tpc_begin(&self, txn: &TxnMeta) -> Result<()> {
+        let resolver: Arc<dyn ConflictResolver> = Arc::new(ClassResolver);
+        let t = self.storage.tpc_begin(txn.clone(), Some(resolver))?;
+        self.state.lock().txn = Some(t);
+        Ok(())
+    }
+
+    fn commit(&self, _txn: &TxnMeta) -> Result<()> {
+        let mut st = self.state.lock();
+        let st = &mut *st;
+        let oids: Vec<Oid> = st.modified.union(&st.added).copied().collect();
+        let mut txn = st
+            .txn
+            .take()
+            .ok_or_else(|| Error::Protocol("commit without tpc_begin".into()))?;
+        let r = (|| -> Result<()> {
+            for oid in oids {
+                let Some(e) = st.cache.get(&oid) else {
+                    return Err(Error::Protocol(format!(
+                        "oid {oid}: modified object missing from the cache"
+                    )));
+                };
+                let (m, n) = e.obj.class_path();
+                let state = e.obj.state()?;
+                let data = pickle::encode_record(m, n, &state, self.dialect)?;
+                txn.store(oid, e.serial, data)?;
+                st.stored.push(oid);
+            }
+            Ok(())
+        })();
+        st.txn = Some(txn);
+        r
+    }
+
+    fn tpc_vote(&self, _txn: &TxnMeta) -> Result<()> {
+        let mut st = self.state.lock();
+        let resolved = match st.txn.as_mut() {
+            Some(t) => t.vote()?,
+            None => return Err(Error::Protocol("vote without tpc_begin".into())),
+        };
+        st.resolved = resolved;
+        Ok(())
+    }
+
+    fn tpc_finish(&self, _txn: &TxnMeta) -> Result<()> {
+        let mut st = self.state.lock();
+        let t = st
+            .txn
+            .take()
+            .ok_or_else(|| Error::Protocol("finish without tpc_begin".into()))?;
+        let tid = t.finish()?;
+        let stored = std::mem::take(&mut st.stored);
+        for o in &stored {
+            if let Some(e) = st.cache.get_mut(o) {
+                e.serial = tid;
+            }
+        }
+        // Conflict-resolved objects hold merged data in the storage: reload.
+        let resolved = std::mem::take(&mut st.resolved);
+        for o in resolved {
+            st.cache.remove(&o);
+        }
+        st.modified.clear();
+        st.added.clear();
+        st.own_commit = Some(tid);
+        self.shrink(&mut st);
+        Ok(())
+    }
+
+    fn tpc_abort(&self, _txn: &TxnMeta) {
+        self.discard();
+    }
+}
+
+#[cfg(test)]
+mod tests;
