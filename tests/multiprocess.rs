@@ -329,3 +329,93 @@ fn crash_at_random_points_keeps_every_reported_commit() {
         reported.len()
     );
 }
+
+/// Child: through the object layer, change the objects named in the arg
+/// (`root` keys of PersistentMappings) in one transaction, print `DONE`.
+#[test]
+fn child_change_objects() {
+    let Some((path, arg)) = child_env() else {
+        return;
+    };
+    let db = storage::DB::open(path.to_str().expect("utf8")).expect("db");
+    let tm = storage::TransactionManager::new();
+    let c = db.open_connection(&tm).expect("conn");
+    for name in arg.split(',') {
+        let oid = c
+            .root()
+            .expect("root")
+            .get(name)
+            .and_then(Value::ref_oid)
+            .expect("ref");
+        c.get_mut::<storage::PersistentMapping>(oid)
+            .expect("obj")
+            .insert("changed_by", Value::Int(i64::from(std::process::id())));
+    }
+    tm.commit().expect("commit");
+    println!("DONE");
+}
+
+/// A connection in this process receives exactly the oids another process
+/// changed, at its next transaction boundary, and then sees the new state.
+#[test]
+fn invalidations_between_processes_are_exact() {
+    use std::sync::{Arc, Mutex};
+    use storage::{DB, Invalidation, PersistentMapping, TransactionManager};
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("Data.fs");
+    let db = DB::open(path.to_str().expect("utf8")).expect("db");
+    let tm = TransactionManager::new();
+    let c = db.open_connection(&tm).expect("conn");
+    let names = ["a", "b", "c", "d"];
+    let oids: Vec<Oid> = names
+        .iter()
+        .map(|_| c.add(PersistentMapping::default()).expect("add"))
+        .collect();
+    for (n, o) in names.iter().zip(&oids) {
+        let r = c.ref_to(*o).expect("ref");
+        c.root_mut().expect("root").insert(n, r);
+    }
+    tm.commit().expect("commit");
+    let got: Arc<Mutex<Vec<Invalidation>>> = Arc::default();
+    let g2 = got.clone();
+    c.subscribe(move |inv| g2.lock().expect("lock").push(inv.clone()));
+    // load everything into the cache at the current snapshot
+    for o in &oids {
+        assert!(
+            c.get::<PersistentMapping>(*o)
+                .expect("get")
+                .get("changed_by")
+                .is_none()
+        );
+    }
+    let before = c.at();
+    std::fs::write(path.with_extension("go"), b"").expect("go");
+    let out = spawn_child("child_change_objects", &path, "b,d")
+        .wait_with_output()
+        .expect("child");
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("DONE"));
+    // not yet: our snapshot is unchanged until the boundary
+    assert!(
+        c.get::<PersistentMapping>(oids[1])
+            .expect("get")
+            .get("changed_by")
+            .is_none()
+    );
+    tm.abort();
+    let invs = got.lock().expect("lock").clone();
+    assert_eq!(invs.len(), 1);
+    assert_eq!(invs[0].from, before);
+    assert_eq!(invs[0].oids, vec![oids[1], oids[3]], "exactly b and d");
+    assert!(
+        c.get::<PersistentMapping>(oids[1])
+            .expect("get")
+            .get("changed_by")
+            .is_some()
+    );
+    assert!(
+        c.get::<PersistentMapping>(oids[0])
+            .expect("get")
+            .get("changed_by")
+            .is_none()
+    );
+}

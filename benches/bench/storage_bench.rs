@@ -206,5 +206,75 @@ pub fn run(cfg: &Config, report: &mut Report) -> Result<(), String> {
         "pread 2 MiB pieces, 2 threads",
         pread2_s,
     );
+    drop(fs);
+    let _ = std::fs::remove_file(&path);
+    object_commits(cfg, report, dir.path())
+}
+
+/// Commit rate through the object layer (DB / Connection / TransactionManager):
+/// one small object per transaction, and one 2 MiB object per transaction,
+/// each beside write()+fdatasync of the same record bytes per transaction.
+fn object_commits(cfg: &Config, report: &mut Report, dir: &std::path::Path) -> Result<(), String> {
+    use storage::{DB, GenericObject, TransactionManager};
+    let e = |e: storage::Error| e.to_string();
+    for (label, n, size) in [
+        (
+            "100-byte object",
+            if cfg.quick { 300 } else { 2000 },
+            100usize,
+        ),
+        ("2 MiB object", if cfg.quick { 16 } else { 64 }, BLOCK),
+    ] {
+        let path = dir.join(format!("commits-{size}.fs"));
+        let db = DB::open(path.to_str().ok_or("path")?).map_err(e)?;
+        let tm = TransactionManager::new();
+        let c = db.open_connection(&tm).map_err(e)?;
+        let oid = c
+            .add(GenericObject {
+                module: "bench".into(),
+                name: "Blob".into(),
+                state: Value::Bytes(vec![0; size]),
+            })
+            .map_err(e)?;
+        tm.commit().map_err(e)?;
+        let before = std::fs::metadata(&path).map_err(|x| x.to_string())?.len();
+        let (r, ours) = timed(|| -> Result<(), String> {
+            for i in 0..n {
+                {
+                    let mut o = c.get_mut::<GenericObject>(oid).map_err(e)?;
+                    if let Value::Bytes(b) = &mut o.state {
+                        b[i % size] = b[i % size].wrapping_add(1);
+                    }
+                }
+                tm.commit().map_err(e)?;
+            }
+            Ok(())
+        });
+        r?;
+        let bytes = std::fs::metadata(&path).map_err(|x| x.to_string())?.len() - before;
+        let per_txn = (bytes / n as u64) as usize;
+        let raw = dir.join("raw-commits.bin");
+        let (r, base) = timed(|| -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&raw)?;
+            let buf = vec![7u8; per_txn];
+            for _ in 0..n {
+                f.write_all(&buf)?;
+                f.sync_data()?;
+            }
+            Ok(())
+        });
+        r.map_err(|x| x.to_string())?;
+        let _ = std::fs::remove_file(&raw);
+        report.push(
+            &format!("storage: commit one {label} per txn"),
+            n as f64 / ours,
+            &format!("write({per_txn} B)+fdatasync per txn"),
+            n as f64 / base,
+            "txn/s",
+            true,
+        );
+        drop(c);
+        let _ = std::fs::remove_file(&path);
+    }
     Ok(())
 }

@@ -1166,12 +1166,11 @@ impl StorageTxn for FsTxn {
             vlen: 0,
             plen: data.len() as u64,
         };
-        let mut buf = Vec::with_capacity(42 + data.len());
-        buf.extend_from_slice(&h.to_bytes());
-        buf.extend_from_slice(&data);
-        self.write(&buf, self.write_pos)?;
+        // Header and data go out as two writes: no copy of large records.
+        self.write(&h.to_bytes(), self.write_pos)?;
+        self.write(&data, self.write_pos + DATA_HDR_LEN)?;
         self.records.push((oid, self.write_pos));
-        self.write_pos += buf.len() as u64;
+        self.write_pos += DATA_HDR_LEN + data.len() as u64;
         Ok(())
     }
 
