@@ -872,6 +872,128 @@ impl BTree {
     }
 }
 
+/// Read-only access to a tree at a snapshot straight from the storage,
+/// without a connection (for loaders running on other threads). Every node
+/// visited is reported to `visit` (so callers can track what a result
+/// depended on).
+pub struct SnapshotReader<'a> {
+    /// The storage.
+    pub storage: &'a dyn crate::storage::Storage,
+    /// The snapshot: state as of this tid.
+    pub at: crate::ids::Tid,
+}
+
+impl SnapshotReader<'_> {
+    fn load<T: PersistentClass>(&self, oid: Oid) -> Result<T> {
+        let rec = self
+            .storage
+            .load_before(oid, crate::ids::Tid(self.at.0.saturating_add(1)))?
+            .ok_or(Error::NotFound {
+                oid,
+                tid: Some(self.at),
+            })?;
+        let (meta, state) = pickle::decode_record(&rec.data)?;
+        let (m, n) = pickle::class_of_meta(&meta).ok_or_else(|| Error::BadState {
+            oid,
+            msg: "record has no recognizable class".into(),
+        })?;
+        T::from_state(oid, &m, &n, state)
+    }
+
+    /// The value under `key` in the tree rooted at `root`.
+    pub fn get(&self, root: Oid, key: &Value, visit: &mut dyn FnMut(Oid)) -> Result<Option<Value>> {
+        let mut oid = root;
+        for _ in 0..64 {
+            visit(oid);
+            let n: TreeNode = self.load(oid)?;
+            match n.state {
+                TreeState::Empty => return Ok(None),
+                TreeState::Inline(items) => {
+                    return Ok(search(&items, key)?.ok().map(|i| items[i].1.clone()));
+                }
+                TreeState::General { children, keys, .. } => {
+                    let (c, is_bucket) = children[child_index(&keys, key)?];
+                    if is_bucket {
+                        visit(c);
+                        let b: Bucket = self.load(c)?;
+                        return Ok(search(&b.items, key)?.ok().map(|i| b.items[i].1.clone()));
+                    }
+                    oid = c;
+                }
+            }
+        }
+        Err(Error::BadState {
+            oid: root,
+            msg: "tree deeper than 64 levels (cycle?)".into(),
+        })
+    }
+
+    /// All items of the tree rooted at `root`, in key order.
+    pub fn items(&self, root: Oid, visit: &mut dyn FnMut(Oid)) -> Result<Vec<(Value, Value)>> {
+        visit(root);
+        let n: TreeNode = self.load(root)?;
+        let first = match n.state {
+            TreeState::Empty => return Ok(Vec::new()),
+            TreeState::Inline(items) => return Ok(items),
+            TreeState::General { first, .. } => first,
+        };
+        // interior nodes are visited too, so changes to them are seen
+        let mut stack = vec![root];
+        while let Some(o) = stack.pop() {
+            let t: TreeNode = self.load(o)?;
+            if let TreeState::General { children, .. } = t.state {
+                for (c, is_bucket) in children {
+                    if !is_bucket {
+                        visit(c);
+                        stack.push(c);
+                    }
+                }
+            }
+        }
+        let mut out = Vec::new();
+        let mut b = Some(first);
+        let mut guard = 0u64;
+        while let Some(o) = b {
+            guard += 1;
+            if guard > 1 << 32 {
+                return Err(Error::BadState {
+                    oid: o,
+                    msg: "bucket chain does not end".into(),
+                });
+            }
+            visit(o);
+            let bk: Bucket = self.load(o)?;
+            out.extend(bk.items);
+            b = bk.next.as_ref().and_then(Value::ref_oid);
+        }
+        Ok(out)
+    }
+
+    /// The largest key of the tree rooted at `root`.
+    pub fn max_key(&self, root: Oid) -> Result<Option<Value>> {
+        let mut oid = root;
+        for _ in 0..64 {
+            let n: TreeNode = self.load(oid)?;
+            match n.state {
+                TreeState::Empty => return Ok(None),
+                TreeState::Inline(items) => return Ok(items.last().map(|(k, _)| k.clone())),
+                TreeState::General { children, .. } => {
+                    let (c, is_bucket) = children[children.len() - 1];
+                    if is_bucket {
+                        let b: Bucket = self.load(c)?;
+                        return Ok(b.items.last().map(|(k, _)| k.clone()));
+                    }
+                    oid = c;
+                }
+            }
+        }
+        Err(Error::BadState {
+            oid: root,
+            msg: "tree deeper than 64 levels (cycle?)".into(),
+        })
+    }
+}
+
 /// Index of the child whose key range holds `key`.
 fn child_index(keys: &[Value], key: &Value) -> Result<usize> {
     // number of separators <= key

@@ -1,0 +1,542 @@
+//! `ZBigFileH`: a virtmem handle over a ZBigFile at its connection's
+//! snapshot, joined to the connection's transactions.
+
+use crate::Error;
+use crate::objects::{ZBlk0, ZBlk1, ZBlkRecord, ZData};
+use crate::reader::{BlockDeps, SnapshotFile};
+use crate::zblk::{CHUNK_SIZE, ZBlkFormat, ZBlkKind, choose_auto, chunk_delta, trim_zeros};
+use parking_lot::{Mutex, MutexGuard};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use storage::btree::{self, BTree};
+use storage::{
+    Connection, DataManager, Invalidation, Oid, Storage, Synchronizer, Tid, TransactionManager,
+    TxnMeta, Value,
+};
+use virtmem::{BoxError, FileH, Loaded, Writeout};
+
+/// Options of a [`ZBigFileH`].
+#[derive(Debug, Clone)]
+pub struct HandleOptions {
+    /// Format for blocks written through this handle (default: from
+    /// `$WENDELIN_CORE_ZBLK_FMT`, else ZBlk0).
+    pub format: ZBlkFormat,
+    /// Options of the underlying virtmem handle.
+    pub virtmem: virtmem::Options,
+}
+
+impl HandleOptions {
+    /// Defaults, with the format taken from the environment as wendelin.core does.
+    pub fn from_env() -> Result<HandleOptions, Error> {
+        Ok(HandleOptions {
+            format: ZBlkFormat::from_env().map_err(|e| Error::Usage(e.to_string()))?,
+            virtmem: virtmem::Options::default(),
+        })
+    }
+}
+
+/// Which blocks depend on which objects (for exact invalidation).
+#[derive(Default)]
+struct Deps {
+    /// blktab node -> blocks whose lookup went through it.
+    path: HashMap<Oid, BTreeSet<u64>>,
+    /// ZBlk / chunk table / ZData -> blocks whose content it is.
+    direct: HashMap<Oid, BTreeSet<u64>>,
+    /// What each loaded block depended on.
+    per_blk: HashMap<u64, BlockDeps>,
+}
+
+impl Deps {
+    fn record(&mut self, blk: u64, d: BlockDeps) {
+        self.forget(blk);
+        for o in &d.path {
+            self.path.entry(*o).or_default().insert(blk);
+        }
+        for o in &d.direct {
+            self.direct.entry(*o).or_default().insert(blk);
+        }
+        self.per_blk.insert(blk, d);
+    }
+
+    fn forget(&mut self, blk: u64) {
+        if let Some(d) = self.per_blk.remove(&blk) {
+            for (map, oids) in [(&mut self.path, &d.path), (&mut self.direct, &d.direct)] {
+                for o in oids {
+                    if let Some(s) = map.get_mut(o) {
+                        s.remove(&blk);
+                        if s.is_empty() {
+                            map.remove(o);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The virtmem side: loads blocks of the file at the snapshot `at` straight
+/// from the storage; stores go through the connection during commit.
+struct Backend {
+    storage: Arc<dyn Storage>,
+    file: Oid,
+    blksize: usize,
+    at: AtomicU64,
+    deps: Mutex<Deps>,
+    writer: Mutex<Option<Writer>>,
+}
+
+impl virtmem::BigFile for Backend {
+    fn block_size(&self) -> usize {
+        self.blksize
+    }
+
+    fn load_block(&self, blk: u64, buf: &mut [u8]) -> Result<Loaded, BoxError> {
+        let at = Tid(self.at.load(Ordering::Acquire));
+        let sf = SnapshotFile::open(self.storage.as_ref(), at, self.file)?;
+        let (hole, mut deps) = sf.read_block(blk, buf)?;
+        deps.path.push(self.file);
+        self.deps.lock().record(blk, deps);
+        Ok(if hole { Loaded::Hole } else { Loaded::Data })
+    }
+
+    fn store_block(&self, blk: u64, data: &[u8]) -> Result<(), BoxError> {
+        let mut w = self.writer.lock();
+        let w = w
+            .as_mut()
+            .ok_or_else(|| Error::Usage("blocks are stored only during commit".into()))?;
+        w.store(self, blk, data, None)?;
+        Ok(())
+    }
+
+    fn name(&self) -> String {
+        format!("ZBigFile {} in {}", self.file, self.storage.name())
+    }
+}
+
+/// State of one commit's STORE pass.
+struct Writer {
+    conn: Connection,
+    format: ZBlkFormat,
+    /// Objects written (to drop from the connection cache after commit).
+    written: Vec<Oid>,
+    /// The previous block stored in this pass: (blk, kind, data) for the
+    /// `auto` rule that migrates it to ZBlk0 when an append starts a new block.
+    prev: Option<(u64, ZBlkKind, Vec<u8>)>,
+}
+
+impl Writer {
+    fn store(
+        &mut self,
+        b: &Backend,
+        blk: u64,
+        data: &[u8],
+        force: Option<ZBlkKind>,
+    ) -> Result<(), Error> {
+        let at = self.conn.at();
+        let sf = SnapshotFile::open(b.storage.as_ref(), at, b.file)?;
+        let mut path = Vec::new();
+        let old_ref = sf.zblk_ref(blk, &mut path)?;
+        let mut old = vec![0u8; b.blksize];
+        if old_ref.is_some() {
+            sf.read_block(blk, &mut old)?;
+        }
+        let new_t = trim_zeros(data);
+        let old_t = trim_zeros(&old);
+        if force.is_none() && new_t == old_t && (old_ref.is_some() || new_t.is_empty()) {
+            return Ok(()); // unchanged: nothing is written
+        }
+        let kind = match (force, self.format) {
+            (Some(k), _) => k,
+            (None, ZBlkFormat::ZBlk0) => ZBlkKind::ZBlk0,
+            (None, ZBlkFormat::ZBlk1) => ZBlkKind::ZBlk1,
+            (None, ZBlkFormat::Auto) => {
+                let last = sf.last_block()?.and_then(|l| i64::try_from(l).ok());
+                let blk_i = i64::try_from(blk)
+                    .map_err(|_| Error::Usage("block number too large".into()))?;
+                let choice = choose_auto(blk_i, last, old_t, new_t, b.blksize);
+                if choice.migrate_previous
+                    && let Some((pblk, pkind, pdata)) = self.prev.take()
+                    && pblk + 1 == blk
+                    && pkind != ZBlkKind::ZBlk0
+                {
+                    self.store(b, pblk, &pdata, Some(ZBlkKind::ZBlk0))?;
+                }
+                choice.kind
+            }
+        };
+        let old_rec = match old_ref {
+            Some(o) => Some((o, sf.zblk(o)?)),
+            None => None,
+        };
+        let blktab = BTree {
+            family: &btree::LO,
+            oid: sf.meta.blktab,
+        };
+        let key = Value::Int(blk as i64);
+        match (kind, old_rec) {
+            (ZBlkKind::ZBlk0, Some((zoid, (ZBlkRecord::ZBlk0(_), serial)))) => {
+                self.conn.replace(
+                    zoid,
+                    serial,
+                    ZBlk0 {
+                        data: new_t.to_vec(),
+                    },
+                )?;
+                self.written.push(zoid);
+            }
+            (ZBlkKind::ZBlk1, Some((zoid, (ZBlkRecord::ZBlk1(chunktab), serial)))) => {
+                let stored = sf.chunks(blk, chunktab)?;
+                let old_map: BTreeMap<usize, Vec<u8>> = stored
+                    .iter()
+                    .filter_map(|(off, _, d)| usize::try_from(*off).ok().map(|o| (o, d.clone())))
+                    .collect();
+                let oids: HashMap<i64, Oid> = stored.iter().map(|(off, o, _)| (*off, *o)).collect();
+                let delta = chunk_delta(&old_map, data);
+                let tab = BTree {
+                    family: &btree::IO,
+                    oid: chunktab,
+                };
+                if delta.clear {
+                    for off in oids.keys() {
+                        tab.remove(&self.conn, &Value::Int(*off))?;
+                    }
+                }
+                for off in &delta.delete {
+                    tab.remove(&self.conn, &Value::Int(*off as i64))?;
+                }
+                for (off, bytes) in &delta.set {
+                    let off_i = *off as i64;
+                    match oids.get(&off_i).filter(|_| !delta.clear) {
+                        Some(zd) => {
+                            let serial = b
+                                .storage
+                                .load_before(*zd, Tid(at.0.saturating_add(1)))?
+                                .map_or(Tid::ZERO, |r| r.serial);
+                            self.conn.replace(
+                                *zd,
+                                serial,
+                                ZData {
+                                    data: bytes.to_vec(),
+                                },
+                            )?;
+                            self.written.push(*zd);
+                        }
+                        None => {
+                            let zd = self.conn.add(ZData {
+                                data: bytes.to_vec(),
+                            })?;
+                            self.written.push(zd);
+                            let r = self.conn.ref_to(zd)?;
+                            tab.insert(&self.conn, Value::Int(off_i), r)?;
+                        }
+                    }
+                }
+                // The ZBlk1 record is always re-stored so that peers see its
+                // oid in the invalidations.
+                self.conn.replace(zoid, serial, ZBlk1 { chunktab })?;
+            }
+            (kind, _) => {
+                // A hole, or a block changing format: a new ZBlk object.
+                let zoid = match kind {
+                    ZBlkKind::ZBlk0 => self.conn.add(ZBlk0 {
+                        data: new_t.to_vec(),
+                    })?,
+                    ZBlkKind::ZBlk1 => {
+                        let tab = BTree::create(&self.conn, &btree::IO)?;
+                        for (off, bytes) in crate::zblk::split_chunks(data, CHUNK_SIZE) {
+                            let zd = self.conn.add(ZData {
+                                data: bytes.to_vec(),
+                            })?;
+                            self.written.push(zd);
+                            let r = self.conn.ref_to(zd)?;
+                            tab.insert(&self.conn, Value::Int(off as i64), r)?;
+                        }
+                        self.conn.add(ZBlk1 { chunktab: tab.oid })?
+                    }
+                };
+                self.written.push(zoid);
+                let r = self.conn.ref_to(zoid)?;
+                blktab.insert(&self.conn, key, r)?;
+            }
+        }
+        if force.is_none() && self.format == ZBlkFormat::Auto {
+            self.prev = Some((blk, kind, data.to_vec()));
+        }
+        Ok(())
+    }
+}
+
+struct Shared {
+    conn: Connection,
+    tm: TransactionManager,
+    format: ZBlkFormat,
+    backend: Arc<Backend>,
+    fileh: Mutex<FileH>,
+    me: Weak<Shared>,
+}
+
+/// A handle on a ZBigFile through a connection: memory-mapped blocks at the
+/// connection's snapshot, changes committed with the connection's
+/// transactions. See the crate docs for the model.
+#[derive(Clone)]
+pub struct ZBigFileH {
+    shared: Arc<Shared>,
+}
+
+impl ZBigFileH {
+    /// Open a handle on the ZBigFile `file` in `conn` (whose transactions
+    /// `tm` drives).
+    pub fn open(
+        conn: &Connection,
+        tm: &TransactionManager,
+        file: Oid,
+        opts: HandleOptions,
+    ) -> Result<ZBigFileH, Error> {
+        let storage = conn.storage().clone();
+        let at = conn.at();
+        let meta = SnapshotFile::open(storage.as_ref(), at, file)?.meta;
+        let blksize =
+            usize::try_from(meta.blksize).map_err(|_| Error::Usage("blksize too large".into()))?;
+        let backend = Arc::new(Backend {
+            storage,
+            file,
+            blksize,
+            at: AtomicU64::new(at.0),
+            deps: Mutex::new(Deps::default()),
+            writer: Mutex::new(None),
+        });
+        let fileh = FileH::open(backend.clone(), opts.virtmem)?;
+        let shared = Arc::new_cyclic(|me| Shared {
+            conn: conn.clone(),
+            tm: tm.clone(),
+            format: opts.format,
+            backend,
+            fileh: Mutex::new(fileh),
+            me: me.clone(),
+        });
+        let weak = Arc::downgrade(&shared);
+        conn.subscribe(move |inv| {
+            if let Some(s) = weak.upgrade()
+                && let Err(e) = s.invalidate(inv)
+            {
+                tracing::error!(error = %e, "ZBigFileH: invalidation failed; dropping every block");
+                let mut fh = s.fileh.lock();
+                for blk in s
+                    .backend
+                    .deps
+                    .lock()
+                    .per_blk
+                    .keys()
+                    .copied()
+                    .collect::<Vec<_>>()
+                {
+                    let _ = fh.invalidate(blk);
+                }
+            }
+        });
+        let sync: Arc<dyn Synchronizer> = shared.clone();
+        tm.register_synchronizer(Arc::downgrade(&sync));
+        shared.join_current();
+        Ok(ZBigFileH { shared })
+    }
+
+    /// The virtmem handle: take views of the file through it. Holding the
+    /// guard blocks commit/abort of this handle's transaction; drop it first.
+    pub fn fileh(&self) -> MutexGuard<'_, FileH> {
+        self.shared.fileh.lock()
+    }
+
+    /// Block size.
+    pub fn blksize(&self) -> usize {
+        self.shared.backend.blksize
+    }
+
+    /// The file's oid.
+    pub fn oid(&self) -> Oid {
+        self.shared.backend.file
+    }
+
+    /// The snapshot the handle shows.
+    pub fn at(&self) -> Tid {
+        Tid(self.shared.backend.at.load(Ordering::Acquire))
+    }
+
+    /// File size at the handle's snapshot (`(last block + 1) * blksize`).
+    pub fn size(&self) -> Result<u64, Error> {
+        let b = &self.shared.backend;
+        SnapshotFile::open(b.storage.as_ref(), self.at(), b.file)?.size()
+    }
+
+    /// Copy `len` bytes at `offset` out of the mapping (loads as needed;
+    /// load errors come back as values).
+    pub fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, Error> {
+        let fh = self.fileh();
+        let bs = self.blksize() as u64;
+        if len > 0 {
+            fh.prefetch(offset / bs..(offset + len as u64).div_ceil(bs))?;
+        }
+        Ok(fh.bytes(offset..offset + len as u64)?.to_vec())
+    }
+
+    /// Write `data` at `offset` into the mapping (dirtying the blocks).
+    pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), Error> {
+        let mut fh = self.fileh();
+        let bs = self.blksize() as u64;
+        if !data.is_empty() {
+            fh.prefetch(offset / bs..(offset + data.len() as u64).div_ceil(bs))?;
+        }
+        fh.bytes_mut(offset..offset + data.len() as u64)?
+            .copy_from_slice(data);
+        Ok(())
+    }
+
+    /// Counters of the virtmem handle (loads, faults, evictions...).
+    pub fn stats(&self) -> virtmem::Stats {
+        self.fileh().stats()
+    }
+
+    /// Dirty blocks not yet committed.
+    pub fn dirty_blocks(&self) -> Vec<u64> {
+        self.fileh().dirty_blocks()
+    }
+}
+
+impl Shared {
+    fn join_current(&self) {
+        let Some(me) = self.me.upgrade() else { return };
+        let dm: Arc<dyn DataManager> = me.clone();
+        self.tm.join(dm);
+        let weak = self.me.clone();
+        self.tm.add_before_commit_hook(move || {
+            let Some(s) = weak.upgrade() else {
+                return Ok(());
+            };
+            s.store_dirty().map_err(|e| {
+                storage::Error::Protocol(format!("ZBigFileH: storing dirty blocks: {e}"))
+            })
+        });
+    }
+
+    /// STORE: write every dirty block into ZBlk objects of the connection.
+    fn store_dirty(&self) -> Result<(), Error> {
+        let mut fh = self.fileh.lock();
+        if fh.dirty_blocks().is_empty() {
+            return Ok(());
+        }
+        *self.backend.writer.lock() = Some(Writer {
+            conn: self.conn.clone(),
+            format: self.format,
+            written: Vec::new(),
+            prev: None,
+        });
+        let r = fh.writeout(Writeout::STORE);
+        if r.is_err() {
+            *self.backend.writer.lock() = None;
+        }
+        r.map_err(Error::from)
+    }
+
+    fn invalidate(&self, inv: &Invalidation) -> Result<(), Error> {
+        let b = &self.backend;
+        let old_at = Tid(b.at.swap(inv.to.0, Ordering::AcqRel));
+        let (mut blocks, candidates) = {
+            let deps = b.deps.lock();
+            let mut blocks = BTreeSet::new();
+            let mut cand = BTreeSet::new();
+            for o in &inv.oids {
+                if let Some(s) = deps.direct.get(o) {
+                    blocks.extend(s.iter().copied());
+                }
+                if let Some(s) = deps.path.get(o) {
+                    cand.extend(s.iter().copied());
+                }
+            }
+            (blocks, cand)
+        };
+        let candidates: Vec<u64> = candidates.difference(&blocks).copied().collect();
+        if !candidates.is_empty() {
+            let old = SnapshotFile::open(b.storage.as_ref(), old_at, b.file)?;
+            let new = SnapshotFile::open(b.storage.as_ref(), inv.to, b.file)?;
+            if old.meta.blksize != new.meta.blksize {
+                return Err(Error::Usage(format!("file {} changed its blksize", b.file)));
+            }
+            for blk in candidates {
+                let mut p = Vec::new();
+                if old.zblk_ref(blk, &mut p)? != new.zblk_ref(blk, &mut p)? {
+                    blocks.insert(blk);
+                }
+            }
+        }
+        if blocks.is_empty() {
+            return Ok(());
+        }
+        let mut fh = self.fileh.lock();
+        for blk in &blocks {
+            fh.invalidate(*blk)?;
+        }
+        let mut deps = b.deps.lock();
+        for blk in blocks {
+            deps.forget(blk);
+        }
+        Ok(())
+    }
+
+    fn finish_writer(&self) -> Vec<Oid> {
+        self.backend
+            .writer
+            .lock()
+            .take()
+            .map(|w| w.written)
+            .unwrap_or_default()
+    }
+}
+
+impl DataManager for Shared {
+    fn sort_key(&self) -> String {
+        format!("zbigfileh:{}:{:p}", self.backend.file, self as *const _)
+    }
+
+    fn abort(&self, _txn: &TxnMeta) -> storage::Result<()> {
+        self.finish_writer();
+        self.fileh
+            .lock()
+            .discard()
+            .map_err(|e| storage::Error::Protocol(format!("ZBigFileH discard: {e}")))
+    }
+
+    fn tpc_begin(&self, _txn: &TxnMeta) -> storage::Result<()> {
+        Ok(())
+    }
+
+    fn commit(&self, _txn: &TxnMeta) -> storage::Result<()> {
+        Ok(())
+    }
+
+    fn tpc_vote(&self, _txn: &TxnMeta) -> storage::Result<()> {
+        Ok(())
+    }
+
+    fn tpc_finish(&self, _txn: &TxnMeta) -> storage::Result<()> {
+        let written = self.finish_writer();
+        for o in written {
+            self.conn.evict(o);
+        }
+        self.fileh
+            .lock()
+            .writeout(Writeout::MARKSTORED)
+            .map_err(|e| storage::Error::Protocol(format!("ZBigFileH markstored: {e}")))
+    }
+
+    fn tpc_abort(&self, txn: &TxnMeta) {
+        if let Err(e) = DataManager::abort(self, txn) {
+            tracing::error!(error = %e, "ZBigFileH: discard after a failed commit");
+        }
+    }
+}
+
+impl Synchronizer for Shared {
+    fn after_completion(&self, _committed: bool) {
+        self.join_current();
+    }
+}

@@ -1,0 +1,235 @@
+//! Reading a ZBigFile at a snapshot straight from the storage (no connection,
+//! no locks shared with user threads): what the fault handlers use.
+
+use crate::Error;
+use crate::objects::{ZBigFile, ZBlkRecord, decode_zblk, decode_zdata};
+use crate::zblk::{ZBlkKind, assemble_chunks, assemble_zblk0};
+use storage::btree::SnapshotReader;
+use storage::{Oid, Storage, Tid, Value};
+
+/// What the content of one block depended on when it was read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BlockDeps {
+    /// blktab nodes visited to find the block (a change there may or may
+    /// not change the block: re-check the lookup).
+    pub path: Vec<Oid>,
+    /// The ZBlk object and, for ZBlk1, its chunk table nodes and ZData
+    /// objects (a change there is a change of the block).
+    pub direct: Vec<Oid>,
+    /// The ZBlk oid, its kind and revision, if the block is not a hole.
+    pub zblk: Option<(Oid, ZBlkKind, Tid)>,
+}
+
+/// A ZBigFile at one snapshot.
+pub struct SnapshotFile<'a> {
+    storage: &'a dyn Storage,
+    at: Tid,
+    /// The file object's oid.
+    pub oid: Oid,
+    /// Its state.
+    pub meta: ZBigFile,
+}
+
+fn load(storage: &dyn Storage, at: Tid, oid: Oid) -> Result<(Vec<u8>, Tid), Error> {
+    storage
+        .load_before(oid, Tid(at.0.saturating_add(1)))?
+        .map(|r| (r.data, r.serial))
+        .ok_or(Error::Storage(storage::Error::NotFound {
+            oid,
+            tid: Some(at),
+        }))
+}
+
+impl<'a> SnapshotFile<'a> {
+    /// The ZBigFile `oid` as of `at`.
+    pub fn open(storage: &'a dyn Storage, at: Tid, oid: Oid) -> Result<Self, Error> {
+        let (data, _) = load(storage, at, oid)?;
+        let (meta, state) = storage::pickle::decode_record(&data)?;
+        match storage::pickle::class_of_meta(&meta) {
+            Some((m, n)) if m == crate::objects::MODULE && n == "ZBigFile" => {}
+            Some((m, n)) => {
+                return Err(Error::NotAFile {
+                    oid,
+                    class: format!("{m}.{n}"),
+                });
+            }
+            None => {
+                return Err(Error::NotAFile {
+                    oid,
+                    class: "?".into(),
+                });
+            }
+        }
+        let meta = ZBigFile::parse(oid, &state)?;
+        if meta.blksize > (1 << 30) || !meta.blksize.is_multiple_of(4096) {
+            return Err(Error::Block {
+                file: oid,
+                blk: 0,
+                msg: format!(
+                    "unsupported blksize {} (must be a multiple of 4096, at most 1 GiB)",
+                    meta.blksize
+                ),
+            });
+        }
+        Ok(SnapshotFile {
+            storage,
+            at,
+            oid,
+            meta,
+        })
+    }
+
+    /// The snapshot.
+    pub fn at(&self) -> Tid {
+        self.at
+    }
+
+    fn reader(&self) -> SnapshotReader<'_> {
+        SnapshotReader {
+            storage: self.storage,
+            at: self.at,
+        }
+    }
+
+    /// The ZBlk reference of block `blk` (`None`: a hole), recording the
+    /// blktab nodes visited in `path`.
+    pub fn zblk_ref(&self, blk: u64, path: &mut Vec<Oid>) -> Result<Option<Oid>, Error> {
+        let key =
+            Value::Int(i64::try_from(blk).map_err(|_| self.err(blk, "block number too large"))?);
+        let v = self
+            .reader()
+            .get(self.meta.blktab, &key, &mut |o| path.push(o))?;
+        match v {
+            None => Ok(None),
+            Some(v) => v
+                .ref_oid()
+                .map(Some)
+                .ok_or_else(|| self.err(blk, "blktab value is not a reference")),
+        }
+    }
+
+    fn err(&self, blk: u64, msg: impl Into<String>) -> Error {
+        Error::Block {
+            file: self.oid,
+            blk,
+            msg: msg.into(),
+        }
+    }
+
+    /// The chunks of a ZBlk1's table: (offset, ZData oid), in offset order,
+    /// recording visited table nodes in `deps`.
+    pub fn chunk_refs(
+        &self,
+        blk: u64,
+        chunktab: Oid,
+        deps: &mut Vec<Oid>,
+    ) -> Result<Vec<(i64, Oid)>, Error> {
+        let items = self.reader().items(chunktab, &mut |o| deps.push(o))?;
+        items
+            .into_iter()
+            .map(|(k, v)| {
+                let off = k
+                    .as_int()
+                    .ok_or_else(|| self.err(blk, "chunk offset is not an int"))?;
+                let o = v
+                    .ref_oid()
+                    .ok_or_else(|| self.err(blk, "chunk value is not a reference"))?;
+                Ok((off, o))
+            })
+            .collect()
+    }
+
+    /// The stored chunks of a ZBlk1: offset -> bytes.
+    pub fn chunks(&self, blk: u64, chunktab: Oid) -> Result<Vec<(i64, Oid, Vec<u8>)>, Error> {
+        let mut deps = Vec::new();
+        self.chunk_refs(blk, chunktab, &mut deps)?
+            .into_iter()
+            .map(|(off, o)| {
+                let (data, _) = load(self.storage, self.at, o)?;
+                Ok((off, o, decode_zdata(o, &data)?))
+            })
+            .collect()
+    }
+
+    /// Fill `buf` (one block) with block `blk`. Returns true for a hole
+    /// (buffer untouched) and what the content depended on.
+    pub fn read_block(&self, blk: u64, buf: &mut [u8]) -> Result<(bool, BlockDeps), Error> {
+        if buf.len() as u64 != self.meta.blksize {
+            return Err(self.err(blk, "buffer is not one block"));
+        }
+        let mut deps = BlockDeps::default();
+        let Some(zoid) = self.zblk_ref(blk, &mut deps.path)? else {
+            return Ok((true, deps));
+        };
+        deps.direct.push(zoid);
+        let (data, serial) = load(self.storage, self.at, zoid)?;
+        match decode_zblk(zoid, &data)? {
+            ZBlkRecord::ZBlk0(bytes) => {
+                assemble_zblk0(&bytes, buf).map_err(|e| self.err(blk, e.to_string()))?;
+                deps.zblk = Some((zoid, ZBlkKind::ZBlk0, serial));
+            }
+            ZBlkRecord::ZBlk1(chunktab) => {
+                let refs = self.chunk_refs(blk, chunktab, &mut deps.direct)?;
+                let mut chunks = Vec::with_capacity(refs.len());
+                for (off, o) in refs {
+                    deps.direct.push(o);
+                    let (d, _) = load(self.storage, self.at, o)?;
+                    chunks.push((off, decode_zdata(o, &d)?));
+                }
+                assemble_chunks(chunks.iter().map(|(o, d)| (*o, d.as_slice())), buf)
+                    .map_err(|e| self.err(blk, e.to_string()))?;
+                deps.zblk = Some((zoid, ZBlkKind::ZBlk1, serial));
+            }
+        }
+        Ok((false, deps))
+    }
+
+    /// The highest block present, if any.
+    pub fn last_block(&self) -> Result<Option<u64>, Error> {
+        Ok(self
+            .reader()
+            .max_key(self.meta.blktab)?
+            .and_then(|k| k.as_int())
+            .and_then(|k| u64::try_from(k).ok()))
+    }
+
+    /// File size: `(last block + 1) * blksize`, as wcfs defines it.
+    pub fn size(&self) -> Result<u64, Error> {
+        Ok(self
+            .last_block()?
+            .map_or(0, |b| (b + 1) * self.meta.blksize))
+    }
+
+    /// Every present block with its ZBlk oid, in block order.
+    pub fn blocks(&self) -> Result<Vec<(u64, Oid)>, Error> {
+        let items = self.reader().items(self.meta.blktab, &mut |_| {})?;
+        items
+            .into_iter()
+            .map(|(k, v)| {
+                let b = k
+                    .as_int()
+                    .and_then(|b| u64::try_from(b).ok())
+                    .ok_or_else(|| self.err(0, "bad block number in blktab"))?;
+                let o = v
+                    .ref_oid()
+                    .ok_or_else(|| self.err(b, "blktab value is not a reference"))?;
+                Ok((b, o))
+            })
+            .collect()
+    }
+
+    /// The kind of the ZBlk `oid`.
+    pub fn zblk_kind(&self, oid: Oid) -> Result<ZBlkKind, Error> {
+        let (data, _) = load(self.storage, self.at, oid)?;
+        Ok(match decode_zblk(oid, &data)? {
+            ZBlkRecord::ZBlk0(_) => ZBlkKind::ZBlk0,
+            ZBlkRecord::ZBlk1(_) => ZBlkKind::ZBlk1,
+        })
+    }
+
+    /// The ZBlk record of `oid` and its revision.
+    pub fn zblk(&self, oid: Oid) -> Result<(ZBlkRecord, Tid), Error> {
+        let (data, serial) = load(self.storage, self.at, oid)?;
+        Ok((decode_zblk(oid, &data)?, serial))
+    }
+}
