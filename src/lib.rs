@@ -8,4 +8,5 @@ pub use bigfile;
 pub use storage;
 pub use virtmem;
 
+pub mod filecmd;
 pub mod fsdump;

@@ -23,6 +23,42 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// ZBigFile tools.
+    File {
+        #[command(subcommand)]
+        cmd: FileCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum FileCmd {
+    /// Write a ZBigFile's bytes to stdout.
+    Cat {
+        /// The database (path or file:// URL).
+        db: String,
+        /// A root key, or oid:0x... of the ZBigFile.
+        path: String,
+    },
+    /// Print blksize, size, block count and per-format counts.
+    Info {
+        /// The database (path or file:// URL).
+        db: String,
+        /// A root key, or oid:0x... of the ZBigFile.
+        path: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn broken_pipe_ok(r: std::io::Result<()>) -> Result<(), String> {
+    r.or_else(|e| {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            Ok(())
+        } else {
+            Err(format!("writing output: {e}"))
+        }
+    })
 }
 
 fn run(cli: Cli) -> Result<(), String> {
@@ -38,14 +74,36 @@ fn run(cli: Cli) -> Result<(), String> {
             } else {
                 wendelin::fsdump::print_text(&d, &mut out)
             };
-            r.and_then(|()| out.flush()).or_else(|e| {
-                // A closed pipe (`| head`) is not an error of ours.
-                if e.kind() == std::io::ErrorKind::BrokenPipe {
-                    Ok(())
-                } else {
-                    Err(format!("writing output: {e}"))
-                }
-            })
+            // A closed pipe (`| head`) is not an error of ours.
+            broken_pipe_ok(r.and_then(|()| out.flush()))
+        }
+        Cmd::File {
+            cmd: FileCmd::Cat { db, path },
+        } => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::with_capacity(4 << 20, stdout.lock());
+            match wendelin::filecmd::cat(&db, &path, &mut out) {
+                Ok(_) => broken_pipe_ok(out.flush()),
+                Err(e) if e.contains("Broken pipe") => Ok(()),
+                Err(e) => Err(e),
+            }
+        }
+        Cmd::File {
+            cmd: FileCmd::Info { db, path, json },
+        } => {
+            let i = wendelin::filecmd::info(&db, &path)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&i).map_err(|e| e.to_string())?
+                );
+            } else {
+                println!(
+                    "oid {}\nblksize {}\nsize {}\nblocks {}\nZBlk0 {}\nZBlk1 {}\nholes {}",
+                    i.oid, i.blksize, i.size, i.blocks, i.zblk0, i.zblk1, i.holes
+                );
+            }
+            Ok(())
         }
     }
 }

@@ -114,12 +114,24 @@ impl virtmem::BigFile for Backend {
     }
 }
 
+/// Handles per (connection, file) in this process: after one commits, the
+/// others of the same connection drop the blocks it wrote (the connection's
+/// own commit is not an invalidation for it).
+type Registry = Mutex<HashMap<(usize, Oid), Vec<Weak<Shared>>>>;
+static HANDLES: std::sync::OnceLock<Registry> = std::sync::OnceLock::new();
+
+fn registry() -> &'static Registry {
+    HANDLES.get_or_init(Default::default)
+}
+
 /// State of one commit's STORE pass.
 struct Writer {
     conn: Connection,
     format: ZBlkFormat,
     /// Objects written (to drop from the connection cache after commit).
     written: Vec<Oid>,
+    /// Blocks whose content was written.
+    blocks: Vec<u64>,
     /// The previous block stored in this pass: (blk, kind, data) for the
     /// `auto` rule that migrates it to ZBlk0 when an append starts a new block.
     prev: Option<(u64, ZBlkKind, Vec<u8>)>,
@@ -260,6 +272,7 @@ impl Writer {
                 blktab.insert(&self.conn, key, r)?;
             }
         }
+        self.blocks.push(blk);
         if force.is_none() && self.format == ZBlkFormat::Auto {
             self.prev = Some((blk, kind, data.to_vec()));
         }
@@ -335,6 +348,12 @@ impl ZBigFileH {
                 }
             }
         });
+        {
+            let mut reg = registry().lock();
+            let v = reg.entry((conn.id(), file)).or_default();
+            v.retain(|w| w.strong_count() > 0);
+            v.push(Arc::downgrade(&shared));
+        }
         let sync: Arc<dyn Synchronizer> = shared.clone();
         tm.register_synchronizer(Arc::downgrade(&sync));
         shared.join_current();
@@ -428,6 +447,7 @@ impl Shared {
             conn: self.conn.clone(),
             format: self.format,
             written: Vec::new(),
+            blocks: Vec::new(),
             prev: None,
         });
         let r = fh.writeout(Writeout::STORE);
@@ -482,12 +502,25 @@ impl Shared {
         Ok(())
     }
 
-    fn finish_writer(&self) -> Vec<Oid> {
+    fn finish_writer(&self) -> (Vec<Oid>, Vec<u64>) {
         self.backend
             .writer
             .lock()
             .take()
-            .map(|w| w.written)
+            .map(|w| (w.written, w.blocks))
+            .unwrap_or_default()
+    }
+
+    /// Other handles of the same file in the same connection.
+    fn siblings(&self) -> Vec<Arc<Shared>> {
+        let reg = registry().lock();
+        reg.get(&(self.conn.id(), self.backend.file))
+            .map(|v| {
+                v.iter()
+                    .filter_map(Weak::upgrade)
+                    .filter(|s| !std::ptr::eq(s.as_ref(), self))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -518,14 +551,27 @@ impl DataManager for Shared {
     }
 
     fn tpc_finish(&self, _txn: &TxnMeta) -> storage::Result<()> {
-        let written = self.finish_writer();
+        let (written, blocks) = self.finish_writer();
         for o in written {
             self.conn.evict(o);
         }
         self.fileh
             .lock()
             .writeout(Writeout::MARKSTORED)
-            .map_err(|e| storage::Error::Protocol(format!("ZBigFileH markstored: {e}")))
+            .map_err(|e| storage::Error::Protocol(format!("ZBigFileH markstored: {e}")))?;
+        if !blocks.is_empty() {
+            for sib in self.siblings() {
+                let mut fh = sib.fileh.lock();
+                let mut deps = sib.backend.deps.lock();
+                for blk in &blocks {
+                    fh.invalidate(*blk).map_err(|e| {
+                        storage::Error::Protocol(format!("ZBigFileH invalidate: {e}"))
+                    })?;
+                    deps.forget(*blk);
+                }
+            }
+        }
+        Ok(())
     }
 
     fn tpc_abort(&self, txn: &TxnMeta) {

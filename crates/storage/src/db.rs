@@ -224,6 +224,23 @@ impl DB {
         })
     }
 
+    /// Open a database read-only (no lock, nothing written, no root created).
+    pub fn open_read_only(url: &str) -> Result<DB> {
+        let path = url.strip_prefix("file://").unwrap_or(url);
+        if path.contains("://") {
+            return Err(Error::Protocol(format!(
+                "unsupported storage URL {url:?} (supported: file:///path/data.fs or a path)"
+            )));
+        }
+        let fs = FileStorage::open_read_only(path)?;
+        let dialect = fs.dialect();
+        Ok(DB {
+            storage: Arc::new(fs),
+            dialect,
+            cache_size: 10_000,
+        })
+    }
+
     /// A database over an already open storage writing pickles in `dialect`.
     pub fn from_storage(storage: Arc<dyn Storage>, dialect: Dialect) -> DB {
         DB {
@@ -327,6 +344,11 @@ impl Connection {
             subscribers: Mutex::new(Vec::new()),
         });
         Connection { shared }
+    }
+
+    /// An identifier of this connection, equal for all its clones.
+    pub fn id(&self) -> usize {
+        Arc::as_ptr(&self.shared) as usize
     }
 
     /// The snapshot this connection sees (a tid).

@@ -29,6 +29,8 @@ pub const PAGEFAULT_FLAG_WP: u64 = 1 << 1;
 pub const FEATURE_PAGEFAULT_FLAG_WP: u64 = 1 << 0;
 /// Feature: `UFFDIO_POISON`.
 pub const FEATURE_POISON: u64 = 1 << 14;
+/// Feature: `UFFDIO_MOVE` (Linux >= 6.8).
+pub const FEATURE_MOVE: u64 = 1 << 10;
 
 /// Register mode: missing-page faults.
 pub const REGISTER_MODE_MISSING: u64 = 1 << 0;
@@ -41,6 +43,7 @@ const ZEROPAGE_MODE_DONTWAKE: u64 = 1 << 0;
 const WRITEPROTECT_MODE_WP: u64 = 1 << 0;
 const WRITEPROTECT_MODE_DONTWAKE: u64 = 1 << 1;
 const POISON_MODE_DONTWAKE: u64 = 1 << 0;
+const MOVE_MODE_DONTWAKE: u64 = 1 << 0;
 
 const fn iowr(nr: u64, size: usize) -> u64 {
     (3 << 30) | ((size as u64) << 16) | (UFFDIO << 8) | nr
@@ -105,10 +108,21 @@ struct UffdioPoison {
     updated: i64,
 }
 
+#[repr(C)]
+#[derive(Default)]
+struct UffdioMove {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    moved: i64,
+}
+
 const UFFDIO_API: u64 = iowr(0x3F, size_of::<UffdioApi>());
 const UFFDIO_REGISTER: u64 = iowr(0x00, size_of::<UffdioRegister>());
 const UFFDIO_WAKE: u64 = ior(0x02, size_of::<UffdioRange>());
 const UFFDIO_COPY: u64 = iowr(0x03, size_of::<UffdioCopy>());
+const UFFDIO_MOVE: u64 = iowr(0x05, size_of::<UffdioMove>());
 const UFFDIO_ZEROPAGE: u64 = iowr(0x04, size_of::<UffdioZeropage>());
 const UFFDIO_WRITEPROTECT: u64 = iowr(0x06, size_of::<UffdioWriteprotect>());
 const UFFDIO_POISON: u64 = iowr(0x08, size_of::<UffdioPoison>());
@@ -132,6 +146,7 @@ pub struct Msg {
 const _: () = assert!(size_of::<Msg>() == 32);
 const _: () = assert!(size_of::<UffdioCopy>() == 40);
 const _: () = assert!(size_of::<UffdioRegister>() == 32);
+const _: () = assert!(size_of::<UffdioMove>() == 40);
 
 /// Why a userfaultfd could not be created.
 #[derive(Debug)]
@@ -146,6 +161,8 @@ pub enum OpenError {
 #[derive(Debug)]
 pub struct Uffd {
     fd: OwnedFd,
+    /// The features negotiated (required plus the supported optional ones).
+    features: u64,
 }
 
 /// Outcome of a range-filling ioctl that may stop early.
@@ -158,9 +175,24 @@ pub enum Fill {
 }
 
 impl Uffd {
-    /// Create a userfaultfd and negotiate `features` (all must be supported).
-    /// Returns the fd; `missing` lists the requested features the kernel lacks.
-    pub fn open(features: u64) -> Result<Result<Uffd, u64>, OpenError> {
+    /// Create a userfaultfd and negotiate `need` (all must be supported) plus
+    /// whichever of `want` the kernel offers ([`Uffd::features`] tells).
+    /// Returns the fd; `Err(missing)` lists the required features the kernel lacks.
+    pub fn open(need: u64, want: u64) -> Result<Result<Uffd, u64>, OpenError> {
+        // Ask with no feature first to learn what the kernel supports (the
+        // API handshake is one-shot per fd, so this takes a probe fd).
+        let supported = Self::create()?.handshake(0)?;
+        if need & !supported != 0 {
+            return Ok(Err(need & !supported));
+        }
+        let features = need | (want & supported);
+        let mut u = Self::create()?;
+        u.handshake(features)?;
+        u.features = features;
+        Ok(Ok(u))
+    }
+
+    fn create() -> Result<Uffd, OpenError> {
         let flags = libc::O_CLOEXEC | libc::O_NONBLOCK | UFFD_USER_MODE_ONLY;
         // SAFETY: the userfaultfd syscall takes one integer argument and
         // returns a new fd or -1; it touches no memory of ours.
@@ -172,43 +204,26 @@ impl Uffd {
                 _ => OpenError::Unavailable(e),
             });
         }
-        let raw = rc as libc::c_int;
-        // SAFETY: `raw` is a fresh fd returned by the kernel that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: `rc` is a fresh fd returned by the kernel that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(rc as libc::c_int) };
+        Ok(Uffd { fd, features: 0 })
+    }
+
+    /// UFFDIO_API with `features`; returns the features the kernel supports.
+    fn handshake(&self, features: u64) -> Result<u64, OpenError> {
         let mut api = UffdioApi {
             api: UFFD_API,
             features,
             ioctls: 0,
         };
-        // SAFETY: `api` is a live, properly laid out `struct uffdio_api` for the call.
-        let rc = unsafe { libc::ioctl(fd.as_raw_fd(), UFFDIO_API as _, &mut api) };
-        if rc < 0 {
-            // EINVAL: some requested feature is unsupported. Ask with none to
-            // learn which ones are missing (needs a fresh fd: API is one-shot).
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EINVAL) {
-                return Err(OpenError::Unavailable(e));
-            }
-            // SAFETY: as above, a new fd from the kernel.
-            let rc = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
-            if rc < 0 {
-                return Err(OpenError::Unavailable(io::Error::last_os_error()));
-            }
-            // SAFETY: fresh fd owned by nobody else.
-            let probe = unsafe { OwnedFd::from_raw_fd(rc as libc::c_int) };
-            let mut api = UffdioApi {
-                api: UFFD_API,
-                features: 0,
-                ioctls: 0,
-            };
-            // SAFETY: `api` is a live `struct uffdio_api` for the call.
-            let rc = unsafe { libc::ioctl(probe.as_raw_fd(), UFFDIO_API as _, &mut api) };
-            if rc < 0 {
-                return Err(OpenError::Unavailable(io::Error::last_os_error()));
-            }
-            return Ok(Err(features & !api.features));
-        }
-        Ok(Ok(Uffd { fd }))
+        self.ioctl(UFFDIO_API, &mut api)
+            .map_err(OpenError::Unavailable)?;
+        Ok(api.features)
+    }
+
+    /// The negotiated features (`FEATURE_*`).
+    pub fn features(&self) -> u64 {
+        self.features
     }
 
     /// The fd, for poll().
@@ -265,6 +280,35 @@ impl Uffd {
             }
         }
         Ok(Fill::Done)
+    }
+
+    /// Move the pages of `[src, src+len)` (private anonymous memory of this
+    /// process, every page present) to `[dst, dst+len)` without copying and
+    /// without waking (`UFFDIO_MOVE`). The moved pages are writable: the
+    /// caller write-protects them. Returns how many bytes were moved and, if
+    /// not all, why not (EEXIST: a destination page exists; EBUSY: a source
+    /// page is shared or pinned; ...); the rest of the source is untouched.
+    pub fn move_pages(&self, dst: usize, src: usize, len: usize) -> (usize, Option<io::Error>) {
+        let mut done = 0usize;
+        while done < len {
+            let mut m = UffdioMove {
+                dst: (dst + done) as u64,
+                src: (src + done) as u64,
+                len: (len - done) as u64,
+                mode: MOVE_MODE_DONTWAKE,
+                moved: 0,
+            };
+            let r = self.ioctl(UFFDIO_MOVE, &mut m);
+            if m.moved > 0 {
+                done += m.moved as usize;
+            }
+            match r {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {}
+                Err(e) => return (done, Some(e)),
+            }
+        }
+        (done, None)
     }
 
     /// Map the shared zero page over `[start, start+len)` without waking.
