@@ -4,6 +4,8 @@
 //! mmap / pread of the same bytes, raw write+fsync, ...) and their ratio.
 //! Groups live in `benches/bench/*.rs`; each adds rows to the [`Report`].
 
+#[path = "bench/bigfile_bench.rs"]
+mod bigfile_bench;
 #[path = "bench/common.rs"]
 #[allow(dead_code)] // shared helpers; not every group uses every one
 mod common;
@@ -26,9 +28,10 @@ fn main() {
         }
     };
     let mut report = Report::default();
-    let groups: [(&str, Group); 2] = [
+    let groups: [(&str, Group); 3] = [
         ("storage", storage_bench::run),
         ("virtmem", virtmem_bench::run),
+        ("bigfile", bigfile_bench::run),
     ];
     for (name, run) in groups {
         if !cfg.selects(name) {

@@ -248,8 +248,21 @@ impl Writer {
                 // oid in the invalidations.
                 self.conn.replace(zoid, serial, ZBlk1 { chunktab })?;
             }
-            (kind, _) => {
+            (kind, old_rec) => {
                 // A hole, or a block changing format: a new ZBlk object.
+                // The replaced ZBlk is re-stored unchanged, so that a
+                // concurrent in-place change of it (by a writer that still
+                // sees it in blktab) conflicts instead of being lost.
+                match old_rec {
+                    Some((old_oid, (ZBlkRecord::ZBlk0(bytes), serial))) => {
+                        self.conn.replace(old_oid, serial, ZBlk0 { data: bytes })?;
+                        self.written.push(old_oid);
+                    }
+                    Some((old_oid, (ZBlkRecord::ZBlk1(chunktab), serial))) => {
+                        self.conn.replace(old_oid, serial, ZBlk1 { chunktab })?;
+                    }
+                    None => {}
+                }
                 let zoid = match kind {
                     ZBlkKind::ZBlk0 => self.conn.add(ZBlk0 {
                         data: new_t.to_vec(),
@@ -554,6 +567,23 @@ impl DataManager for Shared {
         let (written, blocks) = self.finish_writer();
         for o in written {
             self.conn.evict(o);
+        }
+        // The stored blocks now depend on the objects just committed: record
+        // that (as of our commit) so later changes by others invalidate them.
+        if !blocks.is_empty()
+            && let Some(tid) = self.conn.last_commit()
+        {
+            let b = &self.backend;
+            let sf = SnapshotFile::open(b.storage.as_ref(), tid, b.file)
+                .map_err(|e| storage::Error::Protocol(format!("ZBigFileH: {e}")))?;
+            let mut deps = b.deps.lock();
+            for blk in &blocks {
+                let mut d = sf
+                    .block_deps(*blk)
+                    .map_err(|e| storage::Error::Protocol(format!("ZBigFileH: {e}")))?;
+                d.path.push(b.file);
+                deps.record(*blk, d);
+            }
         }
         self.fileh
             .lock()

@@ -184,6 +184,25 @@ impl<'a> SnapshotFile<'a> {
         Ok((false, deps))
     }
 
+    /// What block `blk`'s content depends on, without reading its data.
+    pub fn block_deps(&self, blk: u64) -> Result<BlockDeps, Error> {
+        let mut deps = BlockDeps::default();
+        let Some(zoid) = self.zblk_ref(blk, &mut deps.path)? else {
+            return Ok(deps);
+        };
+        deps.direct.push(zoid);
+        let (rec, serial) = self.zblk(zoid)?;
+        match rec {
+            ZBlkRecord::ZBlk0(_) => deps.zblk = Some((zoid, ZBlkKind::ZBlk0, serial)),
+            ZBlkRecord::ZBlk1(chunktab) => {
+                let refs = self.chunk_refs(blk, chunktab, &mut deps.direct)?;
+                deps.direct.extend(refs.into_iter().map(|(_, o)| o));
+                deps.zblk = Some((zoid, ZBlkKind::ZBlk1, serial));
+            }
+        }
+        Ok(deps)
+    }
+
     /// The highest block present, if any.
     pub fn last_block(&self) -> Result<Option<u64>, Error> {
         Ok(self

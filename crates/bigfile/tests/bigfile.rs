@@ -352,7 +352,7 @@ mod model {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(12))]
+        #![proptest_config(ProptestConfig::with_cases(64))]
         #[test]
         fn handles_match_model(ops in proptest::collection::vec(op(), 1..30), fmt in 0..3u8) {
             let format = [ZBlkFormat::ZBlk0, ZBlkFormat::ZBlk1, ZBlkFormat::Auto][fmt as usize];

@@ -290,6 +290,8 @@ struct ConnState {
     modified: BTreeSet<Oid>,
     added: BTreeSet<Oid>,
     txn: Option<Box<dyn StorageTxn>>,
+    /// Objects the changes depend on without being stored: (oid, serial).
+    read_current: Vec<(Oid, Tid)>,
     stored: Vec<Oid>,
     resolved: Vec<Oid>,
     /// (tid, oids) of this connection's last commit, not yet synced past.
@@ -337,6 +339,7 @@ impl Connection {
                 modified: BTreeSet::new(),
                 added: BTreeSet::new(),
                 txn: None,
+                read_current: Vec::new(),
                 stored: Vec::new(),
                 resolved: Vec::new(),
                 own_commit: None,
@@ -344,6 +347,12 @@ impl Connection {
             subscribers: Mutex::new(Vec::new()),
         });
         Connection { shared }
+    }
+
+    /// The tid of this connection's last commit, until the connection moves
+    /// past it (for data managers that must know what they just committed).
+    pub fn last_commit(&self) -> Option<Tid> {
+        self.shared.state.lock().own_commit
     }
 
     /// An identifier of this connection, equal for all its clones.
@@ -585,6 +594,15 @@ impl Connection {
         Ok(())
     }
 
+    /// Make the current transaction conflict at commit unless `oid` is still
+    /// at revision `serial` (ZODB's `readCurrent`): for changes based on an
+    /// object that is not itself stored.
+    pub fn read_current(&self, oid: Oid, serial: Tid) -> Result<()> {
+        self.join()?;
+        self.shared.state.lock().read_current.push((oid, serial));
+        Ok(())
+    }
+
     /// Drop `oid` from the cache if it is not modified (to free memory held
     /// by large objects after they were committed).
     pub fn evict(&self, oid: Oid) {
@@ -679,6 +697,7 @@ impl Shared {
         st.added.clear();
         st.stored.clear();
         st.resolved.clear();
+        st.read_current.clear();
         if let Some(t) = st.txn.take() {
             t.abort();
         }
@@ -718,7 +737,13 @@ impl DataManager for Shared {
             .txn
             .take()
             .ok_or_else(|| Error::Protocol("commit without tpc_begin".into()))?;
+        let read_current = std::mem::take(&mut st.read_current);
         let r = (|| -> Result<()> {
+            for (oid, serial) in read_current {
+                if !oids.contains(&oid) {
+                    txn.check_current(oid, serial)?;
+                }
+            }
             for oid in oids {
                 let Some(e) = st.cache.get(&oid) else {
                     return Err(Error::Protocol(format!(

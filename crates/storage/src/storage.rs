@@ -134,6 +134,11 @@ pub trait StorageTxn: Send {
     /// moved past `serial` and the resolver (if any) cannot merge.
     fn store(&mut self, oid: Oid, serial: Tid, data: Vec<u8>) -> Result<()>;
 
+    /// Fail with [`crate::Error::Conflict`] unless `oid`'s committed revision
+    /// is still `serial` (ZODB's `checkCurrentSerialInTransaction`): for
+    /// objects a change was based on without being stored.
+    fn check_current(&mut self, oid: Oid, serial: Tid) -> Result<()>;
+
     /// Write everything durably enough to be sure `finish` can succeed.
     /// Returns the oids whose stored data was replaced by a conflict
     /// resolution (their in-memory copies must be invalidated).

@@ -121,6 +121,35 @@ fn conflict_error_aborts_cleanly_and_the_retry_succeeds() {
 }
 
 #[test]
+fn read_current_conflicts_when_the_object_moved_on() {
+    let (_d, db) = db();
+    let (tm1, tm2) = (TransactionManager::new(), TransactionManager::new());
+    let c1 = db.open_connection(&tm1).expect("c1");
+    let c2 = db.open_connection(&tm2).expect("c2");
+    let a = c1.add(PersistentMapping::default()).expect("a");
+    tm1.commit().expect("commit");
+    tm2.abort();
+    let serial = c2.load_record(a).expect("load").expect("exists").1;
+    // c2 bases a root change on `a` without storing `a`
+    c2.read_current(a, serial).expect("read_current");
+    c2.root_mut()
+        .expect("root")
+        .insert("based_on_a", Value::Int(1));
+    c1.get_mut::<PersistentMapping>(a)
+        .expect("a")
+        .insert("x", Value::Int(1));
+    tm1.commit().expect("commit");
+    assert!(tm2.commit().expect_err("a moved on").is_conflict());
+    // unchanged: commits
+    let serial = c2.load_record(a).expect("load").expect("exists").1;
+    c2.read_current(a, serial).expect("read_current");
+    c2.root_mut()
+        .expect("root")
+        .insert("based_on_a", Value::Int(2));
+    tm2.commit().expect("commit");
+}
+
+#[test]
 fn historical_connection_sees_the_past_and_is_read_only() {
     let (_d, db) = db();
     let tm = TransactionManager::new();

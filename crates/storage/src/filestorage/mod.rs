@@ -1174,6 +1174,23 @@ impl StorageTxn for FsTxn {
         Ok(())
     }
 
+    fn check_current(&mut self, oid: Oid, serial: Tid) -> Result<()> {
+        // The commit lock is held: nothing can commit before our finish.
+        let committed = self
+            .fs
+            .committed_serial(&self.file, oid)?
+            .map_or(Tid::ZERO, |c| c.0);
+        if committed != serial {
+            return Err(Error::Conflict {
+                oid,
+                loaded: serial,
+                committed,
+                reason: Some("read-current object changed".into()),
+            });
+        }
+        Ok(())
+    }
+
     fn vote(&mut self) -> Result<Vec<Oid>> {
         if self.voted {
             return Ok(self.resolved.clone());
