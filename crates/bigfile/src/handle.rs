@@ -84,6 +84,8 @@ struct Backend {
     at: AtomicU64,
     deps: Mutex<Deps>,
     writer: Mutex<Option<Writer>>,
+    /// The file object's state and the snapshot it was read at.
+    meta: Mutex<Option<(Tid, crate::objects::ZBigFile)>>,
 }
 
 impl virtmem::BigFile for Backend {
@@ -93,7 +95,15 @@ impl virtmem::BigFile for Backend {
 
     fn load_block(&self, blk: u64, buf: &mut [u8]) -> Result<Loaded, BoxError> {
         let at = Tid(self.at.load(Ordering::Acquire));
-        let sf = SnapshotFile::open(self.storage.as_ref(), at, self.file)?;
+        let cached = self.meta.lock().clone().filter(|(t, _)| *t == at);
+        let sf = match cached {
+            Some((_, m)) => SnapshotFile::with_meta(self.storage.as_ref(), at, self.file, m),
+            None => {
+                let sf = SnapshotFile::open(self.storage.as_ref(), at, self.file)?;
+                *self.meta.lock() = Some((at, sf.meta.clone()));
+                sf
+            }
+        };
         let (hole, mut deps) = sf.read_block(blk, buf)?;
         deps.path.push(self.file);
         self.deps.lock().record(blk, deps);
@@ -331,6 +341,7 @@ impl ZBigFileH {
             at: AtomicU64::new(at.0),
             deps: Mutex::new(Deps::default()),
             writer: Mutex::new(None),
+            meta: Mutex::new(None),
         });
         let fileh = FileH::open(backend.clone(), opts.virtmem)?;
         let shared = Arc::new_cyclic(|me| Shared {

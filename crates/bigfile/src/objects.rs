@@ -203,3 +203,37 @@ pub fn decode_zdata(oid: Oid, data: &[u8]) -> Result<Vec<u8>> {
         None => Err(bad(oid, "record has no recognizable class")),
     }
 }
+
+/// The byte payload of a ZBlk0/ZBlk/ZData record, without decoding it into a
+/// value tree (no copy): `Some(bytes)` if the record is one of those classes
+/// and its state pickle is the plain `[PROTO] BINBYTES|SHORT_BINBYTES|BINSTRING|SHORT_BINSTRING
+/// [BINPUT|LONG_BINPUT] STOP` that every writer produces; `None` otherwise
+/// (the caller then decodes it generically).
+pub fn fast_payload<'a>(data: &'a [u8], classes: &[&str]) -> Option<&'a [u8]> {
+    let (meta, n) = storage::pickle::decode(data).ok()?;
+    let (m, name) = storage::pickle::class_of_meta(&meta)?;
+    if m != MODULE || !classes.contains(&name.as_str()) {
+        return None;
+    }
+    let mut st = data.get(n..)?;
+    if st.first() == Some(&0x80) {
+        st = st.get(2..)?;
+    }
+    let (len, rest) = match *st.first()? {
+        b'B' | b'T' => {
+            let l = u32::from_le_bytes(st.get(1..5)?.try_into().ok()?) as usize;
+            (l, st.get(5..)?)
+        }
+        b'C' | b'U' => (usize::from(*st.get(1)?), st.get(2..)?),
+        _ => return None,
+    };
+    let payload = rest.get(..len)?;
+    let tail = rest.get(len..)?;
+    let ok = match tail {
+        [b'.'] => true,
+        [b'q', _, b'.'] => true,
+        [b'r', _, _, _, _, b'.'] => true,
+        _ => false,
+    };
+    ok.then_some(payload)
+}

@@ -2,7 +2,7 @@
 //! no locks shared with user threads): what the fault handlers use.
 
 use crate::Error;
-use crate::objects::{ZBigFile, ZBlkRecord, decode_zblk, decode_zdata};
+use crate::objects::{ZBigFile, ZBlkRecord, decode_zblk, decode_zdata, fast_payload};
 use crate::zblk::{ZBlkKind, assemble_chunks, assemble_zblk0};
 use storage::btree::SnapshotReader;
 use storage::{Oid, Storage, Tid, Value};
@@ -77,6 +77,17 @@ impl<'a> SnapshotFile<'a> {
             oid,
             meta,
         })
+    }
+
+    /// The file at another snapshot whose state is known to be `meta`
+    /// (skips loading the file object).
+    pub fn with_meta(storage: &'a dyn Storage, at: Tid, oid: Oid, meta: ZBigFile) -> Self {
+        SnapshotFile {
+            storage,
+            at,
+            oid,
+            meta,
+        }
     }
 
     /// The snapshot.
@@ -163,6 +174,11 @@ impl<'a> SnapshotFile<'a> {
         };
         deps.direct.push(zoid);
         let (data, serial) = load(self.storage, self.at, zoid)?;
+        if let Some(bytes) = fast_payload(&data, &["ZBlk0", "ZBlk"]) {
+            assemble_zblk0(bytes, buf).map_err(|e| self.err(blk, e.to_string()))?;
+            deps.zblk = Some((zoid, ZBlkKind::ZBlk0, serial));
+            return Ok((false, deps));
+        }
         match decode_zblk(zoid, &data)? {
             ZBlkRecord::ZBlk0(bytes) => {
                 assemble_zblk0(&bytes, buf).map_err(|e| self.err(blk, e.to_string()))?;
@@ -170,14 +186,23 @@ impl<'a> SnapshotFile<'a> {
             }
             ZBlkRecord::ZBlk1(chunktab) => {
                 let refs = self.chunk_refs(blk, chunktab, &mut deps.direct)?;
-                let mut chunks = Vec::with_capacity(refs.len());
+                let mut records = Vec::with_capacity(refs.len());
                 for (off, o) in refs {
                     deps.direct.push(o);
                     let (d, _) = load(self.storage, self.at, o)?;
-                    chunks.push((off, decode_zdata(o, &d)?));
+                    records.push((off, o, d));
                 }
-                assemble_chunks(chunks.iter().map(|(o, d)| (*o, d.as_slice())), buf)
-                    .map_err(|e| self.err(blk, e.to_string()))?;
+                let mut decoded = Vec::new();
+                let mut chunks: Vec<(i64, &[u8])> = Vec::with_capacity(records.len());
+                for (off, o, d) in &records {
+                    match fast_payload(d, &["ZData"]) {
+                        Some(p) => chunks.push((*off, p)),
+                        None => decoded.push((*off, decode_zdata(*o, d)?)),
+                    }
+                }
+                chunks.extend(decoded.iter().map(|(o, d)| (*o, d.as_slice())));
+                chunks.sort_by_key(|(o, _)| *o);
+                assemble_chunks(chunks, buf).map_err(|e| self.err(blk, e.to_string()))?;
                 deps.zblk = Some((zoid, ZBlkKind::ZBlk1, serial));
             }
         }

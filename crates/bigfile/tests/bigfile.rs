@@ -7,7 +7,7 @@ use bigfile::{HandleOptions, ZBigFileH, ZBlkFormat, ZBlkKind, create_file};
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::sync::Arc;
-use storage::{DB, FileStorage, Oid, Tid, TransactionManager};
+use storage::{DB, FileStorage, Oid, Storage, Tid, TransactionManager};
 
 const BS: u64 = 64 * 1024;
 
@@ -102,6 +102,37 @@ fn wendelin_test_databases_read_byte_for_byte() {
             .collect();
         assert_eq!(kinds, vec![(1, ZBlkKind::ZBlk0), (3, ZBlkKind::ZBlk1)]);
     }
+}
+
+#[test]
+fn fast_payload_equals_the_decoded_state() {
+    let mut n = 0;
+    for f in ["zblk/py3_pickle3/zblk", "zblk/py2_pickle3/zblk"] {
+        let fs = FileStorage::open_read_only(testdata().join(format!("{f}.fs"))).expect("open");
+        for t in fs.iter_txns(Tid::ZERO, Tid::MAX).expect("iter") {
+            for r in t.expect("txn").records {
+                let data = r.data.expect("data");
+                let class = storage::pickle::record_class(&data).expect("class");
+                if class.ends_with("ZBlk0") || class.ends_with("ZData") {
+                    let (_, state) = storage::pickle::decode_record(&data).expect("decode");
+                    let fast = bigfile::objects::fast_payload(&data, &["ZBlk0", "ZBlk", "ZData"])
+                        .expect("fast path");
+                    assert_eq!(Some(fast), state.as_bytes());
+                    n += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(n, 2 * 65);
+    // other classes and odd states are refused
+    let rec = storage::pickle::encode_record(
+        "wendelin.bigfile.file_zodb",
+        "ZBlk0",
+        &storage::Value::Int(1),
+        storage::pickle::Dialect::Py3,
+    )
+    .expect("enc");
+    assert!(bigfile::objects::fast_payload(&rec, &["ZBlk0"]).is_none());
 }
 
 /// Records of the last transaction: (oid, class).

@@ -1,0 +1,81 @@
+//! Where the time of a cold read goes: raw record loads, snapshot block
+//! reads, and reads through a handle, over the same committed data.
+use bigfile::reader::SnapshotFile;
+use bigfile::{HandleOptions, ZBigFileH, ZBlkFormat, create_file};
+use std::time::Instant;
+use storage::{DB, Storage, TransactionManager};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir_in("/var/tmp")?;
+    let db = DB::open(dir.path().join("d.fs").to_str().ok_or("path")?)?;
+    let tm = TransactionManager::new();
+    let c = db.open_connection(&tm)?;
+    let f = create_file(&c, 2 << 20)?;
+    tm.commit()?;
+    let n = 128u64;
+    let opts = || HandleOptions {
+        format: ZBlkFormat::ZBlk0,
+        virtmem: virtmem::Options::default(),
+    };
+    let fh = ZBigFileH::open(&c, &tm, f, opts())?;
+    {
+        let mut h = fh.fileh();
+        let mut v = h.bytes_mut(0..n << 21)?;
+        v.iter_mut()
+            .enumerate()
+            .for_each(|(i, x)| *x = (i % 251) as u8 | 1);
+    }
+    tm.commit()?;
+    let at = c.at();
+    let sf = SnapshotFile::open(db.storage().as_ref(), at, f)?;
+    let blocks = sf.blocks()?;
+    let t = Instant::now();
+    for (_, o) in &blocks {
+        let r = db
+            .storage()
+            .load_before(*o, storage::Tid(at.0 + 1))?
+            .ok_or("x")?;
+        std::hint::black_box(r.data.len());
+    }
+    let raw = t.elapsed().as_secs_f64();
+    let mut buf = vec![0u8; 2 << 20];
+    let t = Instant::now();
+    for b in 0..n {
+        sf.read_block(b, &mut buf)?;
+    }
+    let rb = t.elapsed().as_secs_f64();
+    let tm2 = TransactionManager::new();
+    let c2 = db.open_connection(&tm2)?;
+    for ra in [false, true] {
+        let fh2 = ZBigFileH::open(
+            &c2,
+            &tm2,
+            f,
+            HandleOptions {
+                format: ZBlkFormat::ZBlk0,
+                virtmem: virtmem::Options {
+                    readahead: ra,
+                    ..Default::default()
+                },
+            },
+        )?;
+        let t = Instant::now();
+        {
+            let h = fh2.fileh();
+            let v = h.view::<u64>(0, (n << 21) as usize / 8)?;
+            std::hint::black_box(v.iter().step_by(512).fold(0u64, |a, x| a.wrapping_add(*x)));
+        }
+        let hd = t.elapsed().as_secs_f64();
+        println!(
+            "handle (readahead {ra}): {:.2} GB/s",
+            (n << 21) as f64 / hd / 1e9
+        );
+    }
+    let gb = (n << 21) as f64 / 1e9;
+    println!(
+        "load_before: {:.2} GB/s, read_block: {:.2} GB/s",
+        gb / raw,
+        gb / rb
+    );
+    Ok(())
+}
