@@ -229,11 +229,6 @@ pub fn fast_payload<'a>(data: &'a [u8], classes: &[&str]) -> Option<&'a [u8]> {
     };
     let payload = rest.get(..len)?;
     let tail = rest.get(len..)?;
-    let ok = match tail {
-        [b'.'] => true,
-        [b'q', _, b'.'] => true,
-        [b'r', _, _, _, _, b'.'] => true,
-        _ => false,
-    };
+    let ok = matches!(tail, [b'.'] | [b'q', _, b'.'] | [b'r', _, _, _, _, b'.']);
     ok.then_some(payload)
 }
