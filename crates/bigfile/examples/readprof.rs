@@ -3,7 +3,7 @@
 use bigfile::reader::SnapshotFile;
 use bigfile::{HandleOptions, ZBigFileH, ZBlkFormat, create_file};
 use std::time::Instant;
-use storage::{DB, Storage, TransactionManager};
+use storage::{DB, TransactionManager};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir_in("/var/tmp")?;
