@@ -138,10 +138,22 @@ fn par_sum(words: &[u64], threads: usize) -> u64 {
 }
 
 fn open_handle(file: Arc<FileBigFile>, size: u64, readahead: bool) -> Result<FileH, String> {
+    open_handle_with(file, size, readahead, true)
+}
+
+/// `zero_copy: false`: every load copies (`UFFDIO_COPY`), the path used when
+/// the kernel lacks `UFFDIO_MOVE`.
+fn open_handle_with(
+    file: Arc<FileBigFile>,
+    size: u64,
+    readahead: bool,
+    zero_copy: bool,
+) -> Result<FileH, String> {
     let opts = Options {
         reserve: size,
         budget: Some(size + (64 << 20)),
         readahead,
+        zero_copy,
         ..Options::default()
     };
     FileH::open(file as Arc<dyn BigFile>, opts).map_err(|e| e.to_string())
@@ -194,8 +206,8 @@ fn run_inner(
     // while (never touched, or freed and reported back to the host) costs
     // several times more on first use (host-side faults); the warm-up makes
     // the freshly freed pages the ones the measured scan reuses.
-    let warm = || -> Result<(), String> {
-        let fh = open_handle(file.clone(), size, true)?;
+    let warm = |zero_copy: bool| -> Result<(), String> {
+        let fh = open_handle_with(file.clone(), size, true, zero_copy)?;
         let v = fh
             .view::<u64>(0, size as usize / 8)
             .map_err(|e| e.to_string())?;
@@ -229,7 +241,7 @@ fn run_inner(
         drop(map);
 
         // Ours: a fresh handle (nothing resident), read-ahead on.
-        warm()?;
+        warm(true)?;
         let fh = open_handle(file.clone(), size, true)?;
         let v = fh
             .view::<u64>(0, size as usize / 8)
@@ -241,11 +253,28 @@ fn run_inner(
         let st = fh.stats();
         drop(fh);
         eprintln!(
-            "  ({threads} thr: {} demand loads, {} read-ahead loads, {} marker hits)",
-            st.loads, st.readahead_loads, st.marker_hits
+            "  ({threads} thr: {} demand loads, {} read-ahead loads, {} marker hits, {} moved)",
+            st.loads, st.readahead_loads, st.marker_hits, st.moved_loads
         );
 
+        // The same with the copy path (UFFDIO_COPY, the fallback).
+        warm(false)?;
+        let fh = open_handle_with(file.clone(), size, true, false)?;
+        let v = fh
+            .view::<u64>(0, size as usize / 8)
+            .map_err(|e| e.to_string())?;
+        let (s, t_copy) = timed(|| par_sum(&v, threads));
+        check("virtmem scan (copy path)", s)?;
+        drop(fh);
+
         let tn = format!("{threads} thr");
+        report.throughput(
+            &format!("virtmem cold scan {tn}"),
+            size,
+            t_ours,
+            &format!("virtmem {tn}, copy path (UFFDIO_COPY)"),
+            t_copy,
+        );
         report.throughput(
             &format!("virtmem cold scan {tn}"),
             size,
@@ -270,7 +299,7 @@ fn run_inner(
 
         if threads == 1 {
             // Read-ahead effect: the same cold scan with read-ahead off.
-            warm()?;
+            warm(true)?;
             let fh = open_handle(file.clone(), size, false)?;
             let v = fh
                 .view::<u64>(0, size as usize / 8)
@@ -351,7 +380,7 @@ fn run_inner(
     };
     // The disk is noisy: the baseline runs before and after ours, the best counts.
     let t_base1 = baseline()?;
-    warm()?;
+    warm(true)?;
     let wfile = Arc::new(FileBigFile::open(wpath, BS).map_err(|e| e.to_string())?);
     let mut fh = open_handle(wfile.clone(), wsize, false)?;
     let (r, t_ours) = timed(|| -> Result<(), String> {

@@ -28,11 +28,11 @@ use std::thread::JoinHandle;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::eventfd::{EfdFlags, EventFd};
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::budget::{Budget, process_budget};
 use crate::error::{Error, Result, SharedError};
-use crate::mapping::{PAGE, Pagemap, Pod, Reservation, Staging};
+use crate::mapping::{PAGE, Pagemap, Pod, Reservation, Staging, thp_possible};
 use crate::uffd::{self, Fill, Msg, Uffd};
 use crate::{BigFile, Loaded};
 
@@ -58,6 +58,12 @@ pub struct Options {
     /// this is ignored). `false`: holes are mapped as zero-filled data.
     /// Default `true`.
     pub zero_page_holes: bool,
+    /// Install loaded blocks without a second copy when the kernel allows it
+    /// (`UFFDIO_MOVE`, Linux >= 6.8, blocks a multiple of 2 MiB, transparent
+    /// huge pages not disabled): the block is loaded into fresh huge pages
+    /// that are then moved into place. Falls back to `UFFDIO_COPY` otherwise.
+    /// Default `true`.
+    pub zero_copy: bool,
 }
 
 impl Default for Options {
@@ -70,6 +76,7 @@ impl Default for Options {
             readahead_window: 8,
             threads: ncpu.max(2) + 1,
             zero_page_holes: true,
+            zero_copy: true,
         }
     }
 }
@@ -111,6 +118,8 @@ pub struct Stats {
     pub evictions: u64,
     /// Blocks that failed to load (and were poisoned).
     pub load_failures: u64,
+    /// Loaded blocks installed by moving their pages (no second copy).
+    pub moved_loads: u64,
 }
 
 #[derive(Default)]
@@ -121,6 +130,11 @@ struct Counters {
     marker_hits: AtomicU64,
     evictions: AtomicU64,
     load_failures: AtomicU64,
+    moved_loads: AtomicU64,
+    /// Staging buffers found without huge pages, in a row.
+    thp_misses: AtomicU64,
+    /// `UFFDIO_MOVE` failures other than a present destination page.
+    move_errors: AtomicU64,
 }
 
 static TRACE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -133,6 +147,14 @@ macro_rules! vtrace {
         }
     };
 }
+
+/// Huge page size (x86-64): blocks that are multiples of it can be moved in
+/// as whole huge pages.
+const HUGE: usize = 2 << 20;
+/// Zero-copy installs are given up for the handle (loads copy) after this
+/// many staging buffers in a row without huge pages, or this many failed
+/// moves.
+const MAX_MOVE_MISSES: u64 = 16;
 
 fn inc(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
@@ -256,6 +278,18 @@ struct Shared {
     /// keeps faulting on a page its block state says is present (a broken
     /// invariant) is failed loudly instead of spinning forever.
     spurious: Mutex<Option<(usize, std::time::Instant, std::time::Instant)>>,
+    /// Zero-copy installs (`UFFDIO_MOVE`) are possible: the pagemap used to
+    /// check that a staging buffer got huge pages. `None`: always copy.
+    move_pm: Option<Pagemap>,
+    /// A mutable view may exist (set by `view_mut`, cleared by `view`: with
+    /// `&self` no `&mut` borrow, hence no mutable slice, is alive). Moved
+    /// pages are writable until write-protected right after the move; a
+    /// write in between would not be seen, so loads copy while this is set.
+    writers: AtomicBool,
+    /// Held (shared) by a load from the check of `writers` to the end of the
+    /// write-protection of moved pages; `view_mut` takes it exclusively to
+    /// set `writers`, so no move is between the two when it returns.
+    move_gate: RwLock<()>,
 }
 
 /// A handle on a [`BigFile`]: one mapping of the whole file, loaded lazily.
@@ -350,7 +384,12 @@ impl FileH {
                 size: usize::MAX as u64,
             })?;
         let need = uffd::FEATURE_PAGEFAULT_FLAG_WP | uffd::FEATURE_POISON;
-        let uffd = match Uffd::open(need) {
+        let want = if opts.zero_copy {
+            uffd::FEATURE_MOVE
+        } else {
+            0
+        };
+        let uffd = match Uffd::open(need, want) {
             Ok(Ok(u)) => u,
             Ok(Err(missing)) => return Err(Error::MissingFeatures { missing }),
             Err(uffd::OpenError::NotPermitted(source)) => {
@@ -388,6 +427,14 @@ impl FileH {
             Some(b) => Budget::new(b),
             None => process_budget(),
         };
+        let move_pm = if uffd.features() & uffd::FEATURE_MOVE != 0
+            && bs.is_multiple_of(HUGE)
+            && thp_possible()
+        {
+            Pagemap::open()
+        } else {
+            None
+        };
         let ra_window = opts
             .readahead_window
             .min((budget.limit() / bs as u64 / 4).max(1));
@@ -416,6 +463,9 @@ impl FileH {
             zeros: Mutex::new(None),
             counters: Counters::default(),
             spurious: Mutex::new(None),
+            move_pm,
+            writers: AtomicBool::new(false),
+            move_gate: RwLock::new(()),
         });
         vtrace!("T open");
         let mut fh = FileH {
@@ -455,6 +505,14 @@ impl FileH {
         &self.sh.budget
     }
 
+    /// True if loads install blocks without a second copy (`UFFDIO_MOVE` of
+    /// huge pages, see [`Options::zero_copy`]); false if every load copies.
+    pub fn zero_copy(&self) -> bool {
+        self.sh.move_pm.is_some()
+            && self.sh.counters.thp_misses.load(Ordering::Relaxed) < MAX_MOVE_MISSES
+            && self.sh.counters.move_errors.load(Ordering::Relaxed) < MAX_MOVE_MISSES
+    }
+
     /// Counters since open.
     pub fn stats(&self) -> Stats {
         let c = &self.sh.counters;
@@ -466,6 +524,7 @@ impl FileH {
             marker_hits: l(&c.marker_hits),
             evictions: l(&c.evictions),
             load_failures: l(&c.load_failures),
+            moved_loads: l(&c.moved_loads),
         }
     }
 
@@ -508,6 +567,10 @@ impl FileH {
     /// Shared view of `count` elements of type `T` starting at byte `offset`.
     pub fn view<T: Pod>(&self, offset: u64, count: usize) -> Result<View<'_, T>> {
         let off = self.check::<T>(offset, count)?;
+        // `&self`: no mutable view is alive, loads may move pages again.
+        if self.sh.writers.load(Ordering::Relaxed) {
+            self.sh.writers.store(false, Ordering::Relaxed);
+        }
         Ok(View {
             slice: self.sh.map.slice(off, count),
             offset,
@@ -517,6 +580,12 @@ impl FileH {
     /// Exclusive view of `count` elements of type `T` starting at byte `offset`.
     pub fn view_mut<T: Pod>(&mut self, offset: u64, count: usize) -> Result<ViewMut<'_, T>> {
         let off = self.check::<T>(offset, count)?;
+        if self.sh.move_pm.is_some() && !self.sh.writers.load(Ordering::Relaxed) {
+            // Wait for moves being write-protected (read-ahead may run),
+            // then make later loads copy.
+            let _gate = self.sh.move_gate.write();
+            self.sh.writers.store(true, Ordering::Relaxed);
+        }
         Ok(ViewMut {
             // `&mut self` guarantees that no other view of the mapping exists.
             slice: self.sh.map.slice_mut(off, count),
@@ -1315,6 +1384,10 @@ impl Shared {
         ra: Option<i8>,
         staging: &mut Option<Staging>,
     ) -> Result<(bool, Option<Marker>, bool)> {
+        if staging.as_ref().is_some_and(|b| b.small_pages) {
+            // It got small pages last time: a new mapping may get huge ones.
+            *staging = None;
+        }
         if staging.is_none() {
             *staging = Some(Staging::new(len).map_err(Self::os("allocating a staging buffer"))?);
         }
@@ -1323,6 +1396,29 @@ impl Shared {
                 op: "allocating a staging buffer",
                 source: std::io::Error::other("no buffer"),
             });
+        };
+        // Zero-copy install: the buffer must consist of fresh huge pages
+        // (its previous pages were moved away); populating them first also
+        // makes every page present whatever the loader writes.
+        let movable = match &self.move_pm {
+            Some(pm)
+                if self.counters.thp_misses.load(Ordering::Relaxed) < MAX_MOVE_MISSES
+                    && self.counters.move_errors.load(Ordering::Relaxed) < MAX_MOVE_MISSES =>
+            {
+                let huge = buf.populate().and_then(|()| pm.all_huge(buf.addr(), len));
+                if matches!(huge, Ok(true)) {
+                    self.counters.thp_misses.store(0, Ordering::Relaxed);
+                } else {
+                    // No huge page (fragmented memory, or the last move had
+                    // to split it): copy, try a new buffer next time, give
+                    // up after many misses in a row.
+                    inc(&self.counters.thp_misses);
+                    buf.small_pages = true;
+                    vtrace!("T staging without huge pages: {huge:?}");
+                }
+                matches!(huge, Ok(true))
+            }
+            _ => false,
         };
         let loaded = self
             .file
@@ -1365,17 +1461,25 @@ impl Shared {
             Loaded::Data => {
                 let data = buf.as_slice();
                 let stride = (self.ra_window / 2).max(1);
-                let Some(dir) = ra.filter(|_| blk.is_multiple_of(stride)) else {
+                let marker = ra.filter(|_| blk.is_multiple_of(stride)).map(|dir| {
+                    let page = if dir >= 0 { 0 } else { len / PAGE - 1 };
+                    let mo = page * PAGE;
+                    Marker {
+                        page,
+                        data: data[mo..mo + PAGE].into(),
+                    }
+                });
+                if movable && self.move_into_place(addr, buf, marker.as_ref())? {
+                    inc(&self.counters.moved_loads);
+                    return Ok((false, marker, false));
+                }
+                let data = buf.as_slice();
+                let Some(marker) = marker else {
                     self.copy_all(addr, data, true)
                         .map_err(Self::os("UFFDIO_COPY"))?;
                     return Ok((false, None, false));
                 };
-                let page = if dir >= 0 { 0 } else { len / PAGE - 1 };
-                let mo = page * PAGE;
-                let marker = Marker {
-                    page,
-                    data: data[mo..mo + PAGE].into(),
-                };
+                let (page, mo) = (marker.page, marker.page * PAGE);
                 if page == 0 {
                     self.copy_all(addr + PAGE, &data[PAGE..], true)
                 } else {
@@ -1385,6 +1489,59 @@ impl Shared {
                 Ok((false, Some(marker), false))
             }
         }
+    }
+
+    /// Install the loaded block in `buf` at `addr` by moving its (huge)
+    /// pages, write-protected, without waking; the marker page, if any, is
+    /// dropped again to be installed on the reader's first touch. Returns
+    /// false (nothing done) when a mutable view may exist: then the caller
+    /// copies. A partial move is completed by copying the rest.
+    fn move_into_place(
+        &self,
+        addr: usize,
+        buf: &mut Staging,
+        marker: Option<&Marker>,
+    ) -> Result<bool> {
+        let len = buf.as_slice().len();
+        let _gate = self.move_gate.read();
+        if self.writers.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        // A fault on the block allocated a page table for it (even though
+        // no page is mapped); the kernel then moves the huge page 4 KiB at
+        // a time, splitting it. The block has no page while it loads, and
+        // dropping its (empty) range frees that table (Linux >= 6.14 with
+        // CONFIG_PT_RECLAIM; otherwise this costs a few microseconds).
+        self.map
+            .dontneed(addr - self.map.addr(), len)
+            .map_err(Self::os("madvise(MADV_DONTNEED)"))?;
+        let (moved, why) = self.uffd.move_pages(addr, buf.addr(), len);
+        if let Some(e) = why {
+            // E.g. EEXIST (a page is already there) or EBUSY: copy the rest,
+            // which skips existing pages like any other load.
+            vtrace!("T UFFDIO_MOVE stopped after {moved} of {len} bytes: {e}");
+            if e.raw_os_error() != Some(libc::EEXIST) {
+                // Not a race with a present page: after a few of these the
+                // handle stops trying.
+                inc(&self.counters.move_errors);
+            }
+            self.copy_all(addr + moved, &buf.as_slice()[moved..], true)
+                .map_err(Self::os("UFFDIO_COPY"))?;
+        }
+        if moved > 0 {
+            self.uffd
+                .writeprotect(addr, moved, true, false)
+                .map_err(Self::os("UFFDIO_WRITEPROTECT"))?;
+        }
+        if let Some(mk) = marker {
+            // The block is clean and its waiters still sleep: dropping the
+            // page loses nothing (the marker holds its bytes).
+            let off = addr - self.map.addr() + mk.page * PAGE;
+            self.map
+                .dontneed(off, PAGE)
+                .map_err(Self::os("madvise(MADV_DONTNEED) of a marker page"))?;
+        }
+        Ok(true)
     }
 
     /// Drop least recently faulted clean blocks while the budget is exceeded.

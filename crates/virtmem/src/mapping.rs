@@ -47,14 +47,19 @@ unsafe impl Send for Reservation {}
 unsafe impl Sync for Reservation {}
 
 impl Reservation {
-    /// Reserve `len` bytes (a multiple of [`PAGE`]).
+    /// Reserve `len` bytes (a multiple of [`PAGE`]), aligned to 2 MiB so
+    /// that 2 MiB blocks can be installed as whole huge pages.
     pub fn new(len: usize) -> io::Result<Reservation> {
+        const ALIGN: usize = 2 << 20;
+        let total = len
+            .checked_add(ALIGN)
+            .ok_or_else(|| io::Error::other("reservation too large"))?;
         // SAFETY: anonymous mapping at a kernel-chosen address; no existing
         // memory is affected.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                len,
+                total,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
                 -1,
@@ -64,12 +69,27 @@ impl Reservation {
         if p == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        let base =
-            NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned NULL"))?;
-        // Large blocks are filled with UFFDIO_COPY one page at a time; THP
-        // would only waste time in khugepaged on this range.
+        let start = p as usize;
+        let aligned = start.next_multiple_of(ALIGN);
+        let head = aligned - start;
+        let tail = total - head - len;
+        // SAFETY: trimming the unaligned head and the tail of the mapping we
+        // just created; nothing else refers to them.
+        unsafe {
+            if head > 0 {
+                libc::munmap(p, head);
+            }
+            if tail > 0 {
+                libc::munmap((aligned + len) as *mut libc::c_void, tail);
+            }
+        }
+        let base = NonNull::new(aligned as *mut u8)
+            .ok_or_else(|| io::Error::other("mmap returned NULL"))?;
+        // Blocks are filled with UFFDIO_COPY one page at a time or moved in
+        // as whole huge pages (UFFDIO_MOVE ignores this advice); THP faults
+        // and khugepaged would only waste time on this range.
         // SAFETY: advice on our own fresh mapping; failure is harmless.
-        unsafe { libc::madvise(p, len, libc::MADV_NOHUGEPAGE) };
+        unsafe { libc::madvise(base.as_ptr().cast(), len, libc::MADV_NOHUGEPAGE) };
         Ok(Reservation { base, len })
     }
 
@@ -138,6 +158,9 @@ impl Drop for Reservation {
 pub struct Staging {
     base: NonNull<u8>,
     len: usize,
+    /// Set by the user when the buffer was found made of small pages (so it
+    /// is better replaced than reused for zero-copy installs).
+    pub small_pages: bool,
 }
 
 // SAFETY: owned memory, used by one thread at a time through &mut.
@@ -179,7 +202,37 @@ impl Staging {
         }
         let base = NonNull::new(aligned as *mut u8)
             .ok_or_else(|| io::Error::other("mmap returned NULL"))?;
-        Ok(Staging { base, len })
+        Ok(Staging {
+            base,
+            len,
+            small_pages: false,
+        })
+    }
+
+    /// Start address (2 MiB aligned).
+    pub fn addr(&self) -> usize {
+        self.base.as_ptr() as usize
+    }
+
+    /// Fault in every page of the buffer for writing (`MADV_POPULATE_WRITE`,
+    /// Linux >= 5.14): after its pages were moved away, this gives the
+    /// buffer fresh zeroed pages (huge pages when the kernel can), so that
+    /// every page is present whatever the loader writes.
+    pub fn populate(&mut self) -> io::Result<()> {
+        // SAFETY: advice on our own mapping of `len` bytes, borrowed
+        // exclusively; populating only allocates (zeroed) pages where none
+        // are present, it never changes existing content.
+        let rc = unsafe {
+            libc::madvise(
+                self.base.as_ptr().cast(),
+                self.len,
+                libc::MADV_POPULATE_WRITE,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// The buffer.
@@ -231,6 +284,7 @@ struct PageRegion {
 
 const PAGE_IS_PRESENT: u64 = 1 << 3;
 const PAGE_IS_PFNZERO: u64 = 1 << 5;
+const PAGE_IS_HUGE: u64 = 1 << 6;
 /// `_IOWR('f', 16, struct pm_scan_arg)`.
 const PAGEMAP_SCAN: u64 =
     (3 << 30) | ((size_of::<PmScanArg>() as u64) << 16) | ((b'f' as u64) << 8) | 16;
@@ -278,6 +332,43 @@ impl Pagemap {
             return Err(io::Error::last_os_error());
         }
         Ok(n > 0)
+    }
+}
+
+impl Pagemap {
+    /// True if every page of `[addr, addr+len)` is present and part of a
+    /// huge page.
+    pub fn all_huge(&self, addr: usize, len: usize) -> io::Result<bool> {
+        use std::os::fd::AsRawFd;
+        let mut region = [PageRegion::default(); 1];
+        // Look for a page that is not (present and huge).
+        let mut arg = PmScanArg {
+            size: size_of::<PmScanArg>() as u64,
+            start: addr as u64,
+            end: (addr + len) as u64,
+            vec: region.as_mut_ptr() as u64,
+            vec_len: 1,
+            category_inverted: PAGE_IS_PRESENT | PAGE_IS_HUGE,
+            category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_HUGE,
+            return_mask: PAGE_IS_PRESENT | PAGE_IS_HUGE,
+            ..PmScanArg::default()
+        };
+        // SAFETY: as in `written`: a live `struct pm_scan_arg` whose `vec`
+        // points to a live array of `vec_len` entries; the range is only read.
+        let n = unsafe { libc::ioctl(self.file.as_raw_fd(), PAGEMAP_SCAN as _, &mut arg) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n == 0)
+    }
+}
+
+/// False when transparent huge pages are off for the whole system (so a
+/// staging buffer would get 4 KiB pages whatever we advise).
+pub fn thp_possible() -> bool {
+    match std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled") {
+        Ok(s) => !s.contains("[never]"),
+        Err(_) => false,
     }
 }
 

@@ -524,7 +524,13 @@ fn big_file_scans_under_a_small_budget() {
     assert!(fh.resident_blocks() as u64 <= budget / BS2 as u64 + 8);
     let st = fh.stats();
     assert!(st.readahead_loads > n, "{st:?}");
-    assert!(st.evictions >= 3 * n - 64, "{st:?}");
+    // Three passes over 8x the budget: every load but what stays resident
+    // was evicted (a pass may start on the blocks the previous one left).
+    assert!(st.loads + st.readahead_loads >= 2 * n, "{st:?}");
+    assert!(
+        st.evictions + budget / BS2 as u64 + 16 >= st.loads + st.readahead_loads,
+        "{st:?}"
+    );
 }
 
 #[test]
@@ -619,4 +625,84 @@ fn holes_as_data_when_zero_pages_are_off() {
     assert_eq!(f.block(1).unwrap()[10], 5);
     assert_eq!(f.block(2).unwrap()[20], 6);
     assert!(fh.dirty_blocks().is_empty());
+}
+
+/// 2 MiB blocks: loads move huge pages into place (UFFDIO_MOVE) when the
+/// kernel allows it. Same semantics as the copy path: each block loaded once,
+/// read-ahead markers work, clean blocks stay write-protected (only written
+/// blocks are dirty and stored), eviction and reload; while a mutable view
+/// exists loads copy.
+#[test]
+fn zero_copy_loads_keep_the_semantics() {
+    const BS2: usize = 2 << 20;
+    let n = 24u64;
+    let pat = |blk: u64| -> Vec<u8> {
+        (0..BS2)
+            .map(|i| ((i / 8) as u64 ^ blk.wrapping_mul(0x9E37_79B9)) as u8)
+            .collect()
+    };
+    let f = Arc::new(MemBigFile::new(BS2));
+    for b in 0..n {
+        if b != 5 {
+            f.set_block(b, &pat(b));
+        }
+    }
+    let opts = Options {
+        reserve: n * BS2 as u64,
+        budget: Some(8 * BS2 as u64),
+        ..Options::default()
+    };
+    let mut fh = FileH::open(f.clone() as Arc<dyn BigFile>, opts).unwrap();
+    let zero_copy = fh.zero_copy();
+    eprintln!("zero copy: {zero_copy}");
+    let off2 = |b: u64| b * BS2 as u64;
+    // Forward scan (read-ahead and its markers), 3 blocks at a time.
+    for b in 0..n {
+        let v = fh.bytes(off2(b)..off2(b + 1)).unwrap();
+        let want = if b == 5 { vec![0; BS2] } else { pat(b) };
+        assert!(v[..] == want[..], "block {b}");
+    }
+    let st = fh.stats();
+    if zero_copy {
+        assert!(st.moved_loads >= n - 2, "{st:?}");
+        assert!(st.marker_hits > 0, "{st:?}");
+    }
+    for b in 0..n {
+        assert_eq!(f.load_count(b), 1, "block {b}: {st:?}");
+    }
+    assert!(fh.dirty_blocks().is_empty());
+    // Clean moved blocks are write-protected: a write makes exactly its
+    // block dirty.
+    let last = n - 1;
+    fh.bytes_mut(off2(last) + 100..off2(last) + 101).unwrap()[0] ^= 0xff;
+    assert_eq!(fh.dirty_blocks(), vec![last]);
+    // With a mutable view alive, loads copy; the writes are all seen.
+    {
+        let v = fh.bytes_mut(0..off2(n)).unwrap().into_slice();
+        for b in 0..n {
+            v[b as usize * BS2 + 7] = 0xAB;
+        }
+    }
+    assert_eq!(fh.dirty_blocks(), (0..n).collect::<Vec<_>>());
+    fh.writeout(Writeout::STORE | Writeout::MARKSTORED).unwrap();
+    assert_eq!(f.take_stores(), (0..n).collect::<Vec<_>>());
+    assert_eq!(f.block(3).unwrap()[7], 0xAB);
+    // Evicted and reloaded (moved again after a shared view), still exact.
+    fh.discard().unwrap();
+    for b in 0..n {
+        fh.invalidate(b).unwrap();
+    }
+    let before = fh.stats().moved_loads;
+    for b in (0..n).rev() {
+        let v = fh.bytes(off2(b)..off2(b + 1)).unwrap();
+        assert_eq!(v[7], 0xAB, "block {b}");
+        assert_eq!(v[8], f.block(b).unwrap()[8], "block {b}");
+    }
+    if zero_copy {
+        assert!(fh.stats().moved_loads > before, "{:?}", fh.stats());
+    }
+    assert!(fh.dirty_blocks().is_empty());
+    fh.bytes_mut(off2(2)..off2(2) + 1).unwrap()[0] = 1;
+    assert_eq!(fh.dirty_blocks(), vec![2]);
+    assert!(fh.load_errors().is_empty());
 }

@@ -8,9 +8,12 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use virtmem::{BigFile, FileH, MemBigFile, Options, Writeout};
 
-const BS: usize = 16 << 10;
 const NB: u64 = 8;
-const SIZE: usize = BS * NB as usize;
+/// Small blocks: every load copies (`UFFDIO_COPY`).
+const SMALL: usize = 16 << 10;
+/// 2 MiB blocks: loads move huge pages into place (`UFFDIO_MOVE`) when the
+/// kernel allows it, and copy while a mutable view may exist.
+const HUGE: usize = 2 << 20;
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -24,11 +27,14 @@ enum Op {
     ScanAll,
 }
 
-fn op() -> impl Strategy<Value = Op> {
+fn op(bs: usize) -> impl Strategy<Value = Op> {
+    let size = bs * NB as usize;
+    #[allow(non_snake_case)]
+    let (BS, SIZE) = (bs, size);
     prop_oneof![
-        4 => (0..SIZE, 1..3 * BS).prop_map(|(off, len)| Op::Read { off, len: len.min(SIZE - off) }),
+        4 => (0..SIZE, 1..3 * BS).prop_map(move |(off, len)| Op::Read { off, len: len.min(SIZE - off) }),
         4 => (0..SIZE, 1..2 * BS, any::<u8>())
-            .prop_map(|(off, len, byte)| Op::Write { off, len: len.min(SIZE - off), byte }),
+            .prop_map(move |(off, len, byte)| Op::Write { off, len: len.min(SIZE - off), byte }),
         2 => (0..SIZE / 8, any::<u64>()).prop_map(|(idx, val)| Op::WriteU64 { idx, val }),
         1 => Just(Op::Store),
         2 => Just(Op::StoreMarkStored),
@@ -38,8 +44,8 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn blocks_of(off: usize, len: usize) -> std::ops::RangeInclusive<u64> {
-    (off / BS) as u64..=((off + len - 1) / BS) as u64
+fn blocks_of(bs: usize, off: usize, len: usize) -> std::ops::RangeInclusive<u64> {
+    (off / bs) as u64..=((off + len - 1) / bs) as u64
 }
 
 proptest! {
@@ -48,9 +54,35 @@ proptest! {
     #[test]
     fn handle_matches_vec_model(
         init in proptest::collection::vec(proptest::option::of(any::<u8>()), NB as usize),
-        ops in proptest::collection::vec(op(), 1..40),
+        ops in proptest::collection::vec(op(SMALL), 1..40),
         zero_page_holes in any::<bool>(),
     ) {
+        run_model(SMALL, init, ops, zero_page_holes)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    #[test]
+    fn handle_matches_vec_model_huge_blocks(
+        init in proptest::collection::vec(proptest::option::of(any::<u8>()), NB as usize),
+        ops in proptest::collection::vec(op(HUGE), 1..40),
+        zero_page_holes in any::<bool>(),
+    ) {
+        run_model(HUGE, init, ops, zero_page_holes)?;
+    }
+}
+
+fn run_model(
+    bs: usize,
+    init: Vec<Option<u8>>,
+    ops: Vec<Op>,
+    zero_page_holes: bool,
+) -> Result<(), TestCaseError> {
+    #[allow(non_snake_case)]
+    let (BS, SIZE) = (bs, bs * NB as usize);
+    {
         // The file: some blocks filled with a byte pattern, some holes.
         let file = Arc::new(MemBigFile::new(BS));
         let mut stored = vec![0u8; SIZE]; // what the file holds
@@ -70,6 +102,7 @@ proptest! {
             readahead_window: 2,
             threads: 2,
             zero_page_holes,
+            zero_copy: true,
         };
         let mut fh = FileH::open(file.clone() as Arc<dyn BigFile>, opts).unwrap();
         let trace = std::env::var_os("VIRTMEM_TRACE").is_some();
@@ -83,14 +116,16 @@ proptest! {
                     prop_assert_eq!(&v[..], &mem[off..off + len], "read {}+{}", off, len);
                 }
                 Op::Write { off, len, byte } => {
-                    fh.bytes_mut(off as u64..(off + len) as u64).unwrap().fill(byte);
+                    fh.bytes_mut(off as u64..(off + len) as u64)
+                        .unwrap()
+                        .fill(byte);
                     mem[off..off + len].fill(byte);
-                    dirty.extend(blocks_of(off, len));
+                    dirty.extend(blocks_of(BS, off, len));
                 }
                 Op::WriteU64 { idx, val } => {
                     fh.view_mut::<u64>(idx as u64 * 8, 1).unwrap()[0] = val;
                     mem[idx * 8..idx * 8 + 8].copy_from_slice(&val.to_ne_bytes());
-                    dirty.extend(blocks_of(idx * 8, 8));
+                    dirty.extend(blocks_of(BS, idx * 8, 8));
                 }
                 Op::Store | Op::StoreMarkStored => {
                     let how = if matches!(op, Op::Store) {
@@ -135,5 +170,9 @@ proptest! {
         let v = fh.bytes(0..SIZE as u64).unwrap();
         prop_assert!(v[..] == mem[..], "final scan differs");
         prop_assert!(fh.load_errors().is_empty());
+        if BS == HUGE && std::env::var_os("VIRTMEM_TRACE").is_some() {
+            eprintln!("stats {:?}", fh.stats());
+        }
     }
+    Ok(())
 }
