@@ -2,7 +2,7 @@
 //! snapshot, joined to the connection's transactions.
 
 use crate::Error;
-use crate::objects::{ZBlk0, ZBlk1, ZBlkRecord, ZData};
+use crate::objects::{MODULE, ZBlk0, ZBlk1, ZBlkRecord, ZData};
 use crate::reader::{BlockDeps, SnapshotFile};
 use crate::zblk::{CHUNK_SIZE, ZBlkFormat, ZBlkKind, choose_auto, chunk_delta, trim_zeros};
 use parking_lot::{Mutex, MutexGuard};
@@ -86,6 +86,9 @@ struct Backend {
     writer: Mutex<Option<Writer>>,
     /// The file object's state and the snapshot it was read at.
     meta: Mutex<Option<(Tid, crate::objects::ZBigFile)>>,
+    /// A conflict hit while storing a block (virtmem carries store errors
+    /// as opaque values; the commit reports this one as a ConflictError).
+    conflict: Mutex<Option<storage::Error>>,
 }
 
 impl virtmem::BigFile for Backend {
@@ -115,8 +118,15 @@ impl virtmem::BigFile for Backend {
         let w = w
             .as_mut()
             .ok_or_else(|| Error::Usage("blocks are stored only during commit".into()))?;
-        w.store(self, blk, data, None)?;
-        Ok(())
+        match w.store(self, blk, data, None) {
+            Ok(()) => Ok(()),
+            Err(Error::Storage(e)) if e.is_conflict() => {
+                let msg = e.to_string();
+                *self.conflict.lock() = Some(e);
+                Err(msg.into())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn name(&self) -> String {
@@ -148,6 +158,13 @@ struct Writer {
 }
 
 impl Writer {
+    /// A new object stored straight into the storage transaction.
+    fn new_object<T: storage::Persistent>(&mut self, b: &Backend, obj: &T) -> Result<Oid, Error> {
+        let oid = b.storage.new_oid()?;
+        self.conn.store_now(oid, Tid::ZERO, obj)?;
+        Ok(oid)
+    }
+
     fn store(
         &mut self,
         b: &Backend,
@@ -198,14 +215,10 @@ impl Writer {
         let key = Value::Int(blk as i64);
         match (kind, old_rec) {
             (ZBlkKind::ZBlk0, Some((zoid, (ZBlkRecord::ZBlk0(_), serial)))) => {
-                self.conn.replace(
-                    zoid,
-                    serial,
-                    ZBlk0 {
-                        data: new_t.to_vec(),
-                    },
-                )?;
-                self.written.push(zoid);
+                let z = ZBlk0 {
+                    data: new_t.to_vec(),
+                };
+                self.conn.store_now(zoid, serial, &z)?;
             }
             (ZBlkKind::ZBlk1, Some((zoid, (ZBlkRecord::ZBlk1(chunktab), serial)))) => {
                 let stored = sf.chunks(blk, chunktab)?;
@@ -229,34 +242,27 @@ impl Writer {
                 }
                 for (off, bytes) in &delta.set {
                     let off_i = *off as i64;
+                    let zdata = ZData {
+                        data: bytes.to_vec(),
+                    };
                     match oids.get(&off_i).filter(|_| !delta.clear) {
                         Some(zd) => {
                             let serial = b
                                 .storage
                                 .load_before(*zd, Tid(at.0.saturating_add(1)))?
                                 .map_or(Tid::ZERO, |r| r.serial);
-                            self.conn.replace(
-                                *zd,
-                                serial,
-                                ZData {
-                                    data: bytes.to_vec(),
-                                },
-                            )?;
-                            self.written.push(*zd);
+                            self.conn.store_now(*zd, serial, &zdata)?;
                         }
                         None => {
-                            let zd = self.conn.add(ZData {
-                                data: bytes.to_vec(),
-                            })?;
-                            self.written.push(zd);
-                            let r = self.conn.ref_to(zd)?;
+                            let zd = self.new_object(b, &zdata)?;
+                            let r = Value::persistent_ref(zd, MODULE, "ZData");
                             tab.insert(&self.conn, Value::Int(off_i), r)?;
                         }
                     }
                 }
                 // The ZBlk1 record is always re-stored so that peers see its
                 // oid in the invalidations.
-                self.conn.replace(zoid, serial, ZBlk1 { chunktab })?;
+                self.conn.store_now(zoid, serial, &ZBlk1 { chunktab })?;
             }
             (kind, old_rec) => {
                 // A hole, or a block changing format: a new ZBlk object.
@@ -265,34 +271,37 @@ impl Writer {
                 // sees it in blktab) conflicts instead of being lost.
                 match old_rec {
                     Some((old_oid, (ZBlkRecord::ZBlk0(bytes), serial))) => {
-                        self.conn.replace(old_oid, serial, ZBlk0 { data: bytes })?;
-                        self.written.push(old_oid);
+                        self.conn
+                            .store_now(old_oid, serial, &ZBlk0 { data: bytes })?;
                     }
                     Some((old_oid, (ZBlkRecord::ZBlk1(chunktab), serial))) => {
-                        self.conn.replace(old_oid, serial, ZBlk1 { chunktab })?;
+                        self.conn.store_now(old_oid, serial, &ZBlk1 { chunktab })?;
                     }
                     None => {}
                 }
-                let zoid = match kind {
-                    ZBlkKind::ZBlk0 => self.conn.add(ZBlk0 {
-                        data: new_t.to_vec(),
-                    })?,
+                let (zoid, name) = match kind {
+                    ZBlkKind::ZBlk0 => {
+                        let z = ZBlk0 {
+                            data: new_t.to_vec(),
+                        };
+                        (self.new_object(b, &z)?, "ZBlk0")
+                    }
                     ZBlkKind::ZBlk1 => {
                         let tab = BTree::create(&self.conn, &btree::IO)?;
                         for (off, bytes) in crate::zblk::split_chunks(data, CHUNK_SIZE) {
-                            let zd = self.conn.add(ZData {
-                                data: bytes.to_vec(),
-                            })?;
-                            self.written.push(zd);
-                            let r = self.conn.ref_to(zd)?;
+                            let zd = self.new_object(
+                                b,
+                                &ZData {
+                                    data: bytes.to_vec(),
+                                },
+                            )?;
+                            let r = Value::persistent_ref(zd, MODULE, "ZData");
                             tab.insert(&self.conn, Value::Int(off as i64), r)?;
                         }
-                        self.conn.add(ZBlk1 { chunktab: tab.oid })?
+                        (self.new_object(b, &ZBlk1 { chunktab: tab.oid })?, "ZBlk1")
                     }
                 };
-                self.written.push(zoid);
-                let r = self.conn.ref_to(zoid)?;
-                blktab.insert(&self.conn, key, r)?;
+                blktab.insert(&self.conn, key, Value::persistent_ref(zoid, MODULE, name))?;
             }
         }
         self.blocks.push(blk);
@@ -310,6 +319,8 @@ struct Shared {
     backend: Arc<Backend>,
     fileh: Mutex<FileH>,
     me: Weak<Shared>,
+    /// What the last tpc_finish stored, until the boundary completes it.
+    pending: Mutex<Option<(Vec<Oid>, Vec<u64>)>>,
 }
 
 /// A handle on a ZBigFile through a connection: memory-mapped blocks at the
@@ -342,6 +353,7 @@ impl ZBigFileH {
             deps: Mutex::new(Deps::default()),
             writer: Mutex::new(None),
             meta: Mutex::new(None),
+            conflict: Mutex::new(None),
         });
         let fileh = FileH::open(backend.clone(), opts.virtmem)?;
         let shared = Arc::new_cyclic(|me| Shared {
@@ -351,6 +363,7 @@ impl ZBigFileH {
             backend,
             fileh: Mutex::new(fileh),
             me: me.clone(),
+            pending: Mutex::new(None),
         });
         let weak = Arc::downgrade(&shared);
         conn.subscribe(move |inv| {
@@ -450,15 +463,11 @@ impl Shared {
         let Some(me) = self.me.upgrade() else { return };
         let dm: Arc<dyn DataManager> = me.clone();
         self.tm.join(dm);
-        let weak = self.me.clone();
-        self.tm.add_before_commit_hook(move || {
-            let Some(s) = weak.upgrade() else {
-                return Ok(());
-            };
-            s.store_dirty().map_err(|e| {
-                storage::Error::Protocol(format!("ZBigFileH: storing dirty blocks: {e}"))
-            })
-        });
+        // The connection takes part in every transaction too: this handle
+        // stores ZBlk objects through it during the commit phase.
+        if let Err(e) = self.conn.join_transaction() {
+            tracing::debug!(error = %e, "ZBigFileH: connection cannot join (read-only?)");
+        }
     }
 
     /// STORE: write every dirty block into ZBlk objects of the connection.
@@ -475,13 +484,58 @@ impl Shared {
             prev: None,
         });
         let r = fh.writeout(Writeout::STORE);
-        if r.is_err() {
+        if let Err(e) = r {
             *self.backend.writer.lock() = None;
+            if let Some(c) = self.backend.conflict.lock().take() {
+                return Err(Error::Storage(c));
+            }
+            return Err(Error::from(e));
         }
-        r.map_err(Error::from)
+        Ok(())
+    }
+
+    /// After our commit is durable: mark the dirty blocks stored, record
+    /// that the stored blocks now depend on the objects just committed (as
+    /// of `own`, so later changes by others invalidate them), and drop them
+    /// from the other handles of this file in this connection.
+    fn complete(
+        &self,
+        (written, blocks): (Vec<Oid>, Vec<u64>),
+        own: Option<Tid>,
+    ) -> Result<(), Error> {
+        for o in written {
+            self.conn.evict(o);
+        }
+        if let Some(tid) = own.filter(|_| !blocks.is_empty()) {
+            let b = &self.backend;
+            let sf = SnapshotFile::open(b.storage.as_ref(), tid, b.file)?;
+            let mut deps = b.deps.lock();
+            for blk in &blocks {
+                let mut d = sf.block_deps(*blk)?;
+                d.path.push(b.file);
+                deps.record(*blk, d);
+            }
+        }
+        self.fileh.lock().writeout(Writeout::MARKSTORED)?;
+        if !blocks.is_empty() {
+            for sib in self.siblings() {
+                let mut fh = sib.fileh.lock();
+                let mut deps = sib.backend.deps.lock();
+                for blk in &blocks {
+                    fh.invalidate(*blk)?;
+                    deps.forget(*blk);
+                }
+            }
+        }
+        Ok(())
     }
 
     fn invalidate(&self, inv: &Invalidation) -> Result<(), Error> {
+        if inv.own.is_some()
+            && let Some(p) = self.pending.lock().take()
+        {
+            self.complete(p, inv.own)?;
+        }
         let b = &self.backend;
         let old_at = Tid(b.at.swap(inv.to.0, Ordering::AcqRel));
         let (mut blocks, candidates) = {
@@ -551,7 +605,9 @@ impl Shared {
 
 impl DataManager for Shared {
     fn sort_key(&self) -> String {
-        format!("zbigfileh:{}:{:p}", self.backend.file, self as *const _)
+        // before "connection:...": blocks are stored before the connection
+        // stores its modified objects (blktab nodes) and votes
+        format!("bigfileh:{}:{:p}", self.backend.file, self as *const _)
     }
 
     fn abort(&self, _txn: &TxnMeta) -> storage::Result<()> {
@@ -566,52 +622,27 @@ impl DataManager for Shared {
         Ok(())
     }
 
+    /// STORE: every dirty block is written into ZBlk objects now, in the
+    /// commit phase (this data manager sorts before its connection, whose
+    /// storage transaction receives the records directly: large blocks never
+    /// pile up in the object cache).
     fn commit(&self, _txn: &TxnMeta) -> storage::Result<()> {
-        Ok(())
+        self.store_dirty().map_err(|e| match e {
+            Error::Storage(s) => s,
+            other => storage::Error::Protocol(format!("ZBigFileH: storing dirty blocks: {other}")),
+        })
     }
 
     fn tpc_vote(&self, _txn: &TxnMeta) -> storage::Result<()> {
         Ok(())
     }
 
+    /// The connection finishes after this data manager (it sorts later), so
+    /// marking the blocks stored waits for the transaction boundary: see
+    /// `Shared::complete`.
     fn tpc_finish(&self, _txn: &TxnMeta) -> storage::Result<()> {
         let (written, blocks) = self.finish_writer();
-        for o in written {
-            self.conn.evict(o);
-        }
-        // The stored blocks now depend on the objects just committed: record
-        // that (as of our commit) so later changes by others invalidate them.
-        if !blocks.is_empty()
-            && let Some(tid) = self.conn.last_commit()
-        {
-            let b = &self.backend;
-            let sf = SnapshotFile::open(b.storage.as_ref(), tid, b.file)
-                .map_err(|e| storage::Error::Protocol(format!("ZBigFileH: {e}")))?;
-            let mut deps = b.deps.lock();
-            for blk in &blocks {
-                let mut d = sf
-                    .block_deps(*blk)
-                    .map_err(|e| storage::Error::Protocol(format!("ZBigFileH: {e}")))?;
-                d.path.push(b.file);
-                deps.record(*blk, d);
-            }
-        }
-        self.fileh
-            .lock()
-            .writeout(Writeout::MARKSTORED)
-            .map_err(|e| storage::Error::Protocol(format!("ZBigFileH markstored: {e}")))?;
-        if !blocks.is_empty() {
-            for sib in self.siblings() {
-                let mut fh = sib.fileh.lock();
-                let mut deps = sib.backend.deps.lock();
-                for blk in &blocks {
-                    fh.invalidate(*blk).map_err(|e| {
-                        storage::Error::Protocol(format!("ZBigFileH invalidate: {e}"))
-                    })?;
-                    deps.forget(*blk);
-                }
-            }
-        }
+        *self.pending.lock() = Some((written, blocks));
         Ok(())
     }
 
@@ -623,7 +654,17 @@ impl DataManager for Shared {
 }
 
 impl Synchronizer for Shared {
-    fn after_completion(&self, _committed: bool) {
+    fn after_completion(&self, committed: bool) {
+        if let Some(p) = self.pending.lock().take() {
+            let r = if committed {
+                self.complete(p, None)
+            } else {
+                self.fileh.lock().discard().map_err(Error::from)
+            };
+            if let Err(e) = r {
+                tracing::error!(error = %e, "ZBigFileH: completing the transaction");
+            }
+        }
         self.join_current();
     }
 }

@@ -176,6 +176,9 @@ pub struct Invalidation {
     pub to: Tid,
     /// Changed oids (ascending), excluding the connection's own commit.
     pub oids: Vec<Oid>,
+    /// The tid of this connection's own commit inside `(from, to]`, if the
+    /// move follows one (its changes are not in `oids`).
+    pub own: Option<Tid>,
 }
 
 /// Resolves conflicts for the classes that know how (BTree buckets).
@@ -290,6 +293,9 @@ struct ConnState {
     modified: BTreeSet<Oid>,
     added: BTreeSet<Oid>,
     txn: Option<Box<dyn StorageTxn>>,
+    /// Metadata of the transaction in two-phase commit; the storage
+    /// transaction starts on the first store (no empty records).
+    pending: Option<TxnMeta>,
     /// Objects the changes depend on without being stored: (oid, serial).
     read_current: Vec<(Oid, Tid)>,
     stored: Vec<Oid>,
@@ -339,6 +345,7 @@ impl Connection {
                 modified: BTreeSet::new(),
                 added: BTreeSet::new(),
                 txn: None,
+                pending: None,
                 read_current: Vec::new(),
                 stored: Vec::new(),
                 resolved: Vec::new(),
@@ -603,6 +610,33 @@ impl Connection {
         Ok(())
     }
 
+    /// Join the current transaction of this connection's manager now (data
+    /// managers that store objects during the commit phase need that).
+    pub fn join_transaction(&self) -> Result<()> {
+        self.join()
+    }
+
+    /// During the commit phase of two-phase commit: store `obj` as the new
+    /// revision of `oid` (based on `serial`, `Tid::ZERO` for a new object)
+    /// straight into the storage transaction, bypassing the cache, so that
+    /// large objects never accumulate in memory. A cached copy is dropped.
+    pub fn store_now<T: Persistent>(&self, oid: Oid, serial: Tid, obj: &T) -> Result<()> {
+        let (m, n) = obj.class_path();
+        let data = pickle::encode_record(m, n, &obj.state()?, self.shared.dialect)?;
+        let mut st = self.shared.state.lock();
+        let st = &mut *st;
+        self.shared.ensure_txn(st)?;
+        let txn = st
+            .txn
+            .as_mut()
+            .ok_or_else(|| Error::Protocol("store outside two-phase commit".into()))?;
+        txn.store(oid, serial, data)?;
+        if !st.modified.contains(&oid) && !st.added.contains(&oid) {
+            st.cache.remove(&oid);
+        }
+        Ok(())
+    }
+
     /// Drop `oid` from the cache if it is not modified (to free memory held
     /// by large objects after they were committed).
     pub fn evict(&self, oid: Oid) {
@@ -661,9 +695,12 @@ impl Shared {
                 return Ok(());
             }
             let mut oids: BTreeSet<Oid> = BTreeSet::new();
-            match st.own_commit.take() {
+            let own_commit = st.own_commit.take();
+            let mut own_in_range = None;
+            match own_commit {
                 // Our own commit's objects are current in the cache.
                 Some(own) if own > old && own <= new_at => {
+                    own_in_range = Some(own);
                     oids.extend(self.storage.changed_oids(old, Tid(own.0 - 1))?);
                     oids.extend(self.storage.changed_oids(own, new_at)?);
                 }
@@ -677,6 +714,7 @@ impl Shared {
                 from: old,
                 to: new_at,
                 oids: oids.into_iter().collect(),
+                own: own_in_range,
             }
         };
         let subs: Vec<_> = self.subscribers.lock().clone();
@@ -698,9 +736,27 @@ impl Shared {
         st.stored.clear();
         st.resolved.clear();
         st.read_current.clear();
+        st.pending = None;
         if let Some(t) = st.txn.take() {
             t.abort();
         }
+    }
+}
+
+impl Shared {
+    /// Start the storage transaction if two-phase commit began and it is not
+    /// started yet.
+    fn ensure_txn(&self, st: &mut ConnState) -> Result<()> {
+        if st.txn.is_some() {
+            return Ok(());
+        }
+        let meta = st
+            .pending
+            .clone()
+            .ok_or_else(|| Error::Protocol("store outside two-phase commit".into()))?;
+        let resolver: Arc<dyn ConflictResolver> = Arc::new(ClassResolver);
+        st.txn = Some(self.storage.tpc_begin(meta, Some(resolver))?);
+        Ok(())
     }
 }
 
@@ -723,9 +779,7 @@ impl DataManager for Shared {
     }
 
     fn tpc_begin(&self, txn: &TxnMeta) -> Result<()> {
-        let resolver: Arc<dyn ConflictResolver> = Arc::new(ClassResolver);
-        let t = self.storage.tpc_begin(txn.clone(), Some(resolver))?;
-        self.state.lock().txn = Some(t);
+        self.state.lock().pending = Some(txn.clone());
         Ok(())
     }
 
@@ -733,6 +787,10 @@ impl DataManager for Shared {
         let mut st = self.state.lock();
         let st = &mut *st;
         let oids: Vec<Oid> = st.modified.union(&st.added).copied().collect();
+        if oids.is_empty() && st.read_current.is_empty() && st.txn.is_none() {
+            return Ok(()); // nothing to write: no storage transaction at all
+        }
+        self.ensure_txn(st)?;
         let mut txn = st
             .txn
             .take()
@@ -766,7 +824,7 @@ impl DataManager for Shared {
         let mut st = self.state.lock();
         let resolved = match st.txn.as_mut() {
             Some(t) => t.vote()?,
-            None => return Err(Error::Protocol("vote without tpc_begin".into())),
+            None => Vec::new(), // nothing was stored
         };
         st.resolved = resolved;
         Ok(())
@@ -774,10 +832,13 @@ impl DataManager for Shared {
 
     fn tpc_finish(&self, _txn: &TxnMeta) -> Result<()> {
         let mut st = self.state.lock();
-        let t = st
-            .txn
-            .take()
-            .ok_or_else(|| Error::Protocol("finish without tpc_begin".into()))?;
+        st.pending = None;
+        let Some(t) = st.txn.take() else {
+            // Nothing was stored: no transaction record.
+            st.modified.clear();
+            st.added.clear();
+            return Ok(());
+        };
         let tid = t.finish()?;
         let stored = std::mem::take(&mut st.stored);
         for o in &stored {
