@@ -508,9 +508,7 @@ impl FileH {
     /// True if loads install blocks without a second copy (`UFFDIO_MOVE` of
     /// huge pages, see [`Options::zero_copy`]); false if every load copies.
     pub fn zero_copy(&self) -> bool {
-        self.sh.move_pm.is_some()
-            && self.sh.counters.thp_misses.load(Ordering::Relaxed) < MAX_MOVE_MISSES
-            && self.sh.counters.move_errors.load(Ordering::Relaxed) < MAX_MOVE_MISSES
+        self.sh.zero_copy_on()
     }
 
     /// Counters since open.
@@ -904,6 +902,9 @@ impl Shared {
                 }
             }
             self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            if matches!(r, Ok(1..)) {
+                self.refill_staging(&mut staging);
+            }
             match r {
                 Ok(0) => {}
                 Ok(_) => continue,
@@ -915,6 +916,7 @@ impl Shared {
                 let job = self.ra_queue.lock().pop_front();
                 if let Some((blk, dir)) = job {
                     self.readahead(blk, dir, &mut staging);
+                    self.refill_staging(&mut staging);
                 }
                 continue;
             }
@@ -1401,10 +1403,7 @@ impl Shared {
         // (its previous pages were moved away); populating them first also
         // makes every page present whatever the loader writes.
         let movable = match &self.move_pm {
-            Some(pm)
-                if self.counters.thp_misses.load(Ordering::Relaxed) < MAX_MOVE_MISSES
-                    && self.counters.move_errors.load(Ordering::Relaxed) < MAX_MOVE_MISSES =>
-            {
+            Some(pm) if self.zero_copy_on() => {
                 let huge = buf.populate().and_then(|()| pm.all_huge(buf.addr(), len));
                 if matches!(huge, Ok(true)) {
                     self.counters.thp_misses.store(0, Ordering::Relaxed);
@@ -1489,6 +1488,26 @@ impl Shared {
                 Ok((false, Some(marker), false))
             }
         }
+    }
+
+    /// After a zero-copy load the staging buffer has no pages left: give it
+    /// fresh (zeroed) ones now, while the woken accesses run, rather than on
+    /// the next load, which may be a demand fault someone waits for. (A
+    /// no-op walk when the buffer still has its pages.)
+    fn refill_staging(&self, staging: &mut Option<Staging>) {
+        if self.zero_copy_on()
+            && let Some(b) = staging.as_mut()
+            && !b.small_pages
+        {
+            let _ = b.populate();
+        }
+    }
+
+    /// Loads move pages (not given up after repeated misses).
+    fn zero_copy_on(&self) -> bool {
+        self.move_pm.is_some()
+            && self.counters.thp_misses.load(Ordering::Relaxed) < MAX_MOVE_MISSES
+            && self.counters.move_errors.load(Ordering::Relaxed) < MAX_MOVE_MISSES
     }
 
     /// Install the loaded block in `buf` at `addr` by moving its (huge)
