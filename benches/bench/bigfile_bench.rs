@@ -17,6 +17,7 @@ fn opts(format: ZBlkFormat) -> HandleOptions {
     HandleOptions {
         format,
         virtmem: virtmem::Options::default(),
+        spill_threshold: None,
     }
 }
 

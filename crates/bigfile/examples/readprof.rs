@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let opts = || HandleOptions {
         format: ZBlkFormat::ZBlk0,
         virtmem: virtmem::Options::default(),
+        spill_threshold: None,
     };
     let fh = ZBigFileH::open(&c, &tm, f, opts())?;
     {
@@ -26,6 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .for_each(|(i, x)| *x = (i % 251) as u8 | 1);
     }
     tm.commit()?;
+    drop(fh);
     let at = c.at();
     let sf = SnapshotFile::open(db.storage().as_ref(), at, f)?;
     let blocks = sf.blocks()?;
@@ -57,6 +59,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     readahead: ra,
                     ..Default::default()
                 },
+                spill_threshold: None,
             },
         )?;
         let t = Instant::now();

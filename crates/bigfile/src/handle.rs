@@ -24,6 +24,10 @@ pub struct HandleOptions {
     pub format: ZBlkFormat,
     /// Options of the underlying virtmem handle.
     pub virtmem: virtmem::Options,
+    /// Dirty bytes above which dirty blocks are spilled to a temporary file
+    /// (and become evictable) instead of staying in RAM until commit.
+    /// `None`: the handle's RAM budget.
+    pub spill_threshold: Option<u64>,
 }
 
 impl HandleOptions {
@@ -32,6 +36,7 @@ impl HandleOptions {
         Ok(HandleOptions {
             format: ZBlkFormat::from_env().map_err(|e| Error::Usage(e.to_string()))?,
             virtmem: virtmem::Options::default(),
+            spill_threshold: None,
         })
     }
 }
@@ -75,6 +80,16 @@ impl Deps {
     }
 }
 
+/// Dirty blocks moved out of RAM during a transaction: block `blk` lives
+/// at offset `blk * blksize` of an unnamed sparse temporary file.
+#[derive(Default)]
+struct Spill {
+    file: Option<std::fs::File>,
+    blocks: BTreeSet<u64>,
+    /// True while a spill pass stores blocks (store_block goes to the file).
+    active: bool,
+}
+
 /// The virtmem side: loads blocks of the file at the snapshot `at` straight
 /// from the storage; stores go through the connection during commit.
 struct Backend {
@@ -86,6 +101,8 @@ struct Backend {
     writer: Mutex<Option<Writer>>,
     /// The file object's state and the snapshot it was read at.
     meta: Mutex<Option<(Tid, crate::objects::ZBigFile)>>,
+    /// Blocks of the current transaction spilled to a temporary file.
+    spill: Mutex<Spill>,
     /// A conflict hit while storing a block (virtmem carries store errors
     /// as opaque values; the commit reports this one as a ConflictError).
     conflict: Mutex<Option<storage::Error>>,
@@ -97,6 +114,16 @@ impl virtmem::BigFile for Backend {
     }
 
     fn load_block(&self, blk: u64, buf: &mut [u8]) -> Result<Loaded, BoxError> {
+        {
+            let sp = self.spill.lock();
+            if sp.blocks.contains(&blk)
+                && let Some(f) = &sp.file
+            {
+                use std::os::unix::fs::FileExt;
+                f.read_exact_at(buf, blk * self.blksize as u64)?;
+                return Ok(Loaded::Data);
+            }
+        }
         let at = Tid(self.at.load(Ordering::Acquire));
         let cached = self.meta.lock().clone().filter(|(t, _)| *t == at);
         let sf = match cached {
@@ -114,6 +141,20 @@ impl virtmem::BigFile for Backend {
     }
 
     fn store_block(&self, blk: u64, data: &[u8]) -> Result<(), BoxError> {
+        {
+            let mut sp = self.spill.lock();
+            if sp.active {
+                use std::os::unix::fs::FileExt;
+                if sp.file.is_none() {
+                    sp.file = Some(tempfile::tempfile()?);
+                }
+                if let Some(f) = &sp.file {
+                    f.write_all_at(data, blk * self.blksize as u64)?;
+                }
+                sp.blocks.insert(blk);
+                return Ok(());
+            }
+        }
         let mut w = self.writer.lock();
         let w = w
             .as_mut()
@@ -321,6 +362,46 @@ struct Shared {
     me: Weak<Shared>,
     /// What the last tpc_finish stored, until the boundary completes it.
     pending: Mutex<Option<(Vec<Oid>, Vec<u64>)>>,
+    /// Dirty bytes above which blocks are spilled.
+    spill_threshold: u64,
+}
+
+/// The virtmem handle of a [`ZBigFileH`], locked. Dereferences to
+/// [`FileH`]; on drop it spills dirty blocks past the threshold.
+pub struct FileGuard<'a> {
+    guard: Option<MutexGuard<'a, FileH>>,
+    shared: &'a Arc<Shared>,
+}
+
+impl std::ops::Deref for FileGuard<'_> {
+    type Target = FileH;
+    fn deref(&self) -> &FileH {
+        // Invariant: `guard` is `Some` until drop.
+        self.guard
+            .as_deref()
+            .unwrap_or_else(|| unreachable!("FileGuard used after drop"))
+    }
+}
+
+impl std::ops::DerefMut for FileGuard<'_> {
+    fn deref_mut(&mut self) -> &mut FileH {
+        self.guard
+            .as_deref_mut()
+            .unwrap_or_else(|| unreachable!("FileGuard used after drop"))
+    }
+}
+
+impl Drop for FileGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(mut g) = self.guard.take() {
+            let dirty = g.dirty_blocks().len() as u64 * self.shared.backend.blksize as u64;
+            if dirty > self.shared.spill_threshold
+                && let Err(e) = self.shared.spill_locked(&mut g)
+            {
+                tracing::error!(error = %e, "ZBigFileH: spilling dirty blocks failed; they stay in memory");
+            }
+        }
+    }
 }
 
 /// A handle on a ZBigFile through a connection: memory-mapped blocks at the
@@ -354,8 +435,13 @@ impl ZBigFileH {
             writer: Mutex::new(None),
             meta: Mutex::new(None),
             conflict: Mutex::new(None),
+            spill: Mutex::new(Spill::default()),
         });
         let fileh = FileH::open(backend.clone(), opts.virtmem)?;
+        let spill_threshold = opts
+            .spill_threshold
+            .unwrap_or_else(|| fileh.budget().limit())
+            .max(blksize as u64);
         let shared = Arc::new_cyclic(|me| Shared {
             conn: conn.clone(),
             tm: tm.clone(),
@@ -364,6 +450,7 @@ impl ZBigFileH {
             fileh: Mutex::new(fileh),
             me: me.clone(),
             pending: Mutex::new(None),
+            spill_threshold,
         });
         let weak = Arc::downgrade(&shared);
         conn.subscribe(move |inv| {
@@ -399,8 +486,35 @@ impl ZBigFileH {
 
     /// The virtmem handle: take views of the file through it. Holding the
     /// guard blocks commit/abort of this handle's transaction; drop it first.
-    pub fn fileh(&self) -> MutexGuard<'_, FileH> {
-        self.shared.fileh.lock()
+    /// When it is dropped with more dirty bytes than the spill threshold,
+    /// the dirty blocks are spilled to a temporary file (see [`Self::spill`]).
+    pub fn fileh(&self) -> FileGuard<'_> {
+        FileGuard {
+            guard: Some(self.shared.fileh.lock()),
+            shared: &self.shared,
+        }
+    }
+
+    /// Move every dirty block to the transaction's temporary spill file: the
+    /// blocks become clean in memory (so the RAM budget can drop them) and
+    /// still belong to this transaction (they reload from the spill file and
+    /// are stored at commit, dropped at abort). Done automatically when the
+    /// dirty bytes pass the spill threshold.
+    pub fn spill(&self) -> Result<(), Error> {
+        let mut fh = self.shared.fileh.lock();
+        self.shared.spill_locked(&mut fh)
+    }
+
+    /// Blocks spilled to the temporary file in the current transaction.
+    pub fn spilled_blocks(&self) -> Vec<u64> {
+        self.shared
+            .backend
+            .spill
+            .lock()
+            .blocks
+            .iter()
+            .copied()
+            .collect()
     }
 
     /// Block size.
@@ -470,10 +584,49 @@ impl Shared {
         }
     }
 
-    /// STORE: write every dirty block into ZBlk objects of the connection.
+    fn spill_locked(&self, fh: &mut FileH) -> Result<(), Error> {
+        if fh.dirty_blocks().is_empty() {
+            return Ok(());
+        }
+        self.backend.spill.lock().active = true;
+        let r = fh.writeout(Writeout::STORE);
+        self.backend.spill.lock().active = false;
+        r?;
+        fh.writeout(Writeout::MARKSTORED)?;
+        tracing::debug!(
+            blocks = self.backend.spill.lock().blocks.len(),
+            "ZBigFileH: spilled dirty blocks"
+        );
+        Ok(())
+    }
+
+    /// Forget the spill file; its blocks are dropped from memory (they held
+    /// this transaction's changes).
+    fn drop_spill(&self, fh: &mut FileH) -> Result<(), Error> {
+        let blocks: Vec<u64> = {
+            let mut sp = self.backend.spill.lock();
+            sp.file = None;
+            std::mem::take(&mut sp.blocks).into_iter().collect()
+        };
+        for blk in blocks {
+            fh.invalidate(blk)?;
+        }
+        Ok(())
+    }
+
+    /// STORE: write every spilled and dirty block into ZBlk objects.
     fn store_dirty(&self) -> Result<(), Error> {
         let mut fh = self.fileh.lock();
-        if fh.dirty_blocks().is_empty() {
+        let dirty = fh.dirty_blocks();
+        let spilled: Vec<u64> = {
+            let sp = self.backend.spill.lock();
+            sp.blocks
+                .iter()
+                .copied()
+                .filter(|b| !dirty.contains(b))
+                .collect()
+        };
+        if dirty.is_empty() && spilled.is_empty() {
             return Ok(());
         }
         *self.backend.writer.lock() = Some(Writer {
@@ -483,6 +636,31 @@ impl Shared {
             blocks: Vec::new(),
             prev: None,
         });
+        // Spilled blocks first (one block of memory at a time), then the dirty ones.
+        let mut buf = vec![0u8; self.backend.blksize];
+        for blk in spilled {
+            use std::os::unix::fs::FileExt;
+            let r = {
+                let sp = self.backend.spill.lock();
+                match &sp.file {
+                    Some(f) => f
+                        .read_exact_at(&mut buf, blk * self.backend.blksize as u64)
+                        .map_err(|e| Error::Usage(format!("reading the spill file: {e}"))),
+                    None => Err(Error::Usage("spill file missing".into())),
+                }
+            };
+            let r = r.and_then(|()| {
+                let mut w = self.backend.writer.lock();
+                match w.as_mut() {
+                    Some(w) => w.store(&self.backend, blk, &buf, None),
+                    None => Err(Error::Usage("no writer".into())),
+                }
+            });
+            if let Err(e) = r {
+                *self.backend.writer.lock() = None;
+                return Err(e);
+            }
+        }
         let r = fh.writeout(Writeout::STORE);
         if let Err(e) = r {
             *self.backend.writer.lock() = None;
@@ -516,7 +694,15 @@ impl Shared {
                 deps.record(*blk, d);
             }
         }
-        self.fileh.lock().writeout(Writeout::MARKSTORED)?;
+        {
+            let mut fh = self.fileh.lock();
+            fh.writeout(Writeout::MARKSTORED)?;
+            // Spilled blocks are committed: their pages (if resident) hold
+            // the committed data, and evicted ones reload from the database.
+            let mut sp = self.backend.spill.lock();
+            sp.file = None;
+            sp.blocks.clear();
+        }
         if !blocks.is_empty() {
             for sib in self.siblings() {
                 let mut fh = sib.fileh.lock();
@@ -612,10 +798,11 @@ impl DataManager for Shared {
 
     fn abort(&self, _txn: &TxnMeta) -> storage::Result<()> {
         self.finish_writer();
-        self.fileh
-            .lock()
-            .discard()
-            .map_err(|e| storage::Error::Protocol(format!("ZBigFileH discard: {e}")))
+        let mut fh = self.fileh.lock();
+        fh.discard()
+            .map_err(|e| storage::Error::Protocol(format!("ZBigFileH discard: {e}")))?;
+        self.drop_spill(&mut fh)
+            .map_err(|e| storage::Error::Protocol(format!("ZBigFileH discard spill: {e}")))
     }
 
     fn tpc_begin(&self, _txn: &TxnMeta) -> storage::Result<()> {
@@ -659,7 +846,10 @@ impl Synchronizer for Shared {
             let r = if committed {
                 self.complete(p, None)
             } else {
-                self.fileh.lock().discard().map_err(Error::from)
+                let mut fh = self.fileh.lock();
+                fh.discard()
+                    .map_err(Error::from)
+                    .and_then(|()| self.drop_spill(&mut fh))
             };
             if let Err(e) = r {
                 tracing::error!(error = %e, "ZBigFileH: completing the transaction");

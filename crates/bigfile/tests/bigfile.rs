@@ -23,6 +23,7 @@ fn opts(format: ZBlkFormat) -> HandleOptions {
             reserve: 1 << 32,
             ..virtmem::Options::default()
         },
+        spill_threshold: None,
     }
 }
 
@@ -385,13 +386,15 @@ mod model {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
         #[test]
-        fn handles_match_model(ops in proptest::collection::vec(op(), 1..30), fmt in 0..3u8) {
+        fn handles_match_model(ops in proptest::collection::vec(op(), 1..30), fmt in 0..3u8, spill in any::<bool>()) {
             let format = [ZBlkFormat::ZBlk0, ZBlkFormat::ZBlk1, ZBlkFormat::Auto][fmt as usize];
             let (_d, db) = new_db();
             let f = with_file(&db);
             let tms = [TransactionManager::new(), TransactionManager::new()];
             let conns: Vec<_> = tms.iter().map(|tm| db.open_connection(tm).expect("c")).collect();
-            let fhs: Vec<_> = (0..2).map(|i| ZBigFileH::open(&conns[i], &tms[i], f, opts(format)).expect("fh")).collect();
+            // with `spill`, any second dirty block spills the first to the temp file
+            let o = HandleOptions { spill_threshold: spill.then_some(BS), ..opts(format) };
+            let fhs: Vec<_> = (0..2).map(|i| ZBigFileH::open(&conns[i], &tms[i], f, o.clone()).expect("fh")).collect();
             let size = (NBLK * BS) as usize;
             // committed history: (tid, bytes); each handle: base snapshot + own edits
             let mut history: Vec<(Tid, Vec<u8>)> = vec![(db.storage().last_tid(), vec![0; size])];
@@ -457,5 +460,75 @@ mod model {
                 prop_assert!(got == history.last().expect("h").1, "final state of handle {}", h);
             }
         }
+    }
+}
+
+#[test]
+fn transaction_bigger_than_the_budget_spills_and_commits() {
+    let (_d, db) = new_db();
+    let f = with_file(&db);
+    let tm = TransactionManager::new();
+    let c = db.open_connection(&tm).expect("c");
+    let budget = 4 * BS;
+    let o = HandleOptions {
+        format: ZBlkFormat::ZBlk0,
+        virtmem: virtmem::Options {
+            readahead: false,
+            reserve: 1 << 32,
+            budget: Some(budget),
+            ..virtmem::Options::default()
+        },
+        spill_threshold: None,
+    };
+    let fh = ZBigFileH::open(&c, &tm, f, o.clone()).expect("fh");
+    let n = 16u64; // 4x the budget
+    for b in 0..n {
+        fh.write(b * BS, &pattern(b as u8, BS as usize))
+            .expect("write");
+        assert!(
+            fh.dirty_blocks().len() as u64 * BS <= budget + BS,
+            "dirty stays bounded"
+        );
+    }
+    assert!(
+        fh.spilled_blocks().len() as u64 >= n - 5,
+        "spilled: {:?}",
+        fh.spilled_blocks()
+    );
+    assert!(
+        fh.stats().evictions > 0,
+        "spilled blocks were evicted under the budget"
+    );
+    // reading back inside the transaction sees our changes (from the spill file)
+    assert_eq!(
+        fh.read(0, BS as usize).expect("read"),
+        pattern(0, BS as usize)
+    );
+    tm.commit().expect("commit");
+    assert!(fh.spilled_blocks().is_empty());
+    let tm2 = TransactionManager::new();
+    let c2 = db.open_connection(&tm2).expect("c2");
+    let fh2 = ZBigFileH::open(&c2, &tm2, f, o.clone()).expect("fh2");
+    for b in 0..n {
+        assert_eq!(
+            fh2.read(b * BS, BS as usize).expect("read"),
+            pattern(b as u8, BS as usize),
+            "block {b}"
+        );
+    }
+    // an aborted big transaction leaves nothing behind
+    for b in 0..n {
+        fh.write(b * BS, &pattern(b as u8 ^ 0x55, BS as usize))
+            .expect("write");
+    }
+    assert!(!fh.spilled_blocks().is_empty());
+    tm.abort();
+    assert!(fh.spilled_blocks().is_empty());
+    for b in 0..n {
+        assert_eq!(
+            fh.read(b * BS, BS as usize).expect("read"),
+            pattern(b as u8, BS as usize),
+            "block {b} after abort"
+        );
     }
 }

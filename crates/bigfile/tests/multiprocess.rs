@@ -15,6 +15,7 @@ fn opts() -> HandleOptions {
             reserve: 1 << 30,
             ..Default::default()
         },
+        spill_threshold: None,
     }
 }
 

@@ -134,6 +134,7 @@ fn rust_written_file_reads_in_python() {
                     reserve: 1 << 30,
                     ..Default::default()
                 },
+                spill_threshold: None,
             },
         )
         .expect("handle")
@@ -238,6 +239,7 @@ fn python_written_file_reads_here() {
                 reserve: 1 << 30,
                 ..Default::default()
             },
+            spill_threshold: None,
         },
     )
     .expect("fh");
