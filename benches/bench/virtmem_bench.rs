@@ -253,8 +253,8 @@ fn run_inner(
         let st = fh.stats();
         drop(fh);
         eprintln!(
-            "  ({threads} thr: {} demand loads, {} read-ahead loads, {} marker hits, {} moved)",
-            st.loads, st.readahead_loads, st.marker_hits, st.moved_loads
+            "  ({threads} thr: {} demand loads, {} read-ahead loads, {} marker hits, {} moved, {} recycled)",
+            st.loads, st.readahead_loads, st.marker_hits, st.moved_loads, st.recycled
         );
 
         // The same with the copy path (UFFDIO_COPY, the fallback).

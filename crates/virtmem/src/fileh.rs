@@ -120,6 +120,9 @@ pub struct Stats {
     pub load_failures: u64,
     /// Loaded blocks installed by moving their pages (no second copy).
     pub moved_loads: u64,
+    /// Evictions that kept the block's pages for a later load instead of
+    /// freeing them (zero-copy mode).
+    pub recycled: u64,
 }
 
 #[derive(Default)]
@@ -131,6 +134,7 @@ struct Counters {
     evictions: AtomicU64,
     load_failures: AtomicU64,
     moved_loads: AtomicU64,
+    recycled: AtomicU64,
     /// Staging buffers found without huge pages, in a row.
     thp_misses: AtomicU64,
     /// `UFFDIO_MOVE` failures other than a present destination page.
@@ -155,6 +159,9 @@ const HUGE: usize = 2 << 20;
 /// many staging buffers in a row without huge pages, or this many failed
 /// moves.
 const MAX_MOVE_MISSES: u64 = 16;
+/// Buffers per handle that keep evicted blocks' pages for the next loads
+/// (memory outside the budget: this many blocks at most).
+const RECYCLED_BUFFERS: usize = 4;
 
 fn inc(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
@@ -290,6 +297,24 @@ struct Shared {
     /// write-protection of moved pages; `view_mut` takes it exclusively to
     /// set `writers`, so no move is between the two when it returns.
     move_gate: RwLock<()>,
+    /// Buffers holding the pages of evicted blocks, moved out instead of
+    /// freed: a load reads into one of them and moves the pages back in,
+    /// so they are neither freed, allocated nor zeroed again.
+    recycled: Mutex<Recycled>,
+}
+
+/// Buffers for recycling evicted blocks' pages (zero-copy mode only). They
+/// are registered (write-protect mode only, so they fault like plain
+/// memory) with the handle's userfaultfd, as `UFFDIO_MOVE` requires of its
+/// destination.
+#[derive(Default)]
+struct Recycled {
+    /// Buffers with every page present (an evicted block's), to load into.
+    full: Vec<Staging>,
+    /// Buffers whose pages were moved away, to move an evicted block into.
+    empty: Vec<Staging>,
+    /// Buffers created so far (at most [`RECYCLED_BUFFERS`]).
+    created: usize,
 }
 
 /// A handle on a [`BigFile`]: one mapping of the whole file, loaded lazily.
@@ -466,6 +491,7 @@ impl FileH {
             move_pm,
             writers: AtomicBool::new(false),
             move_gate: RwLock::new(()),
+            recycled: Mutex::new(Recycled::default()),
         });
         vtrace!("T open");
         let mut fh = FileH {
@@ -523,6 +549,7 @@ impl FileH {
             evictions: l(&c.evictions),
             load_failures: l(&c.load_failures),
             moved_loads: l(&c.moved_loads),
+            recycled: l(&c.recycled),
         }
     }
 
@@ -1386,6 +1413,22 @@ impl Shared {
         ra: Option<i8>,
         staging: &mut Option<Staging>,
     ) -> Result<(bool, Option<Marker>, bool)> {
+        // An evicted block's pages, if some are kept: load into them.
+        let pooled = if self.zero_copy_on() {
+            self.recycled.lock().full.pop()
+        } else {
+            None
+        };
+        if let Some(mut b) = pooled {
+            let r = self.load_with(blk, addr, len, ra, &mut b, true);
+            let mut pool = self.recycled.lock();
+            if b.moved_out {
+                pool.empty.push(b);
+            } else {
+                pool.full.push(b);
+            }
+            return r;
+        }
         if staging.as_ref().is_some_and(|b| b.small_pages) {
             // It got small pages last time: a new mapping may get huge ones.
             *staging = None;
@@ -1419,6 +1462,20 @@ impl Shared {
             }
             _ => false,
         };
+        self.load_with(blk, addr, len, ra, buf, movable)
+    }
+
+    /// Load block `blk` into `buf` and install it at `addr` (moving the
+    /// pages if `movable`, i.e. every page of `buf` is present).
+    fn load_with(
+        &self,
+        blk: u64,
+        addr: usize,
+        len: usize,
+        ra: Option<i8>,
+        buf: &mut Staging,
+        movable: bool,
+    ) -> Result<(bool, Option<Marker>, bool)> {
         let loaded = self
             .file
             .load_block(blk, buf.as_mut_slice())
@@ -1535,6 +1592,7 @@ impl Shared {
             .dontneed(addr - self.map.addr(), len)
             .map_err(Self::os("madvise(MADV_DONTNEED)"))?;
         let (moved, why) = self.uffd.move_pages(addr, buf.addr(), len);
+        buf.moved_out |= moved > 0;
         if let Some(e) = why {
             // E.g. EEXIST (a page is already there) or EBUSY: copy the rest,
             // which skips existing pages like any other load.
@@ -1563,6 +1621,61 @@ impl Shared {
         Ok(true)
     }
 
+    /// Evict the block at `addr` by moving its pages into a recycling
+    /// buffer (see [`Recycled`]). False if not done (zero-copy off, no free
+    /// buffer, or the block is not made of whole huge pages, e.g. a marker
+    /// page was installed): then the caller drops the block's pages, which
+    /// also removes any page moved before the move stopped.
+    fn recycle(&self, addr: usize, len: usize) -> bool {
+        let Some(pm) = self.move_pm.as_ref().filter(|_| self.zero_copy_on()) else {
+            return false;
+        };
+        if !matches!(pm.all_huge(addr, len), Ok(true)) {
+            return false;
+        }
+        let mut b = {
+            let mut pool = self.recycled.lock();
+            if pool.full.len() >= RECYCLED_BUFFERS {
+                return false;
+            }
+            match pool.empty.pop() {
+                Some(b) => b,
+                None if pool.created < RECYCLED_BUFFERS => {
+                    let Ok(b) = Staging::new(len) else {
+                        return false;
+                    };
+                    if self
+                        .uffd
+                        .register(b.addr(), len, uffd::REGISTER_MODE_WP)
+                        .is_err()
+                    {
+                        return false;
+                    }
+                    pool.created += 1;
+                    b
+                }
+                None => return false,
+            }
+        };
+        // Empty, page table freed: the block's huge page moves in whole.
+        let ok = b.clear().is_ok() && {
+            let (moved, why) = self.uffd.move_pages(b.addr(), addr, len);
+            if let Some(e) = &why {
+                vtrace!("T recycling: UFFDIO_MOVE stopped after {moved} of {len} bytes: {e}");
+            }
+            moved == len
+        };
+        b.moved_out = !ok;
+        let mut pool = self.recycled.lock();
+        if ok {
+            inc(&self.counters.recycled);
+            pool.full.push(b);
+        } else {
+            pool.empty.push(b);
+        }
+        ok
+    }
+
     /// Drop least recently faulted clean blocks while the budget is exceeded.
     fn evict_over_budget(&self) {
         while self.budget.over() {
@@ -1581,7 +1694,11 @@ impl Shared {
                 blk
             };
             let (off, len) = self.block_range(victim);
-            let r = self.map.dontneed(off, len);
+            let r = if self.recycle(self.map.addr() + off, len) {
+                Ok(())
+            } else {
+                self.map.dontneed(off, len)
+            };
             inc(&self.counters.evictions);
             let mut st = self.st.lock();
             let demanded = matches!(

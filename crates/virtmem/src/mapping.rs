@@ -161,6 +161,9 @@ pub struct Staging {
     /// Set by the user when the buffer was found made of small pages (so it
     /// is better replaced than reused for zero-copy installs).
     pub small_pages: bool,
+    /// Set by the user when pages were moved out of the buffer (some pages
+    /// are missing until [`Staging::populate`] or a refill).
+    pub moved_out: bool,
 }
 
 // SAFETY: owned memory, used by one thread at a time through &mut.
@@ -206,6 +209,7 @@ impl Staging {
             base,
             len,
             small_pages: false,
+            moved_out: false,
         })
     }
 
@@ -229,6 +233,20 @@ impl Staging {
                 libc::MADV_POPULATE_WRITE,
             )
         };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.moved_out = false;
+        Ok(())
+    }
+
+    /// Drop every page of the buffer (`MADV_DONTNEED`); it reads as zeros
+    /// afterwards. With `CONFIG_PT_RECLAIM` this also frees the emptied page
+    /// table, so a huge page can be moved in whole.
+    pub fn clear(&mut self) -> io::Result<()> {
+        // SAFETY: our own mapping of `len` bytes, borrowed exclusively;
+        // dropping pages of private anonymous memory is memory-safe.
+        let rc = unsafe { libc::madvise(self.base.as_ptr().cast(), self.len, libc::MADV_DONTNEED) };
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
