@@ -1,1 +1,150 @@
-//! ZBigArray: typed n-dimensional arrays over a ZBigFile (filled by a later issue).
+//! ZBigArray: n-dimensional arrays over a ZBigFile, as wendelin.core stores
+//! them, with `ndarray` views and out-of-core reductions.
+//!
+//! # Model
+//!
+//! A `ZBigArray` (class `wendelin.bigarray.array_zodb.ZBigArray`) is a small
+//! persistent object holding the dtype (a pickled `numpy.dtype`), the shape,
+//! the memory order (`C` or `F`) and a reference to a ZBigFile that holds the
+//! element bytes from offset 0. [`ZBigArray<T>`] opens one through a
+//! connection: the data is the file's memory mapping (virtmem), so a view of
+//! the whole array costs nothing until touched, and any numeric code runs on
+//! it as an ordinary [`ndarray::ArrayViewD`]. Views are lent to a closure
+//! ([`ZBigArray::with_view`]) and cannot outlive it, so no view survives a
+//! commit, abort or sync of the transaction.
+//!
+//! `resize` changes only the metadata (growing reads zeros; shrinking drops
+//! the blocks past the end), `append` writes only the new elements.
+//! Reductions ([`ZBigArray::stats`], [`ZBigArray::map_reduce`]) run in
+//! parallel chunks with rayon; memory stays within the RAM budget because
+//! clean blocks are evicted as the scan moves on.
+//!
+//! Element types implement [`Element`]: i8..i64, u8..u64, f32, f64 in native
+//! (little-endian) order. Arrays stored big-endian or with other dtypes are
+//! refused by the typed handle with a clear error; [`open_untyped`] gives
+//! their metadata and raw bytes, and [`read_converted`] reads big-endian
+//! numbers explicitly.
+
+pub mod array;
+pub mod dtype;
+
+pub use array::{ArrayState, Order, Stats, ZBigArray, stats_of};
+pub use dtype::{ByteOrder, DType};
+
+use storage::{Connection, Oid};
+
+/// Errors of the bigarray layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// From the object database.
+    #[error(transparent)]
+    Storage(#[from] storage::Error),
+    /// From the file layer.
+    #[error(transparent)]
+    Bigfile(#[from] bigfile::Error),
+    /// From the paging engine.
+    #[error(transparent)]
+    Virtmem(#[from] virtmem::Error),
+    /// A dtype that is not supported or does not match.
+    #[error("dtype: {0}")]
+    DType(String),
+    /// The stored array state is invalid.
+    #[error("array {oid}: {msg}")]
+    BadArray {
+        /// The array object.
+        oid: Oid,
+        /// What is wrong.
+        msg: String,
+    },
+    /// A bad argument.
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// A numeric element type of arrays (native byte order).
+pub trait Element: virtmem::Pod + Default + PartialOrd + Send + Sync {
+    /// numpy kind character.
+    const KIND: char;
+    /// The dtype of this type in native order.
+    fn dtype() -> DType {
+        let size = std::mem::size_of::<Self>();
+        DType {
+            kind: Self::KIND,
+            size,
+            order: if size == 1 {
+                ByteOrder::NotApplicable
+            } else {
+                ByteOrder::Little
+            },
+        }
+    }
+    /// The value as f64 (for statistics).
+    fn to_f64(self) -> f64;
+}
+
+macro_rules! element {
+    ($($t:ty => $k:literal),*) => { $(
+        impl Element for $t {
+            const KIND: char = $k;
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+        }
+    )* };
+}
+element!(i8 => 'i', i16 => 'i', i32 => 'i', i64 => 'i', u8 => 'u', u16 => 'u', u32 => 'u', u64 => 'u', f32 => 'f', f64 => 'f');
+
+/// Metadata of any array (whatever its dtype).
+pub fn open_untyped(conn: &Connection, oid: Oid) -> Result<ArrayState, Error> {
+    Ok(conn.get::<ArrayState>(oid)?.clone())
+}
+
+/// Read the elements of an array of any integer or float dtype (either byte
+/// order) converted to f64, in memory order; for tools and big-endian data.
+pub fn read_converted(conn: &Connection, oid: Oid) -> Result<Vec<f64>, Error> {
+    let st = open_untyped(conn, oid)?;
+    let sf = bigfile::SnapshotFile::open(conn.storage().as_ref(), conn.at(), st.zfile)?;
+    let bs = sf.meta.blksize;
+    let n = st.nbytes();
+    let mut bytes =
+        Vec::with_capacity(usize::try_from(n).map_err(|_| Error::Usage("array too large".into()))?);
+    let mut buf = vec![0u8; usize::try_from(bs).map_err(|_| Error::Usage("blksize".into()))?];
+    let mut blk = 0;
+    while (bytes.len() as u64) < n {
+        let (hole, _) = sf.read_block(blk, &mut buf)?;
+        if hole {
+            buf.fill(0);
+        }
+        let take = ((n - bytes.len() as u64).min(bs)) as usize;
+        bytes.extend_from_slice(&buf[..take]);
+        blk += 1;
+    }
+    let d = st.dtype;
+    let big = d.order == ByteOrder::Big;
+    let conv = |c: &[u8]| -> Option<f64> {
+        let mut b = [0u8; 8];
+        b[..c.len()].copy_from_slice(c);
+        if big {
+            b[..c.len()].reverse();
+        }
+        Some(match (d.kind, d.size) {
+            ('u', 1) => f64::from(b[0]),
+            ('i', 1) => f64::from(b[0] as i8),
+            ('u', 2) => f64::from(u16::from_le_bytes([b[0], b[1]])),
+            ('i', 2) => f64::from(i16::from_le_bytes([b[0], b[1]])),
+            ('u', 4) => f64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            ('i', 4) => f64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            ('f', 4) => f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            ('u', 8) => u64::from_le_bytes(b) as f64,
+            ('i', 8) => i64::from_le_bytes(b) as f64,
+            ('f', 8) => f64::from_le_bytes(b),
+            _ => return None,
+        })
+    };
+    bytes
+        .chunks(d.size)
+        .map(|c| {
+            conv(c).ok_or_else(|| Error::DType(format!("cannot convert {} to numbers", d.str())))
+        })
+        .collect()
+}

@@ -103,6 +103,11 @@ struct Backend {
     meta: Mutex<Option<(Tid, crate::objects::ZBigFile)>>,
     /// Blocks of the current transaction spilled to a temporary file.
     spill: Mutex<Spill>,
+    /// The file object was created in this transaction and is not in the
+    /// storage yet: every block is a hole.
+    new_file: std::sync::atomic::AtomicBool,
+    /// Blocks served as holes while the file was new (no deps recorded).
+    new_holes: Mutex<BTreeSet<u64>>,
     /// A conflict hit while storing a block (virtmem carries store errors
     /// as opaque values; the commit reports this one as a ConflictError).
     conflict: Mutex<Option<storage::Error>>,
@@ -123,6 +128,10 @@ impl virtmem::BigFile for Backend {
                 f.read_exact_at(buf, blk * self.blksize as u64)?;
                 return Ok(Loaded::Data);
             }
+        }
+        if self.new_file.load(Ordering::Acquire) {
+            self.new_holes.lock().insert(blk);
+            return Ok(Loaded::Hole);
         }
         let at = Tid(self.at.load(Ordering::Acquire));
         let cached = self.meta.lock().clone().filter(|(t, _)| *t == at);
@@ -214,9 +223,17 @@ impl Writer {
         force: Option<ZBlkKind>,
     ) -> Result<(), Error> {
         let at = self.conn.at();
-        let sf = SnapshotFile::open(b.storage.as_ref(), at, b.file)?;
+        // The file's state from the connection (a file created in this
+        // transaction is only there); blocks from the snapshot.
+        let is_new = b.new_file.load(Ordering::Acquire);
+        let meta = self.conn.get::<crate::objects::ZBigFile>(b.file)?.clone();
+        let sf = SnapshotFile::with_meta(b.storage.as_ref(), at, b.file, meta);
         let mut path = Vec::new();
-        let old_ref = sf.zblk_ref(blk, &mut path)?;
+        let old_ref = if is_new {
+            None
+        } else {
+            sf.zblk_ref(blk, &mut path)?
+        };
         let mut old = vec![0u8; b.blksize];
         if old_ref.is_some() {
             sf.read_block(blk, &mut old)?;
@@ -231,7 +248,11 @@ impl Writer {
             (None, ZBlkFormat::ZBlk0) => ZBlkKind::ZBlk0,
             (None, ZBlkFormat::ZBlk1) => ZBlkKind::ZBlk1,
             (None, ZBlkFormat::Auto) => {
-                let last = sf.last_block()?.and_then(|l| i64::try_from(l).ok());
+                let last = if is_new {
+                    None
+                } else {
+                    sf.last_block()?.and_then(|l| i64::try_from(l).ok())
+                };
                 let blk_i = i64::try_from(blk)
                     .map_err(|_| Error::Usage("block number too large".into()))?;
                 let choice = choose_auto(blk_i, last, old_t, new_t, b.blksize);
@@ -421,11 +442,36 @@ impl ZBigFileH {
         file: Oid,
         opts: HandleOptions,
     ) -> Result<ZBigFileH, Error> {
+        let meta = SnapshotFile::open(conn.storage().as_ref(), conn.at(), file)?.meta;
+        Self::open_inner(conn, tm, file, meta.blksize, false, opts)
+    }
+
+    /// Open a handle on a file created (with [`crate::create_file`]) in the
+    /// current, not yet committed transaction of `conn`.
+    pub fn open_new(
+        conn: &Connection,
+        tm: &TransactionManager,
+        file: Oid,
+        blksize: u64,
+        opts: HandleOptions,
+    ) -> Result<ZBigFileH, Error> {
+        Self::open_inner(conn, tm, file, blksize, true, opts)
+    }
+
+    fn open_inner(
+        conn: &Connection,
+        tm: &TransactionManager,
+        file: Oid,
+        blksize: u64,
+        new_file: bool,
+        opts: HandleOptions,
+    ) -> Result<ZBigFileH, Error> {
         let storage = conn.storage().clone();
         let at = conn.at();
-        let meta = SnapshotFile::open(storage.as_ref(), at, file)?.meta;
-        let blksize =
-            usize::try_from(meta.blksize).map_err(|_| Error::Usage("blksize too large".into()))?;
+        let blksize = usize::try_from(blksize)
+            .ok()
+            .filter(|b| *b > 0 && b % 4096 == 0)
+            .ok_or_else(|| Error::Usage(format!("bad blksize {blksize}")))?;
         let backend = Arc::new(Backend {
             storage,
             file,
@@ -436,6 +482,8 @@ impl ZBigFileH {
             meta: Mutex::new(None),
             conflict: Mutex::new(None),
             spill: Mutex::new(Spill::default()),
+            new_file: std::sync::atomic::AtomicBool::new(new_file),
+            new_holes: Mutex::new(BTreeSet::new()),
         });
         let fileh = FileH::open(backend.clone(), opts.virtmem)?;
         let spill_threshold = opts
@@ -683,6 +731,15 @@ impl Shared {
     ) -> Result<(), Error> {
         for o in written {
             self.conn.evict(o);
+        }
+        if own.is_some() && self.backend.new_file.swap(false, Ordering::AcqRel) {
+            // The file is in the database now. Holes served while it was new
+            // carry no dependencies: drop those we did not just store.
+            let holes = std::mem::take(&mut *self.backend.new_holes.lock());
+            let mut fh = self.fileh.lock();
+            for blk in holes.into_iter().filter(|b| !blocks.contains(b)) {
+                fh.invalidate(blk)?;
+            }
         }
         if let Some(tid) = own.filter(|_| !blocks.is_empty()) {
             let b = &self.backend;
