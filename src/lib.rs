@@ -8,5 +8,6 @@ pub use bigfile;
 pub use storage;
 pub use virtmem;
 
+pub mod arraycmd;
 pub mod filecmd;
 pub mod fsdump;

@@ -6,9 +6,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Out-of-core arrays over a ZODB-compatible transactional object database.
+///
+/// DB is a FileStorage path or file:///path URL. Exit status: 0 success,
+/// 1 error (one line on stderr), 2 bad usage.
 #[derive(Parser)]
-#[command(name = "wendelin", version, about)]
+#[command(name = "wendelin", version, about, long_about)]
 struct Cli {
+    /// RAM budget for memory-mapped data (e.g. 512MiB, 4GiB); default
+    /// $WENDELIN_RAM_BUDGET, else half of physical RAM.
+    #[arg(long, global = true)]
+    ram_budget: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -20,6 +27,77 @@ enum Cmd {
         /// The FileStorage file (Data.fs).
         file: PathBuf,
         /// Print one JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List root entries with their class; arrays with shape, dtype, order, size on disk.
+    ///
+    /// Example: wendelin ls data.fs
+    Ls {
+        /// The database.
+        db: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a zero-filled array under a root key.
+    ///
+    /// Example: wendelin create data.fs A --shape 1000,1000 --dtype f8 --order F
+    Create {
+        /// The database (created if missing).
+        db: String,
+        /// Root key.
+        name: String,
+        /// Comma-separated dimensions.
+        #[arg(long)]
+        shape: String,
+        /// numpy dtype: f8, f4, i8, i4, i2, i1, u8, u4, u2, u1 (optionally with < or |).
+        #[arg(long)]
+        dtype: String,
+        /// C (row-major, default) or F (column-major).
+        #[arg(long, default_value = "C")]
+        order: String,
+        /// Replace an existing entry.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Import an .npy file as an array (atomic, streamed; works beyond RAM).
+    ///
+    /// Example: wendelin import data.fs A a.npy
+    Import {
+        /// The database (created if missing).
+        db: String,
+        /// Root key.
+        name: String,
+        /// The .npy file.
+        file: PathBuf,
+        /// Replace an existing entry.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Export an array (or a range of its major axis) to an .npy file, streamed.
+    ///
+    /// Example: wendelin export data.fs A a.npy --slice 0:1000
+    Export {
+        /// The database.
+        db: String,
+        /// Root key.
+        name: String,
+        /// The .npy file to write.
+        file: PathBuf,
+        /// START:STOP along the major axis (axis 0 for C order, last for F).
+        #[arg(long)]
+        slice: Option<String>,
+    },
+    /// count, sum, mean, min, max of an array, out of core and in parallel.
+    ///
+    /// Example: wendelin stat data.fs A --json
+    Stat {
+        /// The database.
+        db: String,
+        /// Root key.
+        name: String,
+        /// Print one JSON object.
         #[arg(long)]
         json: bool,
     },
@@ -62,7 +140,65 @@ fn broken_pipe_ok(r: std::io::Result<()>) -> Result<(), String> {
 }
 
 fn run(cli: Cli) -> Result<(), String> {
+    let budget = wendelin::arraycmd::apply_ram_budget(cli.ram_budget.as_deref())?;
     match cli.cmd {
+        Cmd::Ls { db, json } => {
+            let es = wendelin::arraycmd::ls(&db)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&es).map_err(|e| e.to_string())?
+                );
+            } else {
+                for en in es {
+                    match (&en.shape, &en.dtype) {
+                        (Some(sh), Some(dt)) => println!(
+                            "{}\t{}\tshape={:?} dtype={} order={} disk={}",
+                            en.name,
+                            en.class,
+                            sh,
+                            dt,
+                            en.order.as_deref().unwrap_or("C"),
+                            en.disk_bytes.unwrap_or(0)
+                        ),
+                        _ => println!("{}\t{}", en.name, en.class),
+                    }
+                }
+            }
+            Ok(())
+        }
+        Cmd::Create {
+            db,
+            name,
+            shape,
+            dtype,
+            order,
+            replace,
+        } => wendelin::arraycmd::create(&db, &name, &shape, &dtype, &order, replace),
+        Cmd::Import {
+            db,
+            name,
+            file,
+            replace,
+        } => wendelin::arraycmd::import(&db, &name, &file, replace, budget).map(|_| ()),
+        Cmd::Export {
+            db,
+            name,
+            file,
+            slice,
+        } => wendelin::arraycmd::export(&db, &name, &file, slice.as_deref()).map(|_| ()),
+        Cmd::Stat { db, name, json } => {
+            let s = wendelin::arraycmd::stat(&db, &name)?;
+            if json {
+                println!("{}", serde_json::to_string(&s).map_err(|e| e.to_string())?);
+            } else {
+                println!(
+                    "count {}\nsum {}\nmean {}\nmin {}\nmax {}",
+                    s.count, s.sum, s.mean, s.min, s.max
+                );
+            }
+            Ok(())
+        }
         Cmd::Fsdump { file, json } => {
             let d = wendelin::fsdump::dump(&file).map_err(|e| e.to_string())?;
             let stdout = std::io::stdout();

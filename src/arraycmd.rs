@@ -1,0 +1,588 @@
+//! Array commands of the `wendelin` tool: ls, create, import, export, stat.
+
+use bigarray::{ArrayState, DType, Order, ZBigArray};
+use bigfile::{HandleOptions, ZBlkFormat};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use storage::{Connection, DB, Oid, TransactionManager, Value};
+
+type R<T> = Result<T, String>;
+
+fn e<E: std::fmt::Display>(x: E) -> String {
+    x.to_string()
+}
+
+/// Parse a size like `512MiB`, `4GiB`, `1000000`, `2G`.
+pub fn parse_size(s: &str) -> R<u64> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("bad size {s:?}"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        u => {
+            return Err(format!(
+                "bad size unit {u:?} in {s:?} (use B, KiB, MiB, GiB, TiB)"
+            ));
+        }
+    };
+    Ok((n * mult as f64) as u64)
+}
+
+/// The RAM budget: `--ram-budget`, else `$WENDELIN_RAM_BUDGET`, else half of
+/// physical RAM (virtmem's default). Applied process-wide.
+pub fn apply_ram_budget(flag: Option<&str>) -> R<u64> {
+    let spec = flag
+        .map(str::to_owned)
+        .or_else(|| std::env::var("WENDELIN_RAM_BUDGET").ok());
+    if let Some(s) = spec {
+        let b = parse_size(&s)?;
+        if b < 8 << 20 {
+            return Err(format!("RAM budget {s:?} is too small (at least 8MiB)"));
+        }
+        virtmem::set_process_budget(b);
+    }
+    Ok(virtmem::process_budget().limit())
+}
+
+fn opts() -> HandleOptions {
+    HandleOptions {
+        format: ZBlkFormat::from_env().unwrap_or_default(),
+        virtmem: virtmem::Options::default(),
+        spill_threshold: None,
+    }
+}
+
+fn progress(len: u64, what: &str) -> ProgressBar {
+    let pb = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        ProgressBar::new(len)
+    } else {
+        ProgressBar::hidden()
+    };
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    pb.set_message(what.to_owned());
+    pb
+}
+
+fn root_ref(c: &Connection, name: &str) -> R<Oid> {
+    let root = c.root().map_err(e)?;
+    let v = root
+        .get(name)
+        .ok_or_else(|| format!("no array {name:?} in the database"))?;
+    v.ref_oid()
+        .ok_or_else(|| format!("root[{name:?}] is not a persistent object"))
+}
+
+/// One line of `ls`.
+#[derive(Debug, serde::Serialize)]
+pub struct Entry {
+    /// Root key.
+    pub name: String,
+    /// Class `module.name`, or the Python type for plain values.
+    pub class: String,
+    /// For arrays: shape.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shape: Option<Vec<usize>>,
+    /// For arrays: dtype string.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<String>,
+    /// For arrays: `C` or `F`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order: Option<String>,
+    /// For arrays: bytes of stored block records.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_bytes: Option<u64>,
+}
+
+/// `wendelin ls DB`.
+pub fn ls(db_path: &str) -> R<Vec<Entry>> {
+    let db = DB::open_read_only(db_path).map_err(e)?;
+    let c = db.open_historical(db.storage().last_tid()).map_err(e)?;
+    let items: Vec<(String, Value)> = {
+        let root = c.root().map_err(e)?;
+        root.data
+            .iter()
+            .map(|(k, v)| (k.as_text().unwrap_or("?").to_owned(), v.clone()))
+            .collect()
+    };
+    let mut out = Vec::new();
+    for (name, v) in items {
+        let mut en = Entry {
+            name,
+            class: String::new(),
+            shape: None,
+            dtype: None,
+            order: None,
+            disk_bytes: None,
+        };
+        match v.ref_oid() {
+            Some(oid) => {
+                let (m, n) = c.class_of(oid).map_err(e)?;
+                en.class = format!("{m}.{n}");
+                if en.class == "wendelin.bigarray.array_zodb.ZBigArray" {
+                    let st = bigarray::open_untyped(&c, oid).map_err(e)?;
+                    en.shape = Some(st.shape.clone());
+                    en.dtype = Some(st.dtype.str());
+                    en.order = Some(if st.order == Order::C { "C" } else { "F" }.into());
+                    en.disk_bytes = Some(disk_bytes(&c, &st)?);
+                }
+            }
+            None => en.class = format!("{v:?}").chars().take(40).collect(),
+        }
+        out.push(en);
+    }
+    Ok(out)
+}
+
+fn disk_bytes(c: &Connection, st: &ArrayState) -> R<u64> {
+    let sf = bigfile::SnapshotFile::open(c.storage().as_ref(), c.at(), st.zfile).map_err(e)?;
+    let mut total = 0u64;
+    let at = storage::Tid(c.at().0 + 1);
+    for (blk, zoid) in sf.blocks().map_err(e)? {
+        let rec = c.storage().load_before(zoid, at).map_err(e)?;
+        total += rec.map_or(0, |r| r.data.len() as u64);
+        if let Ok((bigfile::objects::ZBlkRecord::ZBlk1(tab), _)) = sf.zblk(zoid) {
+            for (_, o, d) in sf.chunks(blk, tab).map_err(e)? {
+                let _ = o;
+                total += d.len() as u64;
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// Dispatch `$body` with `$T` bound to the element type of `$dtype`.
+macro_rules! with_type {
+    ($dtype:expr, $T:ident => $body:expr) => {{
+        let d: &DType = &$dtype;
+        if !d.is_native() {
+            return Err(format!("dtype {} is big-endian: convert it first", d.str()));
+        }
+        match (d.kind, d.size) {
+            ('f', 8) => {
+                type $T = f64;
+                $body
+            }
+            ('f', 4) => {
+                type $T = f32;
+                $body
+            }
+            ('i', 8) => {
+                type $T = i64;
+                $body
+            }
+            ('i', 4) => {
+                type $T = i32;
+                $body
+            }
+            ('i', 2) => {
+                type $T = i16;
+                $body
+            }
+            ('i', 1) => {
+                type $T = i8;
+                $body
+            }
+            ('u', 8) => {
+                type $T = u64;
+                $body
+            }
+            ('u', 4) => {
+                type $T = u32;
+                $body
+            }
+            ('u', 2) => {
+                type $T = u16;
+                $body
+            }
+            ('u', 1) | ('b', 1) => {
+                type $T = u8;
+                $body
+            }
+            _ => Err(format!(
+                "dtype {} is not supported by this command",
+                d.str()
+            )),
+        }
+    }};
+}
+
+fn parse_shape(s: &str) -> R<Vec<usize>> {
+    s.split(',')
+        .map(|x| {
+            x.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("bad shape {s:?}"))
+        })
+        .collect()
+}
+
+fn check_new(c: &Connection, name: &str, replace: bool) -> R<()> {
+    if c.root().map_err(e)?.get(name).is_some() && !replace {
+        return Err(format!("{name:?} exists in the database (use --replace)"));
+    }
+    Ok(())
+}
+
+/// `wendelin create DB NAME --shape ... --dtype ... [--order F]`.
+pub fn create(
+    db_path: &str,
+    name: &str,
+    shape: &str,
+    dtype: &str,
+    order: &str,
+    replace: bool,
+) -> R<()> {
+    let shape = parse_shape(shape)?;
+    let dt = DType::parse(dtype).map_err(e)?;
+    let order = match order {
+        "C" | "c" => Order::C,
+        "F" | "f" => Order::F,
+        o => return Err(format!("order must be C or F, not {o:?}")),
+    };
+    let db = DB::open(db_path).map_err(e)?;
+    let tm = TransactionManager::new();
+    let c = db.open_connection(&tm).map_err(e)?;
+    check_new(&c, name, replace)?;
+    let oid = with_type!(dt, T => {
+        ZBigArray::<T>::create(&c, &tm, &shape, order, opts()).map(|a| a.oid()).map_err(e)
+    })?;
+    let r = c.ref_to(oid).map_err(e)?;
+    c.root_mut().map_err(e)?.insert(name, r);
+    tm.note(&format!("wendelin create {name}"));
+    tm.commit().map_err(e)
+}
+
+/// An .npy header.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Npy {
+    /// dtype string.
+    pub descr: String,
+    /// True for Fortran order.
+    pub fortran: bool,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Offset of the data.
+    pub data_offset: u64,
+}
+
+/// Parse the header of an .npy file.
+pub fn read_npy_header(r: &mut impl Read) -> R<Npy> {
+    let mut pre = [0u8; 8];
+    r.read_exact(&mut pre)
+        .map_err(|x| format!("not an .npy file: {x}"))?;
+    if &pre[..6] != b"\x93NUMPY" {
+        return Err("not an .npy file (bad magic)".into());
+    }
+    let (hlen, off) = match pre[6] {
+        1 => {
+            let mut b = [0u8; 2];
+            r.read_exact(&mut b).map_err(e)?;
+            (u64::from(u16::from_le_bytes(b)), 10)
+        }
+        2 | 3 => {
+            let mut b = [0u8; 4];
+            r.read_exact(&mut b).map_err(e)?;
+            (u64::from(u32::from_le_bytes(b)), 12)
+        }
+        v => return Err(format!(".npy version {v} is not supported")),
+    };
+    if hlen > 1 << 20 {
+        return Err(format!(".npy header of {hlen} bytes is too long"));
+    }
+    let mut h = vec![0u8; hlen as usize];
+    r.read_exact(&mut h)
+        .map_err(|x| format!(".npy header truncated: {x}"))?;
+    let h = String::from_utf8(h).map_err(|_| ".npy header is not text".to_string())?;
+    let field = |k: &str| -> R<String> {
+        let i = h
+            .find(&format!("'{k}'"))
+            .ok_or_else(|| format!(".npy header has no {k}"))?;
+        Ok(h[i + k.len() + 2..]
+            .trim_start()
+            .trim_start_matches(':')
+            .trim_start()
+            .to_owned())
+    };
+    let descr = field("descr")?;
+    let descr = descr
+        .strip_prefix('\'')
+        .and_then(|d| d.split('\'').next())
+        .ok_or_else(|| "bad descr in .npy header".to_string())?
+        .to_owned();
+    let fortran = field("fortran_order")?.starts_with("True");
+    let sh = field("shape")?;
+    let inner = sh
+        .strip_prefix('(')
+        .and_then(|x| x.split(')').next())
+        .ok_or_else(|| "bad shape in .npy header".to_string())?;
+    let shape = inner
+        .split(',')
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .map(|x| {
+            x.parse::<usize>()
+                .map_err(|_| format!("bad shape {inner:?} in .npy header"))
+        })
+        .collect::<R<Vec<_>>>()?;
+    Ok(Npy {
+        descr,
+        fortran,
+        shape,
+        data_offset: off + hlen,
+    })
+}
+
+fn npy_header(descr: &str, fortran: bool, shape: &[usize]) -> Vec<u8> {
+    let sh = match shape {
+        [one] => format!("({one},)"),
+        _ => format!(
+            "({})",
+            shape
+                .iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let mut dict = format!(
+        "{{'descr': '{descr}', 'fortran_order': {}, 'shape': {sh}, }}",
+        if fortran { "True" } else { "False" }
+    );
+    let total = 10 + dict.len() + 1;
+    let pad = (64 - total % 64) % 64;
+    dict.push_str(&" ".repeat(pad));
+    dict.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(dict.len() as u16).to_le_bytes());
+    out.extend_from_slice(dict.as_bytes());
+    out
+}
+
+/// `wendelin import DB NAME FILE.npy [--replace]`: atomic under NAME even
+/// when bigger than RAM (data goes in bounded transactions into an array not
+/// yet reachable; the last transaction links it under NAME).
+pub fn import(db_path: &str, name: &str, npy: &Path, replace: bool, budget: u64) -> R<u64> {
+    let mut f = std::fs::File::open(npy).map_err(|x| format!("{}: {x}", npy.display()))?;
+    let h = read_npy_header(&mut f).map_err(|x| format!("{}: {x}", npy.display()))?;
+    let dt = DType::parse(&h.descr).map_err(|x| format!("{}: {x}", npy.display()))?;
+    let nbytes = h
+        .shape
+        .iter()
+        .try_fold(dt.size as u64, |a, &x| a.checked_mul(x as u64))
+        .ok_or_else(|| format!("{}: shape {:?} overflows", npy.display(), h.shape))?;
+    let flen = f.metadata().map_err(e)?.len();
+    if flen < h.data_offset + nbytes {
+        return Err(format!(
+            "{}: truncated: {} data bytes, the header says {nbytes}",
+            npy.display(),
+            flen.saturating_sub(h.data_offset)
+        ));
+    }
+    let db = DB::open(db_path).map_err(e)?;
+    let tm = TransactionManager::new();
+    let c = db.open_connection(&tm).map_err(e)?;
+    check_new(&c, name, replace)?;
+    let order = if h.fortran { Order::F } else { Order::C };
+    let txn_bytes = (budget / 2).max(2 << 20) / (2 << 20) * (2 << 20);
+    let pb = progress(nbytes, &format!("import {name}"));
+    let oid = with_type!(dt, T => {
+        (|| -> R<Oid> {
+            let a = ZBigArray::<T>::create(&c, &tm, &h.shape, order, opts()).map_err(e)?;
+            let mut done = 0u64;
+            let mut buf = vec![0u8; (2 << 20).min(nbytes.max(1)) as usize];
+            while done < nbytes {
+                let end = (done + txn_bytes).min(nbytes);
+                {
+                    let mut fh = a.file().fileh();
+                    let mut view = fh.bytes_mut(done..end).map_err(e)?;
+                    let mut pos = 0usize;
+                    while pos < view.len() {
+                        let n = buf.len().min(view.len() - pos);
+                        f.read_exact(&mut buf[..n]).map_err(|x| format!("{}: {x}", npy.display()))?;
+                        view[pos..pos + n].copy_from_slice(&buf[..n]);
+                        pos += n;
+                        pb.inc(n as u64);
+                    }
+                }
+                done = end;
+                tm.note(&format!("wendelin import {name}: {done}/{nbytes} bytes"));
+                tm.commit().map_err(e)?;
+            }
+            Ok(a.oid())
+        })()
+    })?;
+    let r = c.ref_to(oid).map_err(e)?;
+    c.root_mut().map_err(e)?.insert(name, r);
+    tm.note(&format!("wendelin import {name}: link"));
+    tm.commit().map_err(e)?;
+    pb.finish_and_clear();
+    Ok(nbytes)
+}
+
+/// `wendelin export DB NAME FILE.npy [--slice A:B]` (major-axis slice),
+/// streamed from the stored blocks.
+pub fn export(db_path: &str, name: &str, out: &Path, slice: Option<&str>) -> R<u64> {
+    let db = DB::open_read_only(db_path).map_err(e)?;
+    let c = db.open_historical(db.storage().last_tid()).map_err(e)?;
+    let oid = root_ref(&c, name)?;
+    let st = bigarray::open_untyped(&c, oid).map_err(e)?;
+    let n = st.shape.len();
+    let axis = if st.order == Order::C {
+        0
+    } else {
+        n.saturating_sub(1)
+    };
+    let mut shape = st.shape.clone();
+    let (start, stop) = match slice {
+        None => (0, shape.get(axis).copied().unwrap_or(1)),
+        Some(s) => {
+            let (a, b) = s
+                .split_once(':')
+                .ok_or_else(|| format!("--slice {s:?}: use START:STOP"))?;
+            let len = shape.get(axis).copied().unwrap_or(1);
+            let a: usize = if a.is_empty() {
+                0
+            } else {
+                a.parse().map_err(|_| format!("bad --slice {s:?}"))?
+            };
+            let b: usize = if b.is_empty() {
+                len
+            } else {
+                b.parse().map_err(|_| format!("bad --slice {s:?}"))?
+            };
+            if a > b || b > len {
+                return Err(format!("--slice {s:?} is outside 0:{len}"));
+            }
+            (a, b)
+        }
+    };
+    let per_major: u64 = st.nbytes() / (shape.get(axis).copied().unwrap_or(1).max(1) as u64);
+    if let Some(x) = shape.get_mut(axis) {
+        *x = stop - start;
+    }
+    let (from, to) = (start as u64 * per_major, stop as u64 * per_major);
+    let sf = bigfile::SnapshotFile::open(c.storage().as_ref(), c.at(), st.zfile).map_err(e)?;
+    let bs = sf.meta.blksize;
+    let mut w = std::io::BufWriter::with_capacity(
+        4 << 20,
+        std::fs::File::create(out).map_err(|x| format!("{}: {x}", out.display()))?,
+    );
+    w.write_all(&npy_header(&st.dtype.str(), st.order == Order::F, &shape))
+        .map_err(e)?;
+    let pb = progress(to - from, &format!("export {name}"));
+    let mut buf = vec![0u8; bs as usize];
+    let mut pos = from;
+    while pos < to {
+        let blk = pos / bs;
+        let (hole, _) = sf.read_block(blk, &mut buf).map_err(e)?;
+        if hole {
+            buf.fill(0);
+        }
+        let a = (pos - blk * bs) as usize;
+        let b = ((to - blk * bs).min(bs)) as usize;
+        w.write_all(&buf[a..b]).map_err(e)?;
+        pb.inc((b - a) as u64);
+        pos = (blk + 1) * bs;
+    }
+    w.flush().map_err(e)?;
+    pb.finish_and_clear();
+    Ok(to - from)
+}
+
+/// `wendelin stat DB NAME`: count, sum, mean, min, max out of core.
+pub fn stat(db_path: &str, name: &str) -> R<bigarray::Stats> {
+    let db = DB::open_read_only(db_path).map_err(e)?;
+    let tm = TransactionManager::new();
+    let c = db.open_connection(&tm).map_err(e)?;
+    let oid = root_ref(&c, name)?;
+    let st = bigarray::open_untyped(&c, oid).map_err(e)?;
+    let pb = progress(st.nbytes(), &format!("stat {name}"));
+    let done = AtomicU64::new(0);
+    let r = with_type!(st.dtype, T => {
+        let a = ZBigArray::<T>::open(&c, &tm, oid, opts()).map_err(e)?;
+        // chunks of 1 Mi elements: each maps to partial statistics
+        a.map_reduce(
+            1 << 20,
+            |chunk| {
+                let s = bigarray::stats_of(chunk);
+                let n = done.fetch_add(std::mem::size_of_val(chunk) as u64, Ordering::Relaxed);
+                pb.set_position(n);
+                s
+            },
+            || bigarray::stats_of::<T>(&[]),
+            merge,
+        )
+        .map_err(e)
+    })?;
+    pb.finish_and_clear();
+    Ok(r)
+}
+
+fn merge(a: bigarray::Stats, b: bigarray::Stats) -> bigarray::Stats {
+    if a.count == 0 {
+        return b;
+    }
+    if b.count == 0 {
+        return a;
+    }
+    let count = a.count + b.count;
+    let sum = a.sum + b.sum;
+    bigarray::Stats {
+        count,
+        sum,
+        mean: sum / count as f64,
+        min: a.min.min(b.min),
+        max: a.max.max(b.max),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("4GiB"), Ok(4 << 30));
+        assert_eq!(parse_size("1.5G"), Ok(3 << 29));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert!(parse_size("12XB").is_err());
+    }
+
+    #[test]
+    fn npy_headers_round_trip() {
+        for (d, f, s) in [
+            ("<f8", false, vec![3usize, 4]),
+            ("|u1", true, vec![7]),
+            ("<i4", false, vec![]),
+        ] {
+            let h = npy_header(d, f, &s);
+            assert_eq!(h.len() % 64, 0);
+            let got = read_npy_header(&mut h.as_slice()).expect("parse");
+            assert_eq!(
+                (
+                    got.descr.as_str(),
+                    got.fortran,
+                    got.shape.clone(),
+                    got.data_offset
+                ),
+                (d, f, s, h.len() as u64)
+            );
+        }
+        assert!(read_npy_header(&mut &b"nonsense!!!!"[..]).is_err());
+    }
+}
