@@ -10,13 +10,26 @@ use std::time::Instant;
 
 use virtmem::{BigFile, FileBigFile, FileH, Options};
 
+/// CPU time (user + system) of the whole process so far, in seconds.
+fn cpu_seconds() -> f64 {
+    // /proc/self/stat fields 14 and 15 (utime, stime), in clock ticks (100/s).
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    // After the ")": field 3 (state) is index 0, so utime (14) is 11, stime 12.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn scan_once(
     path: &str,
     size: u64,
     readahead: bool,
     nthr: usize,
     zero_copy: bool,
-) -> Result<f64, Box<dyn std::error::Error>> {
+) -> Result<(f64, f64), Box<dyn std::error::Error>> {
     let bs = 2 << 20;
     let file = Arc::new(FileBigFile::open(path.as_ref(), bs)?);
     let opts = Options {
@@ -37,6 +50,7 @@ fn scan_once(
     };
     let fh = FileH::open(file as Arc<dyn BigFile>, opts)?;
     let v = fh.view::<u64>(0, (size / 8) as usize)?;
+    let c0 = cpu_seconds();
     let t = Instant::now();
     let part = v.len().div_ceil(nthr);
     let sum = std::thread::scope(|s| {
@@ -49,12 +63,13 @@ fn scan_once(
             .fold(0u64, u64::wrapping_add)
     });
     let dt = t.elapsed().as_secs_f64();
+    let cpu_per_gib = (cpu_seconds() - c0) * 1000.0 / (size as f64 / (1u64 << 30) as f64);
     let gbs = size as f64 / dt / 1e9;
     println!(
-        "zero_copy {zero_copy} sum {sum:#x}: {gbs:.3} GB/s, {:?}",
+        "zero_copy {zero_copy} sum {sum:#x}: {gbs:.3} GB/s, {cpu_per_gib:.0} ms CPU per GiB, {:?}",
         fh.stats()
     );
-    Ok(gbs)
+    Ok((gbs, cpu_per_gib))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -80,16 +95,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         scan_once(path, size, readahead, nthr, modes[0])?;
     }
     let mut figs = vec![Vec::new(); modes.len()];
+    let mut cpus = vec![Vec::new(); modes.len()];
     for _ in 0..repeat {
         for (i, &m) in modes.iter().enumerate() {
-            figs[i].push(scan_once(path, size, readahead, nthr, m)?);
+            let (g, c) = scan_once(path, size, readahead, nthr, m)?;
+            figs[i].push(g);
+            cpus[i].push(c);
         }
     }
     if repeat > 1 {
         for (i, m) in modes.iter().enumerate() {
             println!(
-                "zero_copy {m}: median {:.3} GB/s of {:?}",
+                "zero_copy {m}: median {:.3} GB/s, median CPU {:.0} ms per GiB, of {:?}",
                 median(figs[i].clone()),
+                median(cpus[i].clone()),
                 figs[i]
                     .iter()
                     .map(|x| (x * 100.0).round() / 100.0)

@@ -16,8 +16,13 @@
 //! Nothing is read at open. The first touch of a page of block `blk` raises a
 //! fault that one of the handle's handler threads serves: it loads the block
 //! into a private staging buffer with [`BigFile::load_block`] and installs the
-//! whole block with one `UFFDIO_COPY`, write-protected, then wakes the
-//! faulting threads (two faults on one block load it once). The first write
+//! whole block write-protected, then wakes the faulting threads (two faults
+//! on one block load it once). Blocks that are multiples of 2 MiB are
+//! installed without a second copy when the kernel allows it
+//! (`UFFDIO_MOVE`, Linux >= 6.8, see [`Options::zero_copy`]): the staging
+//! buffer is fresh huge pages that are moved into place, then
+//! write-protected. Otherwise one `UFFDIO_COPY` with write protection copies
+//! the block in. The first write
 //! to a clean block raises a write-protect fault: the block is marked dirty
 //! and the protection is lifted for the whole block. A first touch that is a
 //! write loads the block like a read and the write then raises that
@@ -68,9 +73,26 @@
 //!
 //! A fault handler never takes a lock that a user thread holds while touching
 //! mapped memory (the handle's state lock is only held for bookkeeping, never
-//! across I/O or a fault), and never reads into registered memory: loads go to
-//! a per-thread 2 MiB staging buffer, then one `UFFDIO_COPY` installs the
-//! block.
+//! across I/O or a fault), and never reads into memory that can raise a
+//! userfault: loads go to a per-thread staging buffer (or, in zero-copy mode,
+//! to a buffer holding an evicted block's pages, registered for
+//! write-protection only and never protected), then the block is moved or
+//! copied into place.
+//!
+//! # Zero-copy loads
+//!
+//! Moved pages arrive writable; they are write-protected right after the
+//! move, before anyone is woken. A write by a thread that did not fault (its
+//! page became present in between) would not be seen, so moves happen only
+//! while no mutable view can exist: [`FileH::view_mut`] / `bytes_mut` switch
+//! loads to copying (after waiting for moves in progress), and the next
+//! shared view ([`FileH::view`] / `bytes`, whose `&self` proves no mutable
+//! slice is alive) switches them back. Evicted blocks that are whole huge
+//! pages are moved into a few per-handle buffers instead of being freed, and
+//! the next loads read into those and move them back (no freeing, allocating
+//! or zeroing of pages). Without `UFFDIO_MOVE`, with blocks that are not
+//! multiples of 2 MiB, or when transparent huge pages are disabled, every
+//! load copies.
 //!
 //! Holes are mapped with the zero page and then write-protected; as the kernel
 //! cannot do both at once, `PAGEMAP_SCAN` (Linux >= 6.7) checks that no thread
