@@ -4,6 +4,8 @@
 //! mmap / pread of the same bytes, raw write+fsync, ...) and their ratio.
 //! Groups live in `benches/bench/*.rs`; each adds rows to the [`Report`].
 
+#[path = "bench/bigarray_bench.rs"]
+mod bigarray_bench;
 #[path = "bench/bigfile_bench.rs"]
 mod bigfile_bench;
 #[path = "bench/common.rs"]
@@ -28,10 +30,11 @@ fn main() {
         }
     };
     let mut report = Report::default();
-    let groups: [(&str, Group); 3] = [
+    let groups: [(&str, Group); 4] = [
         ("storage", storage_bench::run),
         ("virtmem", virtmem_bench::run),
         ("bigfile", bigfile_bench::run),
+        ("bigarray", bigarray_bench::run),
     ];
     for (name, run) in groups {
         if !cfg.selects(name) {
