@@ -9,5 +9,6 @@ pub use storage;
 pub use virtmem;
 
 pub mod arraycmd;
+pub mod demo;
 pub mod filecmd;
 pub mod fsdump;

@@ -101,6 +101,23 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// The demo: a signal array bigger than the RAM budget, generated in
+    /// bounded transactions, then read back out of core (mean, sum, RSS).
+    ///
+    /// Example: wendelin demo /tmp/wdemo --size 4GiB --ram-budget 512MiB
+    Demo {
+        /// Directory for the database (data.fs inside).
+        dir: String,
+        /// Array size in bytes of f64 (e.g. 4GiB).
+        #[arg(long, default_value = "4GiB")]
+        size: String,
+        /// Bytes per transaction while generating.
+        #[arg(long, default_value = "256MiB")]
+        txn: String,
+        /// Run only `gen` or `read` (default: both).
+        #[arg(long)]
+        only: Option<String>,
+    },
     /// ZBigFile tools.
     File {
         #[command(subcommand)]
@@ -140,8 +157,33 @@ fn broken_pipe_ok(r: std::io::Result<()>) -> Result<(), String> {
 }
 
 fn run(cli: Cli) -> Result<(), String> {
-    let budget = wendelin::arraycmd::apply_ram_budget(cli.ram_budget.as_deref())?;
+    let demo_default = matches!(cli.cmd, Cmd::Demo { .. })
+        && cli.ram_budget.is_none()
+        && std::env::var_os("WENDELIN_RAM_BUDGET").is_none();
+    let budget = wendelin::arraycmd::apply_ram_budget(if demo_default {
+        Some("512MiB")
+    } else {
+        cli.ram_budget.as_deref()
+    })?;
     match cli.cmd {
+        Cmd::Demo {
+            dir,
+            size,
+            txn,
+            only,
+        } => {
+            let size = wendelin::arraycmd::parse_size(&size)?;
+            let txn = wendelin::arraycmd::parse_size(&txn)?;
+            match only.as_deref() {
+                None => {
+                    wendelin::demo::generate(&dir, size, txn)?;
+                    wendelin::demo::read(&dir)
+                }
+                Some("gen") => wendelin::demo::generate(&dir, size, txn),
+                Some("read") => wendelin::demo::read(&dir),
+                Some(o) => Err(format!("--only must be gen or read, not {o:?}")),
+            }
+        }
         Cmd::Ls { db, json } => {
             let es = wendelin::arraycmd::ls(&db)?;
             if json {

@@ -200,3 +200,37 @@ fn a_killed_import_leaves_no_partial_array() {
     }
     let _ = seen_partial_commits; // timing-dependent: reported, not required
 }
+
+#[test]
+fn demo_generates_beyond_the_budget_and_reads_back() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path().join("demo");
+    let out = ok(&[
+        "demo",
+        d.to_str().expect("utf8"),
+        "--size",
+        "64MiB",
+        "--txn",
+        "16MiB",
+        "--ram-budget",
+        "16MiB",
+    ]);
+    assert!(out.contains("gen: 0.06 GiB of f64"), "{out}");
+    let n = (64u64 << 20) / 8;
+    let want: f64 = (0..n).map(wendelin::demo::signal).sum();
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("read:"))
+        .expect("read line");
+    let sum: f64 = line
+        .split("sum ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .and_then(|s| s.parse().ok())
+        .expect("sum");
+    assert!((sum - want).abs() < 1e-6 * want.abs(), "{sum} vs {want}");
+    assert!(line.contains(&format!("read: {n} values")), "{line}");
+    // `read` alone works on the existing database
+    let again = ok(&["demo", d.to_str().expect("utf8"), "--only", "read"]);
+    assert!(again.contains(&format!("sum {sum:.6}")), "{again}");
+}

@@ -754,6 +754,23 @@ impl Shared {
         {
             let mut fh = self.fileh.lock();
             fh.writeout(Writeout::MARKSTORED)?;
+            // The blocks just stored are clean now: keep the handle within
+            // its RAM budget by dropping the oldest of them if needed (they
+            // reload from the database when touched again).
+            let bs = self.backend.blksize as u64;
+            let limit = fh.budget().limit();
+            let mut resident = fh.resident_blocks() as u64 * bs;
+            if resident > limit {
+                let mut deps = self.backend.deps.lock();
+                for blk in &blocks {
+                    if resident <= limit {
+                        break;
+                    }
+                    fh.invalidate(*blk)?;
+                    deps.forget(*blk);
+                    resident = resident.saturating_sub(bs);
+                }
+            }
             // Spilled blocks are committed: their pages (if resident) hold
             // the committed data, and evicted ones reload from the database.
             let mut sp = self.backend.spill.lock();
