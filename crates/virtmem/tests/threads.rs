@@ -109,3 +109,68 @@ fn process_budget_is_shared_by_handles() {
         "closing handles returns their budget"
     );
 }
+
+/// Zero-copy loads (2 MiB blocks) install pages writable and protect them a
+/// few microseconds later; a write in between must not be lost. Writers
+/// start while read-ahead moves of the blocks they write are in flight: every
+/// written block must end up dirty and stored.
+#[test]
+fn writes_racing_zero_copy_read_ahead_are_all_seen() {
+    const BS2: usize = 2 << 20;
+    let n = 24u64;
+    let f = Arc::new(MemBigFile::new(BS2));
+    for b in 0..n {
+        f.set_block(b, &vec![b as u8 + 1; BS2]);
+    }
+    for round in 0..40u8 {
+        let opts = Options {
+            reserve: n * BS2 as u64,
+            budget: Some(1 << 30),
+            readahead_window: 16,
+            ..Options::default()
+        };
+        let mut fh = FileH::open(f.clone() as Arc<dyn BigFile>, opts).unwrap();
+        // A sequential shared scan of the first blocks: read-ahead of the
+        // next ones starts (moves when the kernel allows them).
+        for b in 0..3u64 {
+            let v = fh.bytes(b * BS2 as u64..(b + 1) * BS2 as u64).unwrap();
+            assert_eq!(v[0], b as u8 + 1);
+        }
+        // At once, two threads write every page of blocks 3.. .
+        {
+            let v = fh
+                .bytes_mut(3 * BS2 as u64..n * BS2 as u64)
+                .unwrap()
+                .into_slice();
+            let (lo, hi) = v.split_at_mut(v.len() / 2);
+            std::thread::scope(|s| {
+                for part in [lo, hi] {
+                    s.spawn(move || {
+                        for p in part.chunks_mut(4096) {
+                            p[0] = round.wrapping_add(100);
+                        }
+                    });
+                }
+            });
+        }
+        assert_eq!(
+            fh.dirty_blocks(),
+            (3..n).collect::<Vec<_>>(),
+            "round {round}"
+        );
+        fh.writeout(Writeout::STORE).unwrap();
+        assert_eq!(f.take_stores(), (3..n).collect::<Vec<_>>());
+        fh.discard().unwrap();
+        for b in 3..n {
+            let data = f.block(b).unwrap();
+            assert_eq!(
+                data[4096],
+                round.wrapping_add(100),
+                "round {round} block {b}"
+            );
+            assert_eq!(data[1], b as u8 + 1);
+            // Restore for the next round.
+            f.set_block(b, &vec![b as u8 + 1; BS2]);
+        }
+    }
+}
