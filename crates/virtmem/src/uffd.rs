@@ -288,6 +288,11 @@ impl Uffd {
     /// caller write-protects them. Returns how many bytes were moved and, if
     /// not all, why not (EEXIST: a destination page exists; EBUSY: a source
     /// page is shared or pinned; ...); the rest of the source is untouched.
+    /// The moved part of the source reads as zeros afterwards (or faults,
+    /// if registered): like `MADV_DONTNEED`, so callers use it only on
+    /// memory whose content nobody relies on any more (a staging buffer
+    /// borrowed exclusively, or a clean block being evicted, which reloads
+    /// with the same bytes).
     pub fn move_pages(&self, dst: usize, src: usize, len: usize) -> (usize, Option<io::Error>) {
         let mut done = 0usize;
         while done < len {
