@@ -23,6 +23,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Print every transaction and data record of a FileStorage (like ZODB's fsdump).
+    ///
+    /// Example: wendelin fsdump data.fs --json
     Fsdump {
         /// The FileStorage file (Data.fs).
         file: PathBuf,
@@ -118,7 +120,9 @@ enum Cmd {
         #[arg(long)]
         only: Option<String>,
     },
-    /// ZBigFile tools.
+    /// ZBigFile tools (cat, info).
+    ///
+    /// Example: wendelin file info data.fs zbigf
     File {
         #[command(subcommand)]
         cmd: FileCmd,
@@ -128,6 +132,8 @@ enum Cmd {
 #[derive(Subcommand)]
 enum FileCmd {
     /// Write a ZBigFile's bytes to stdout.
+    ///
+    /// Example: wendelin file cat data.fs zbigf > file.bin
     Cat {
         /// The database (path or file:// URL).
         db: String,
@@ -135,6 +141,8 @@ enum FileCmd {
         path: String,
     },
     /// Print blksize, size, block count and per-format counts.
+    ///
+    /// Example: wendelin file info data.fs oid:0x1 --json
     Info {
         /// The database (path or file:// URL).
         db: String,

@@ -812,7 +812,7 @@ impl FileStorageInner {
         })
     }
 
-    /// Record data of a record header from [`FileStorage::raw_transactions`],
+    /// Record data of a record header from [`FileStorageInner::raw_transactions`],
     /// following backpointers.
     pub fn raw_record_data(&self, h: &DataHeader) -> Result<Option<Vec<u8>>> {
         let end = self.index.read().end;
