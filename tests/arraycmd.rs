@@ -234,3 +234,31 @@ fn demo_generates_beyond_the_budget_and_reads_back() {
     let again = ok(&["demo", d.to_str().expect("utf8"), "--only", "read"]);
     assert!(again.contains(&format!("sum {sum:.6}")), "{again}");
 }
+
+/// Reductions over an array 8x the RAM budget keep the peak RSS of the
+/// reading process within the budget plus a fixed overhead.
+#[test]
+fn reading_an_array_8x_the_budget_respects_the_budget() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path().join("demo");
+    let d = d.to_str().expect("utf8");
+    ok(&["demo", d, "--only", "gen", "--size", "256MiB", "--txn", "32MiB", "--ram-budget", "32MiB"]);
+    let out = ok(&["demo", d, "--only", "read", "--ram-budget", "32MiB"]);
+    let rss_gib: f64 = out
+        .split("peak RSS ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .expect("peak RSS");
+    let rss = rss_gib * (1u64 << 30) as f64;
+    // budget 32 MiB + fixed overhead (binary, allocator, thread stacks, staging)
+    assert!(rss < (32u64 << 20) as f64 + (96u64 << 20) as f64, "peak RSS {rss} bytes: {out}");
+    // and `stat` on the same array (read-only command)
+    let o = Command::new(env!("CARGO_BIN_EXE_wendelin"))
+        .args(["--ram-budget", "32MiB", "stat", &format!("{d}/data.fs"), "signal", "--json"])
+        .output()
+        .expect("stat");
+    assert!(o.status.success());
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(st["count"], (256u64 << 20) / 8);
+}
