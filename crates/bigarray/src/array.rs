@@ -1,7 +1,7 @@
 //! `ZBigArray`: the persistent object and the typed handle over it.
 
 use crate::dtype::DType;
-use crate::{Element, Error};
+use crate::{Element, Error, Real};
 use bigfile::{HandleOptions, ZBigFileH, create_file};
 use ndarray::{ArrayViewD, ArrayViewMutD, IxDyn, ShapeBuilder};
 use rayon::prelude::*;
@@ -409,7 +409,10 @@ impl<T: Element> ZBigArray<T> {
 
     /// count, sum, mean, min, max, computed out of core in parallel chunks
     /// (memory stays within the RAM budget: clean blocks are evicted).
-    pub fn stats(&self) -> Result<Stats, Error> {
+    pub fn stats(&self) -> Result<Stats, Error>
+    where
+        T: Real,
+    {
         self.with_view(|v| {
             let flat = v.as_slice_memory_order().unwrap_or(&[]);
             stats_of(flat)
@@ -435,7 +438,7 @@ impl<T: Element> ZBigArray<T> {
 }
 
 /// Statistics of a slice, in parallel chunks of 1 Mi elements.
-pub fn stats_of<T: Element>(flat: &[T]) -> Stats {
+pub fn stats_of<T: Real>(flat: &[T]) -> Stats {
     #[derive(Clone, Copy)]
     struct Acc {
         n: u64,

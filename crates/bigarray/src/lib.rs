@@ -61,8 +61,8 @@ pub enum Error {
     Usage(String),
 }
 
-/// A numeric element type of arrays (native byte order).
-pub trait Element: virtmem::Pod + Default + PartialOrd + Send + Sync {
+/// An element type of arrays (native byte order).
+pub trait Element: virtmem::Pod + Default + Send + Sync {
     /// numpy kind character.
     const KIND: char;
     /// The dtype of this type in native order.
@@ -78,7 +78,11 @@ pub trait Element: virtmem::Pod + Default + PartialOrd + Send + Sync {
             },
         }
     }
-    /// The value as f64 (for statistics).
+}
+
+/// A real-valued element type (statistics need an order and an f64 value).
+pub trait Real: Element + PartialOrd {
+    /// The value as f64.
     fn to_f64(self) -> f64;
 }
 
@@ -86,12 +90,49 @@ macro_rules! element {
     ($($t:ty => $k:literal),*) => { $(
         impl Element for $t {
             const KIND: char = $k;
+        }
+        impl Real for $t {
             fn to_f64(self) -> f64 {
                 self as f64
             }
         }
     )* };
 }
+
+mod boolean {
+    /// numpy's `bool` (`|b1`): one byte, 0 or 1. Any other byte reads as true.
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    #[repr(transparent)]
+    pub struct B1(pub u8);
+
+    impl B1 {
+        /// The boolean value.
+        pub fn get(self) -> bool {
+            self.0 != 0
+        }
+    }
+
+    impl From<bool> for B1 {
+        fn from(b: bool) -> B1 {
+            B1(u8::from(b))
+        }
+    }
+
+    // SAFETY: a transparent wrapper of u8: one byte, no padding, every bit
+    // pattern is a valid value.
+    unsafe impl virtmem::Pod for B1 {}
+
+    impl super::Element for B1 {
+        const KIND: char = 'b';
+    }
+
+    impl super::Real for B1 {
+        fn to_f64(self) -> f64 {
+            f64::from(u8::from(self.get()))
+        }
+    }
+}
+pub use boolean::B1;
 element!(i8 => 'i', i16 => 'i', i32 => 'i', i64 => 'i', u8 => 'u', u16 => 'u', u32 => 'u', u64 => 'u', f32 => 'f', f64 => 'f');
 
 /// Metadata of any array (whatever its dtype).

@@ -303,3 +303,33 @@ fn terabyte_arrays_cost_only_what_is_written() {
     // memory: only the touched blocks are resident
     assert!(a.file().fileh().resident_blocks() <= picks64.len() + 1);
 }
+
+#[test]
+fn bool_arrays_are_numpy_b1() {
+    let (_d, db) = new_db();
+    let tm = TransactionManager::new();
+    let c = db.open_connection(&tm).expect("c");
+    let a = ZBigArray::<bigarray::B1>::create(&c, &tm, &[10], Order::C, opts()).expect("b1");
+    assert_eq!(a.state().dtype.str(), "|b1");
+    a.with_view_mut(|mut v| {
+        v[[3]] = true.into();
+        v[[7]] = true.into();
+    })
+    .expect("w");
+    keep(&c, "b", a.oid());
+    tm.commit().expect("commit");
+    let st = a.stats().expect("stats");
+    assert_eq!((st.count, st.sum), (10, 2.0));
+    let tm2 = TransactionManager::new();
+    let c2 = db.open_connection(&tm2).expect("c2");
+    let b = ZBigArray::<bigarray::B1>::open(&c2, &tm2, a.oid(), opts()).expect("open");
+    assert_eq!(
+        b.with_view(|v| v.iter().map(|x| x.get()).filter(|x| *x).count())
+            .expect("v"),
+        2
+    );
+    assert!(
+        ZBigArray::<u8>::open(&c2, &tm2, a.oid(), opts()).is_err(),
+        "b1 is not u1"
+    );
+}
