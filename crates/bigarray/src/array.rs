@@ -419,6 +419,24 @@ impl<T: Element> ZBigArray<T> {
         })
     }
 
+    /// Visit the elements in memory order, `budget_bytes` at a time (at least
+    /// one element): `f(first element index, chunk)`. Chunks already visited
+    /// are dropped from memory as the RAM budget requires, so any array size
+    /// can be scanned with bounded memory.
+    pub fn for_each_chunk(
+        &self,
+        budget_bytes: usize,
+        mut f: impl FnMut(usize, &[T]),
+    ) -> Result<(), Error> {
+        let per = (budget_bytes / std::mem::size_of::<T>().max(1)).max(1);
+        self.with_view(|v| {
+            let flat = v.as_slice_memory_order().unwrap_or(&[]);
+            for (i, c) in flat.chunks(per).enumerate() {
+                f(i * per, c);
+            }
+        })
+    }
+
     /// Map each chunk of elements (in memory order, `chunk` elements at a
     /// time, in parallel) with `map` and combine the results with `reduce`.
     pub fn map_reduce<A: Send>(
