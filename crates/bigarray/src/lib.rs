@@ -19,8 +19,10 @@
 //! parallel chunks with rayon; memory stays within the RAM budget because
 //! clean blocks are evicted as the scan moves on.
 //!
-//! Element types implement [`Element`]: i8..i64, u8..u64, f32, f64 in native
-//! (little-endian) order. Arrays stored big-endian or with other dtypes are
+//! Element types implement [`Element`]: i8..i64, u8..u64, f32, f64, numpy
+//! bool ([`B1`]) and complex64/128 (`num_complex::Complex<f32|f64>`) in
+//! native (little-endian) order; the real ones also implement [`Real`] for
+//! statistics. Arrays stored big-endian or with other dtypes are
 //! refused by the typed handle with a clear error; [`open_untyped`] gives
 //! their metadata and raw bytes, and [`read_converted`] reads big-endian
 //! numbers explicitly.
@@ -133,6 +135,16 @@ mod boolean {
     }
 }
 pub use boolean::B1;
+
+/// numpy `complex64` (`<c8`).
+impl Element for num_complex::Complex<f32> {
+    const KIND: char = 'c';
+}
+
+/// numpy `complex128` (`<c16`).
+impl Element for num_complex::Complex<f64> {
+    const KIND: char = 'c';
+}
 element!(i8 => 'i', i16 => 'i', i32 => 'i', i64 => 'i', u8 => 'u', u16 => 'u', u32 => 'u', u64 => 'u', f32 => 'f', f64 => 'f');
 
 /// Metadata of any array (whatever its dtype).

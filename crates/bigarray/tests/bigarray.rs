@@ -333,3 +333,26 @@ fn bool_arrays_are_numpy_b1() {
         "b1 is not u1"
     );
 }
+
+#[test]
+fn complex_arrays() {
+    use num_complex::Complex;
+    let (_d, db) = new_db();
+    let tm = TransactionManager::new();
+    let c = db.open_connection(&tm).expect("c");
+    let a = ZBigArray::<Complex<f64>>::create(&c, &tm, &[4, 5], Order::F, opts()).expect("c16");
+    assert_eq!(a.state().dtype.str(), "<c16");
+    a.with_view_mut(|mut v| v[[2, 3]] = Complex::new(1.5, -2.0))
+        .expect("w");
+    keep(&c, "z", a.oid());
+    tm.commit().expect("commit");
+    let tm2 = TransactionManager::new();
+    let c2 = db.open_connection(&tm2).expect("c2");
+    let b = ZBigArray::<Complex<f64>>::open(&c2, &tm2, a.oid(), opts()).expect("open");
+    assert_eq!(
+        b.with_view(|v| v[[2, 3]]).expect("v"),
+        Complex::new(1.5, -2.0)
+    );
+    let f = ZBigArray::<Complex<f32>>::create(&c2, &tm2, &[3], Order::C, opts()).expect("c8");
+    assert_eq!(f.state().dtype.str(), "<c8");
+}

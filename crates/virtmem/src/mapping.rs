@@ -29,6 +29,11 @@ pod!(
 );
 // SAFETY: an array of Pod elements has no padding and every bit pattern valid.
 unsafe impl<T: Pod, const N: usize> Pod for [T; N] {}
+// SAFETY: `Complex<T>` is `#[repr(C)] { re: T, im: T }`: two f32/f64 without
+// padding (same size and alignment), every bit pattern a valid value.
+unsafe impl Pod for num_complex::Complex<f32> {}
+// SAFETY: as above, for f64.
+unsafe impl Pod for num_complex::Complex<f64> {}
 
 /// An anonymous, private, MAP_NORESERVE mapping: the address space of one
 /// file handle. Unmapped on drop.
