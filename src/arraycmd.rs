@@ -164,8 +164,8 @@ fn disk_bytes(c: &Connection, st: &ArrayState) -> R<u64> {
     Ok(total)
 }
 
-/// Dispatch `$body` with `$T` bound to the element type of `$dtype`.
-macro_rules! with_type {
+/// Dispatch `$body` with `$T` bound to the real element type of `$dtype`.
+macro_rules! with_real {
     ($dtype:expr, $T:ident => $body:expr) => {{
         let d: &DType = &$dtype;
         if !d.is_native() {
@@ -208,14 +208,30 @@ macro_rules! with_type {
                 type $T = u16;
                 $body
             }
-            ('u', 1) | ('b', 1) => {
+            ('u', 1) => {
                 type $T = u8;
+                $body
+            }
+            ('b', 1) => {
+                type $T = bigarray::B1;
                 $body
             }
             _ => Err(format!(
                 "dtype {} is not supported by this command",
                 d.str()
             )),
+        }
+    }};
+}
+
+/// Like `with_real!`, and complex types too.
+macro_rules! with_type {
+    ($dtype:expr, $T:ident => $body:expr) => {{
+        let d: &DType = &$dtype;
+        match (d.kind, d.size) {
+            ('c', 8) if d.is_native() => { type $T = num_complex::Complex<f32>; $body }
+            ('c', 16) if d.is_native() => { type $T = num_complex::Complex<f64>; $body }
+            _ => with_real!($dtype, $T => $body),
         }
     }};
 }
@@ -512,7 +528,7 @@ pub fn stat(db_path: &str, name: &str) -> R<bigarray::Stats> {
     let st = bigarray::open_untyped(&c, oid).map_err(e)?;
     let pb = progress(st.nbytes(), &format!("stat {name}"));
     let done = AtomicU64::new(0);
-    let r = with_type!(st.dtype, T => {
+    let r = with_real!(st.dtype, T => {
         let a = ZBigArray::<T>::open(&c, &tm, oid, opts()).map_err(e)?;
         // chunks of 1 Mi elements: each maps to partial statistics
         a.map_reduce(
