@@ -242,7 +242,18 @@ fn reading_an_array_8x_the_budget_respects_the_budget() {
     let dir = tempfile::tempdir().expect("tmp");
     let d = dir.path().join("demo");
     let d = d.to_str().expect("utf8");
-    ok(&["demo", d, "--only", "gen", "--size", "256MiB", "--txn", "32MiB", "--ram-budget", "32MiB"]);
+    ok(&[
+        "demo",
+        d,
+        "--only",
+        "gen",
+        "--size",
+        "256MiB",
+        "--txn",
+        "32MiB",
+        "--ram-budget",
+        "32MiB",
+    ]);
     let out = ok(&["demo", d, "--only", "read", "--ram-budget", "32MiB"]);
     let rss_gib: f64 = out
         .split("peak RSS ")
@@ -252,10 +263,20 @@ fn reading_an_array_8x_the_budget_respects_the_budget() {
         .expect("peak RSS");
     let rss = rss_gib * (1u64 << 30) as f64;
     // budget 32 MiB + fixed overhead (binary, allocator, thread stacks, staging)
-    assert!(rss < (32u64 << 20) as f64 + (96u64 << 20) as f64, "peak RSS {rss} bytes: {out}");
+    assert!(
+        rss < (32u64 << 20) as f64 + (96u64 << 20) as f64,
+        "peak RSS {rss} bytes: {out}"
+    );
     // and `stat` on the same array (read-only command)
     let o = Command::new(env!("CARGO_BIN_EXE_wendelin"))
-        .args(["--ram-budget", "32MiB", "stat", &format!("{d}/data.fs"), "signal", "--json"])
+        .args([
+            "--ram-budget",
+            "32MiB",
+            "stat",
+            &format!("{d}/data.fs"),
+            "signal",
+            "--json",
+        ])
         .output()
         .expect("stat");
     assert!(o.status.success());
