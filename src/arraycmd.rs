@@ -61,7 +61,8 @@ fn opts() -> HandleOptions {
     }
 }
 
-fn progress(len: u64, what: &str) -> ProgressBar {
+/// A progress bar on stderr when it is a terminal (hidden otherwise).
+pub fn progress(len: u64, what: &str) -> ProgressBar {
     let pb = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         ProgressBar::new(len)
     } else {

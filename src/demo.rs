@@ -5,7 +5,6 @@
 
 use bigarray::{Order, ZBigArray};
 use bigfile::{HandleOptions, ZBlkFormat};
-use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{ArrayD, IxDyn};
 use std::time::Instant;
 use storage::{DB, TransactionManager, Value};
@@ -27,22 +26,6 @@ fn opts() -> HandleOptions {
         virtmem: virtmem::Options::default(),
         spill_threshold: None,
     }
-}
-
-fn bar(len: u64, msg: &str) -> ProgressBar {
-    let pb = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        ProgressBar::new(len)
-    } else {
-        ProgressBar::hidden()
-    };
-    pb.set_style(
-        ProgressStyle::with_template(
-            "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    pb.set_message(msg.to_owned());
-    pb
 }
 
 /// Peak resident set size of this process in bytes (`VmHWM`).
@@ -78,7 +61,7 @@ pub fn generate(dir: &str, bytes: u64, txn_bytes: u64) -> R<()> {
     tm.commit().map_err(e)?;
     let step = (txn_bytes / 8).max(1 << 16);
     let piece = (16u64 << 20) / 8; // generated 16 MiB at a time
-    let pb = bar(bytes, "gen");
+    let pb = crate::arraycmd::progress(bytes, "gen");
     let t = Instant::now();
     let mut done = 0u64;
     let mut txns = 0u64;
@@ -124,7 +107,7 @@ pub fn read(dir: &str) -> R<()> {
         .ok_or_else(|| format!("{path}: no signal array (run `wendelin demo gen {dir}` first)"))?;
     let a = ZBigArray::<f64>::open(&c, &tm, oid, opts()).map_err(e)?;
     let bytes = a.state().nbytes();
-    let pb = bar(bytes, "read");
+    let pb = crate::arraycmd::progress(bytes, "read");
     let done = std::sync::atomic::AtomicU64::new(0);
     let t = Instant::now();
     let (sum, count) = a

@@ -5,8 +5,7 @@
 use bigarray::{Order, ZBigArray};
 use bigfile::{HandleOptions, ZBlkFormat};
 use ndarray::{ArrayD, IxDyn};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use storage::{DB, TransactionManager, Value};
 
 fn opts() -> HandleOptions {
@@ -17,17 +16,8 @@ fn opts() -> HandleOptions {
     }
 }
 
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("WENDELIN_PYTHON") {
-        return p.into();
-    }
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
-    assert!(
-        p.exists(),
-        "interop tests need Python ZODB + numpy: run `bash .ci/setup-python.sh` or set WENDELIN_PYTHON"
-    );
-    p
-}
+#[path = "../../../tests/common/python.rs"]
+mod py;
 
 const STANDINS_FILE: &str = r#"
 from persistent import Persistent
@@ -76,31 +66,15 @@ def to_numpy(a):
 "#;
 
 fn run_python(dir: &Path, script: &str, args: &[&str]) -> String {
-    for (pkg, file, body) in [
-        ("wendelin/bigfile", "file_zodb.py", STANDINS_FILE),
-        ("wendelin/bigarray", "array_zodb.py", STANDINS_ARRAY),
-    ] {
-        let d = dir.join("py").join(pkg);
-        std::fs::create_dir_all(&d).expect("mkdir");
-        std::fs::write(d.join("__init__.py"), "").expect("init");
-        std::fs::write(d.join(file), body).expect("standin");
-    }
-    std::fs::write(dir.join("py/wendelin/__init__.py"), "").expect("init");
-    let f = dir.join("script.py");
-    std::fs::write(&f, script).expect("script");
-    let out = Command::new(python())
-        .arg(&f)
-        .args(args)
-        .env("PYTHONPATH", dir.join("py"))
-        .output()
-        .expect("python");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "python failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    py::run_python_with(
+        dir,
+        script,
+        args,
+        &[
+            ("wendelin/bigfile/file_zodb.py", STANDINS_FILE),
+            ("wendelin/bigarray/array_zodb.py", STANDINS_ARRAY),
+        ],
+    )
 }
 
 const PY_CHECK: &str = r#"

@@ -78,27 +78,38 @@ impl PersistentClass for ZBigFile {
     }
 }
 
-/// `ZBlk0` (and the legacy `ZBlk`): the block's bytes, trailing zeros trimmed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ZBlk0 {
-    /// The stored bytes.
-    pub data: Vec<u8>,
+/// A persistent class whose state is one byte string.
+macro_rules! bytes_object {
+    ($(#[$doc:meta])* $name:ident, $class:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub struct $name {
+            /// The stored bytes.
+            pub data: Vec<u8>,
+        }
+
+        impl Persistent for $name {
+            fn class_path(&self) -> (&str, &str) {
+                (MODULE, $class)
+            }
+            fn state(&self) -> Result<Value> {
+                Ok(Value::Bytes(self.data.clone()))
+            }
+            fn as_any(&self) -> &dyn Any {
+                self
+            }
+            fn as_any_mut(&mut self) -> &mut dyn Any {
+                self
+            }
+        }
+    };
 }
 
-impl Persistent for ZBlk0 {
-    fn class_path(&self) -> (&str, &str) {
-        (MODULE, "ZBlk0")
-    }
-    fn state(&self) -> Result<Value> {
-        Ok(Value::Bytes(self.data.clone()))
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
-    }
-}
+bytes_object!(
+    /// `ZBlk0` (and the legacy `ZBlk`): the block's bytes, trailing zeros trimmed.
+    ZBlk0,
+    "ZBlk0"
+);
 
 /// `ZBlk1`: its state is a reference to the IOBTree offset -> ZData.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,27 +154,11 @@ impl PersistentClass for ZBlk1 {
     }
 }
 
-/// `ZData`: one chunk of a ZBlk1, trailing zeros trimmed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ZData {
-    /// The stored bytes.
-    pub data: Vec<u8>,
-}
-
-impl Persistent for ZData {
-    fn class_path(&self) -> (&str, &str) {
-        (MODULE, "ZData")
-    }
-    fn state(&self) -> Result<Value> {
-        Ok(Value::Bytes(self.data.clone()))
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
-    }
-}
+bytes_object!(
+    /// `ZData`: one chunk of a ZBlk1, trailing zeros trimmed.
+    ZData,
+    "ZData"
+);
 
 /// What a ZBlk record is, decoded from its record bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,23 +4,13 @@
 
 use bigfile::{HandleOptions, ZBigFileH, ZBlkFormat, create_file};
 use sha2::{Digest, Sha256};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use storage::{DB, TransactionManager, Value};
 
 const BS: u64 = 64 * 1024;
 
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("WENDELIN_PYTHON") {
-        return p.into();
-    }
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
-    assert!(
-        p.exists(),
-        "interop tests need Python ZODB: run `bash .ci/setup-python.sh` or set WENDELIN_PYTHON"
-    );
-    p
-}
+#[path = "../../../tests/common/python.rs"]
+mod py;
 
 const STANDINS: &str = r#"
 from persistent import Persistent
@@ -70,26 +60,12 @@ def read_block(f, blk):
 "#;
 
 fn run_python(dir: &Path, script: &str, args: &[&str]) -> String {
-    let pkg = dir.join("py/wendelin/bigfile");
-    std::fs::create_dir_all(&pkg).expect("mkdir");
-    std::fs::write(dir.join("py/wendelin/__init__.py"), "").expect("write");
-    std::fs::write(pkg.join("__init__.py"), "").expect("write");
-    std::fs::write(pkg.join("file_zodb.py"), STANDINS).expect("write");
-    let file = dir.join("script.py");
-    std::fs::write(&file, script).expect("write");
-    let out = Command::new(python())
-        .arg(&file)
-        .args(args)
-        .env("PYTHONPATH", dir.join("py"))
-        .output()
-        .expect("python");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "python failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    py::run_python_with(
+        dir,
+        script,
+        args,
+        &[("wendelin/bigfile/file_zodb.py", STANDINS)],
+    )
 }
 
 const PY_READ: &str = r#"
