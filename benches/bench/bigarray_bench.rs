@@ -52,8 +52,10 @@ pub fn run(cfg: &Config, report: &mut Report) -> Result<(), String> {
         Ok(())
     });
     res?;
+    // The writer's handle stays joined to `tm`: drop both to free its pages.
     drop(a);
     drop(c);
+    drop(tm);
     // Baseline: write()+fsync of the same bytes in the same chunk sizes.
     let raw = dir.path().join("raw.f64");
     let (res, raw_s) = timed(|| -> std::io::Result<()> {

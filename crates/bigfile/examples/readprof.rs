@@ -12,7 +12,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let c = db.open_connection(&tm)?;
     let f = create_file(&c, 2 << 20)?;
     tm.commit()?;
-    let n = 128u64;
+    let n: u64 = std::env::var("READPROF_BLOCKS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(128);
     let opts = || HandleOptions {
         format: ZBlkFormat::ZBlk0,
         virtmem: virtmem::Options::default(),
@@ -46,6 +49,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         sf.read_block(b, &mut buf)?;
     }
     let rb = t.elapsed().as_secs_f64();
+    // the same from two threads, each with its own buffer (like handler threads)
+    let t = Instant::now();
+    std::thread::scope(|sc| {
+        for k in 0..2u64 {
+            let sf = &sf;
+            sc.spawn(move || {
+                let mut buf = vec![0u8; 2 << 20];
+                for b in (k..n).step_by(2) {
+                    let _ = sf.read_block(b, &mut buf);
+                }
+            });
+        }
+    });
+    println!(
+        "read_block in 2 threads: {:.2} GB/s",
+        (n << 21) as f64 / t.elapsed().as_secs_f64() / 1e9
+    );
     let tm2 = TransactionManager::new();
     let c2 = db.open_connection(&tm2)?;
     for ra in [false, true] {
