@@ -77,6 +77,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 format: ZBlkFormat::ZBlk0,
                 virtmem: virtmem::Options {
                     readahead: ra,
+                    zero_copy: std::env::var("ZC").map(|v| v == "1").unwrap_or(true),
                     ..Default::default()
                 },
                 spill_threshold: None,
