@@ -173,6 +173,10 @@ impl<'a> SnapshotFile<'a> {
             return Ok((true, deps));
         };
         deps.direct.push(zoid);
+        if let Some(serial) = self.read_zblk0_direct(blk, zoid, buf)? {
+            deps.zblk = Some((zoid, ZBlkKind::ZBlk0, serial));
+            return Ok((false, deps));
+        }
         let (data, serial) = load(self.storage, self.at, zoid)?;
         if let Some(bytes) = fast_payload(&data, &["ZBlk0", "ZBlk"]) {
             assemble_zblk0(bytes, buf).map_err(|e| self.err(blk, e.to_string()))?;
@@ -207,6 +211,83 @@ impl<'a> SnapshotFile<'a> {
             }
         }
         Ok((false, deps))
+    }
+
+    /// Read a ZBlk0 (or legacy ZBlk) payload straight from the storage into
+    /// `buf` (no intermediate copy of the record): the record's head tells
+    /// where the bytes are. `Ok(None)` if the record is not a plain ZBlk0
+    /// (the caller then decodes it generically).
+    fn read_zblk0_direct(&self, blk: u64, zoid: Oid, buf: &mut [u8]) -> Result<Option<Tid>, Error> {
+        let before = Tid(self.at.0.saturating_add(1));
+        let mut head = [0u8; 512];
+        let Some(r) = self.storage.load_before_range(zoid, before, 0, &mut head)? else {
+            return Err(Error::Storage(storage::Error::NotFound {
+                oid: zoid,
+                tid: Some(self.at),
+            }));
+        };
+        let head = &head[..r.copied];
+        let Ok((meta, n)) = storage::pickle::decode(head) else {
+            return Ok(None);
+        };
+        match storage::pickle::class_of_meta(&meta) {
+            Some((m, c)) if m == crate::objects::MODULE && (c == "ZBlk0" || c == "ZBlk") => {}
+            _ => return Ok(None),
+        }
+        let mut at = n;
+        if head.get(at) == Some(&0x80) {
+            at += 2;
+        }
+        let (len, hdr) = match head.get(at) {
+            Some(b'B' | b'T') => match head.get(at + 1..at + 5) {
+                Some(l) => (u64::from(u32::from_le_bytes([l[0], l[1], l[2], l[3]])), 5),
+                None => return Ok(None),
+            },
+            Some(b'C' | b'U') => match head.get(at + 1) {
+                Some(l) => (u64::from(*l), 2),
+                None => return Ok(None),
+            },
+            _ => return Ok(None),
+        };
+        let off = (at + hdr) as u64;
+        let Some(tail_len) = r.total_len.checked_sub(off + len) else {
+            return Ok(None);
+        };
+        if !matches!(tail_len, 1 | 3 | 6) {
+            return Ok(None);
+        }
+        let mut tail = [0u8; 6];
+        let t = self
+            .storage
+            .load_before_range(zoid, before, off + len, &mut tail[..tail_len as usize])?
+            .map_or(0, |t| t.copied);
+        let ok = t == tail_len as usize
+            && matches!(
+                &tail[..t],
+                [b'.'] | [b'q', _, b'.'] | [b'r', _, _, _, _, b'.']
+            );
+        if !ok {
+            return Ok(None);
+        }
+        if len > buf.len() as u64 {
+            return Err(self.err(
+                blk,
+                format!(
+                    "stored block data of {len} bytes exceeds blksize {}",
+                    buf.len()
+                ),
+            ));
+        }
+        let len = len as usize;
+        let got = self
+            .storage
+            .load_before_range(zoid, before, off, &mut buf[..len])?
+            .map_or(0, |g| g.copied);
+        if got != len {
+            return Err(self.err(blk, "block record changed while reading it"));
+        }
+        buf[len..].fill(0);
+        Ok(Some(r.serial))
     }
 
     /// What block `blk`'s content depends on, without reading its data.

@@ -21,7 +21,7 @@ pub use error::{Error, Result};
 pub use filestorage::FileStorage;
 pub use ids::{Oid, Tid, TidTime};
 pub use storage::{
-    ConflictResolver, DataRecord, LoadedRecord, Storage, StorageTxn, TxnInfo, TxnMeta,
+    ConflictResolver, DataRecord, LoadedRecord, RangeLoad, Storage, StorageTxn, TxnInfo, TxnMeta,
 };
 pub use transaction::{DataManager, Synchronizer, TransactionManager};
 pub use value::Value;

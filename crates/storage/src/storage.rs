@@ -32,6 +32,17 @@ pub struct LoadedRecord {
     pub next_serial: Option<Tid>,
 }
 
+/// The result of [`Storage::load_before_range`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RangeLoad {
+    /// The revision's tid.
+    pub serial: Tid,
+    /// Length of the whole record data.
+    pub total_len: u64,
+    /// Bytes copied into the buffer.
+    pub copied: usize,
+}
+
 /// A data record as seen when iterating transactions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataRecord {
@@ -97,6 +108,32 @@ pub trait Storage: Send + Sync {
 
     /// The record bytes of `oid` written exactly at `serial`.
     fn load_serial(&self, oid: Oid, serial: Tid) -> Result<Vec<u8>>;
+
+    /// Like [`Storage::load_before`], but copy only the record bytes
+    /// `[offset, offset + buf.len())` (fewer at the end of the record) into
+    /// `buf`, without materializing the whole record: for reading large
+    /// payloads straight into their destination. `Ok(None)` if the object
+    /// did not exist then.
+    fn load_before_range(
+        &self,
+        oid: Oid,
+        before: Tid,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<Option<RangeLoad>> {
+        let Some(r) = self.load_before(oid, before)? else {
+            return Ok(None);
+        };
+        let total = r.data.len() as u64;
+        let start = offset.min(total) as usize;
+        let n = buf.len().min(r.data.len() - start);
+        buf[..n].copy_from_slice(&r.data[start..start + n]);
+        Ok(Some(RangeLoad {
+            serial: r.serial,
+            total_len: total,
+            copied: n,
+        }))
+    }
 
     /// Allocate a new, never used oid.
     fn new_oid(&self) -> Result<Oid>;

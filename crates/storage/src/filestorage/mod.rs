@@ -927,6 +927,65 @@ impl Storage for FileStorage {
         }
     }
 
+    fn load_before_range(
+        &self,
+        oid: Oid,
+        before: Tid,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<Option<crate::storage::RangeLoad>> {
+        let (mut pos, end) = {
+            let idx = self.index.read();
+            match idx.oids.get(&oid) {
+                Some(&p) => (p, idx.end),
+                None => return Ok(None),
+            }
+        };
+        let file = self.current_file();
+        let h = loop {
+            let h = self.read_data_header(&file, pos, oid, end)?;
+            if h.tid < before {
+                break h;
+            }
+            if h.prev == 0 {
+                return Ok(None);
+            }
+            pos = h.prev;
+        };
+        let serial = h.tid;
+        // Follow backpointers to the record holding the data.
+        let mut d = h;
+        while d.plen == 0 {
+            let mut b = [0u8; 8];
+            read_exact_at(&file, &self.path, &mut b, d.pos + DATA_HDR_LEN)?;
+            let back = u64::from_be_bytes(b);
+            if back == 0 {
+                return Ok(None);
+            }
+            if back >= d.pos {
+                return Err(corrupt(
+                    &self.path,
+                    d.pos,
+                    format!("oid {oid}: backpointer {back} does not point backwards"),
+                ));
+            }
+            d = self.read_data_header(&file, back, oid, end)?;
+        }
+        let start = offset.min(d.plen);
+        let n = (buf.len() as u64).min(d.plen - start) as usize;
+        read_exact_at(
+            &file,
+            &self.path,
+            &mut buf[..n],
+            d.pos + DATA_HDR_LEN + start,
+        )?;
+        Ok(Some(crate::storage::RangeLoad {
+            serial,
+            total_len: d.plen,
+            copied: n,
+        }))
+    }
+
     fn load_serial(&self, oid: Oid, serial: Tid) -> Result<Vec<u8>> {
         let not_found = Error::NotFound {
             oid,

@@ -606,3 +606,51 @@ mod model {
         }
     }
 }
+
+#[test]
+fn load_before_range_equals_slices_of_load_before() {
+    for f in [
+        "formats/history",
+        "formats/history_packed",
+        "zblk/py3_pickle3/zblk",
+    ] {
+        let fs = FileStorage::open_read_only(testdata().join(format!("{f}.fs"))).expect("open");
+        let txns: Vec<TxnInfo> = fs
+            .iter_txns(Tid::ZERO, Tid::MAX)
+            .expect("iter")
+            .collect::<Result<_>>()
+            .expect("txns");
+        let mut n = 0;
+        for t in &txns {
+            for r in &t.records {
+                for before in [Tid(t.tid.0 + 1), Tid::MAX] {
+                    let full = fs.load_before(r.oid, before).expect("lb");
+                    for (off, len) in [(0u64, 7usize), (3, 100), (40, 1 << 20), (1 << 30, 4)] {
+                        let mut buf = vec![0u8; len];
+                        let got = fs
+                            .load_before_range(r.oid, before, off, &mut buf)
+                            .expect("range");
+                        match (&full, got) {
+                            (None, None) => {}
+                            (Some(full), Some(g)) => {
+                                assert_eq!(g.serial, full.serial);
+                                assert_eq!(g.total_len, full.data.len() as u64);
+                                let s = (off as usize).min(full.data.len());
+                                let e = (s + len).min(full.data.len());
+                                assert_eq!(
+                                    &buf[..g.copied],
+                                    &full.data[s..e],
+                                    "{f} {} off {off}",
+                                    r.oid
+                                );
+                                n += 1;
+                            }
+                            (a, b) => panic!("{f} {}: {a:?} vs {b:?}", r.oid),
+                        }
+                    }
+                }
+            }
+        }
+        assert!(n > 20, "{f}: {n}");
+    }
+}
