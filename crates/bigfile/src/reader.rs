@@ -3,7 +3,7 @@
 
 use crate::Error;
 use crate::objects::{ZBigFile, ZBlkRecord, decode_zblk, decode_zdata, fast_payload};
-use crate::zblk::{ZBlkKind, assemble_chunks, assemble_zblk0};
+use crate::zblk::{ZBlkKind, assemble_zblk0};
 use storage::btree::SnapshotReader;
 use storage::{Oid, Storage, Tid, Value};
 
@@ -190,23 +190,8 @@ impl<'a> SnapshotFile<'a> {
             }
             ZBlkRecord::ZBlk1(chunktab) => {
                 let refs = self.chunk_refs(blk, chunktab, &mut deps.direct)?;
-                let mut records = Vec::with_capacity(refs.len());
-                for (off, o) in refs {
-                    deps.direct.push(o);
-                    let (d, _) = load(self.storage, self.at, o)?;
-                    records.push((off, o, d));
-                }
-                let mut decoded = Vec::new();
-                let mut chunks: Vec<(i64, &[u8])> = Vec::with_capacity(records.len());
-                for (off, o, d) in &records {
-                    match fast_payload(d, &["ZData"]) {
-                        Some(p) => chunks.push((*off, p)),
-                        None => decoded.push((*off, decode_zdata(*o, d)?)),
-                    }
-                }
-                chunks.extend(decoded.iter().map(|(o, d)| (*o, d.as_slice())));
-                chunks.sort_by_key(|(o, _)| *o);
-                assemble_chunks(chunks, buf).map_err(|e| self.err(blk, e.to_string()))?;
+                deps.direct.extend(refs.iter().map(|(_, o)| *o));
+                self.assemble_zblk1(blk, &refs, buf)?;
                 deps.zblk = Some((zoid, ZBlkKind::ZBlk1, serial));
             }
         }
@@ -288,6 +273,56 @@ impl<'a> SnapshotFile<'a> {
         }
         buf[len..].fill(0);
         Ok(Some(r.serial))
+    }
+
+    /// Fill `buf` from the ZData chunks `refs` (offset order): each record
+    /// is read into one reused scratch buffer and its payload copied into
+    /// place (no allocation per chunk); odd records are decoded generically.
+    fn assemble_zblk1(&self, blk: u64, refs: &[(i64, Oid)], buf: &mut [u8]) -> Result<(), Error> {
+        let before = Tid(self.at.0.saturating_add(1));
+        let mut scratch = vec![0u8; 16 << 10];
+        buf.fill(0);
+        let mut stop: u64 = 0;
+        for (i, &(off, o)) in refs.iter().enumerate() {
+            let r = self
+                .storage
+                .load_before_range(o, before, 0, &mut scratch)?
+                .ok_or(Error::Storage(storage::Error::NotFound {
+                    oid: o,
+                    tid: Some(self.at),
+                }))?;
+            let owned;
+            let payload: &[u8] = if r.total_len as usize == r.copied
+                && let Some(p) = fast_payload(&scratch[..r.copied], &["ZData"])
+            {
+                p
+            } else {
+                let (d, _) = load(self.storage, self.at, o)?;
+                owned = decode_zdata(o, &d)?;
+                &owned
+            };
+            let start = u64::try_from(off)
+                .map_err(|_| self.err(blk, format!("chunk at negative offset {off}")))?;
+            if i > 0 && start < stop {
+                return Err(self.err(
+                    blk,
+                    format!("chunk at offset {off} overlaps the previous chunk"),
+                ));
+            }
+            let end = start + payload.len() as u64;
+            if end > buf.len() as u64 {
+                return Err(self.err(
+                    blk,
+                    format!(
+                        "stored block data of {end} bytes exceeds blksize {}",
+                        buf.len()
+                    ),
+                ));
+            }
+            buf[start as usize..end as usize].copy_from_slice(payload);
+            stop = end;
+        }
+        Ok(())
     }
 
     /// What block `blk`'s content depends on, without reading its data.
