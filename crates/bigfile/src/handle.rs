@@ -376,7 +376,8 @@ impl Writer {
 
 struct Shared {
     conn: Connection,
-    tm: TransactionManager,
+    /// Weak: the manager's current transaction holds this handle.
+    tm: storage::WeakTransactionManager,
     format: ZBlkFormat,
     backend: Arc<Backend>,
     fileh: Mutex<FileH>,
@@ -492,7 +493,7 @@ impl ZBigFileH {
             .max(blksize as u64);
         let shared = Arc::new_cyclic(|me| Shared {
             conn: conn.clone(),
-            tm: tm.clone(),
+            tm: tm.downgrade(),
             format: opts.format,
             backend,
             fileh: Mutex::new(fileh),
@@ -623,8 +624,9 @@ impl ZBigFileH {
 impl Shared {
     fn join_current(&self) {
         let Some(me) = self.me.upgrade() else { return };
+        let Some(tm) = self.tm.upgrade() else { return };
         let dm: Arc<dyn DataManager> = me.clone();
-        self.tm.join(dm);
+        tm.join(dm);
         // The connection takes part in every transaction too: this handle
         // stores ZBlk objects through it during the commit phase.
         if let Err(e) = self.conn.join_transaction() {

@@ -311,7 +311,8 @@ struct Shared {
     storage: Arc<dyn Storage>,
     dialect: Dialect,
     cache_size: usize,
-    tm: Option<TransactionManager>,
+    /// Weak: the manager's current transaction holds this connection.
+    tm: Option<crate::transaction::WeakTransactionManager>,
     state: Mutex<ConnState>,
     subscribers: Mutex<Vec<Subscriber>>,
 }
@@ -333,6 +334,7 @@ impl std::fmt::Debug for Connection {
 
 impl Connection {
     fn new(db: &DB, at: Tid, tm: Option<TransactionManager>) -> Connection {
+        let tm = tm.map(|t| t.downgrade());
         let shared = Arc::new(Shared {
             storage: db.storage.clone(),
             dialect: db.dialect,
@@ -656,6 +658,11 @@ impl Connection {
         let Some(tm) = &self.shared.tm else {
             return Err(Error::Protocol(
                 "historical connections are read-only".into(),
+            ));
+        };
+        let Some(tm) = tm.upgrade() else {
+            return Err(Error::Protocol(
+                "the connection's transaction manager was dropped".into(),
             ));
         };
         if self.shared.storage.is_read_only() {

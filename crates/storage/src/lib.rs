@@ -23,5 +23,5 @@ pub use ids::{Oid, Tid, TidTime};
 pub use storage::{
     ConflictResolver, DataRecord, LoadedRecord, RangeLoad, Storage, StorageTxn, TxnInfo, TxnMeta,
 };
-pub use transaction::{DataManager, Synchronizer, TransactionManager};
+pub use transaction::{DataManager, Synchronizer, TransactionManager, WeakTransactionManager};
 pub use value::Value;

@@ -56,6 +56,25 @@ pub struct TransactionManager {
     synchronizers: Arc<Mutex<Vec<Weak<dyn Synchronizer>>>>,
 }
 
+/// A weak handle on a [`TransactionManager`]: data managers that join its
+/// transactions keep one, so that the manager (whose current transaction
+/// holds the data managers) and they do not keep each other alive.
+#[derive(Clone, Default)]
+pub struct WeakTransactionManager {
+    state: Weak<Mutex<State>>,
+    synchronizers: Weak<Mutex<Vec<Weak<dyn Synchronizer>>>>,
+}
+
+impl WeakTransactionManager {
+    /// The manager, if any handle on it is still alive.
+    pub fn upgrade(&self) -> Option<TransactionManager> {
+        Some(TransactionManager {
+            state: self.state.upgrade()?,
+            synchronizers: self.synchronizers.upgrade()?,
+        })
+    }
+}
+
 impl std::fmt::Debug for TransactionManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let s = self.state.lock();
@@ -70,6 +89,14 @@ impl TransactionManager {
     /// A new manager with an empty current transaction.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A weak handle (does not keep the manager alive).
+    pub fn downgrade(&self) -> WeakTransactionManager {
+        WeakTransactionManager {
+            state: Arc::downgrade(&self.state),
+            synchronizers: Arc::downgrade(&self.synchronizers),
+        }
     }
 
     /// Add `dm` to the current transaction (no-op if it already joined).

@@ -1,0 +1,72 @@
+//! Handles do not leak: a handle joined to its manager's transactions does
+//! not keep itself alive. (Alone in its test binary: it counts the process'
+//! virtmem threads.)
+
+use bigfile::{HandleOptions, ZBigFileH, ZBlkFormat, create_file};
+use storage::{DB, TransactionManager};
+
+fn opts(format: ZBlkFormat) -> HandleOptions {
+    HandleOptions {
+        format,
+        virtmem: virtmem::Options {
+            readahead: false,
+            reserve: 1 << 32,
+            ..virtmem::Options::default()
+        },
+        spill_threshold: None,
+    }
+}
+
+fn new_db() -> (tempfile::TempDir, DB) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = DB::open(dir.path().join("Data.fs").to_str().expect("utf8")).expect("db");
+    (dir, db)
+}
+
+fn with_file(db: &DB) -> storage::Oid {
+    let tm = TransactionManager::new();
+    let c = db.open_connection(&tm).expect("conn");
+    let f = create_file(&c, 64 * 1024).expect("file");
+    let r = c.ref_to(f).expect("ref");
+    c.root_mut().expect("root").insert("f", r);
+    tm.commit().expect("commit");
+    f
+}
+
+fn virtmem_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| {
+            d.filter_map(|t| t.ok())
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.starts_with("virtmem"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// A handle joined to its manager's transactions does not keep itself
+/// alive: dropping the handle and the manager frees its mapping and threads.
+#[test]
+fn dropped_handles_release_their_threads() {
+    let (_d, db) = new_db();
+    let f = with_file(&db);
+    let before = virtmem_threads();
+    {
+        let tm = TransactionManager::new();
+        let c = db.open_connection(&tm).expect("c");
+        let fh = ZBigFileH::open(&c, &tm, f, opts(ZBlkFormat::ZBlk0)).expect("fh");
+        fh.write(0, b"x").expect("w");
+        tm.commit().expect("commit");
+        fh.write(1, b"y").expect("w");
+        tm.abort();
+        assert!(virtmem_threads() > before);
+    }
+    // handler threads exit asynchronously after the mapping is dropped
+    let t0 = std::time::Instant::now();
+    while virtmem_threads() > before && t0.elapsed() < std::time::Duration::from_secs(5) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(virtmem_threads(), before, "handler threads leaked");
+}
