@@ -1,7 +1,43 @@
 //! ZODB-compatible object database: the bottom layer of wendelin.
 //!
-//! (Top-level model documentation: see the sections below; kept up to date by
-//! each module's owner.)
+//! # Model
+//!
+//! Objects are identified by 8-byte oids; every commit gets a strictly
+//! increasing 8-byte tid (ZODB's `TimeStamp` of the commit time). A
+//! [`Storage`] keeps every revision `(oid, tid) -> record`, where a record is
+//! ZODB's two pickles (class metadata, state) — decoded into [`Value`] trees by
+//! [`pickle`] without executing anything. Reads are MVCC: a reader pinned at
+//! snapshot `at` calls `load_before(oid, at + 1)` and never sees later
+//! commits. Writes go through two-phase commit on a [`StorageTxn`] (store each
+//! object with the serial it was based on; a moved serial is a
+//! [`Error::Conflict`] unless a [`ConflictResolver`] merges it).
+//! [`FileStorage`] is the embedded storage: ZODB's `Data.fs` format, byte for
+//! byte, shared by several processes through a commit lock.
+//!
+//! On top, the object layer ([`db`], [`transaction`], [`btree`]): a [`DB`]
+//! opens [`Connection`]s, each a snapshot with a cache of typed persistent
+//! objects ([`Persistent`]); a [`TransactionManager`] drives two-phase commit
+//! over every [`DataManager`] that joined (connections, file handles of the
+//! bigfile crate, user code). At each transaction boundary a connection moves
+//! to the newest snapshot and reports the exact set of changed oids to its
+//! subscribers ([`Invalidation`]). Persistent BTrees ([`BTree`]) have
+//! Python's node sizes, states and bucket conflict resolution, so Python
+//! reads what is written here and the other way round.
+//!
+//! ```
+//! use storage::{DB, TransactionManager, Value};
+//! # fn main() -> Result<(), storage::Error> {
+//! # let dir = std::env::temp_dir().join(format!("storage-doc-{}", std::process::id()));
+//! # std::fs::create_dir_all(&dir).ok();
+//! let db = DB::open(dir.join("Data.fs").to_str().unwrap_or("Data.fs"))?;
+//! let tm = TransactionManager::new();
+//! let conn = db.open_connection(&tm)?;
+//! conn.root_mut()?.insert("answer", Value::Int(42));
+//! tm.commit()?;
+//! assert_eq!(conn.root()?.get("answer"), Some(&Value::Int(42)));
+//! # std::fs::remove_dir_all(&dir).ok();
+//! # Ok(()) }
+//! ```
 
 pub mod btree;
 pub mod db;
