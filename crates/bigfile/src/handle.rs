@@ -198,8 +198,6 @@ fn registry() -> &'static Registry {
 struct Writer {
     conn: Connection,
     format: ZBlkFormat,
-    /// Objects written (to drop from the connection cache after commit).
-    written: Vec<Oid>,
     /// Blocks whose content was written.
     blocks: Vec<u64>,
     /// The previous block stored in this pass: (blk, kind, data) for the
@@ -383,7 +381,7 @@ struct Shared {
     fileh: Mutex<FileH>,
     me: Weak<Shared>,
     /// What the last tpc_finish stored, until the boundary completes it.
-    pending: Mutex<Option<(Vec<Oid>, Vec<u64>)>>,
+    pending: Mutex<Option<Vec<u64>>>,
     /// Dirty bytes above which blocks are spilled.
     spill_threshold: u64,
 }
@@ -682,7 +680,6 @@ impl Shared {
         *self.backend.writer.lock() = Some(Writer {
             conn: self.conn.clone(),
             format: self.format,
-            written: Vec::new(),
             blocks: Vec::new(),
             prev: None,
         });
@@ -726,14 +723,7 @@ impl Shared {
     /// that the stored blocks now depend on the objects just committed (as
     /// of `own`, so later changes by others invalidate them), and drop them
     /// from the other handles of this file in this connection.
-    fn complete(
-        &self,
-        (written, blocks): (Vec<Oid>, Vec<u64>),
-        own: Option<Tid>,
-    ) -> Result<(), Error> {
-        for o in written {
-            self.conn.evict(o);
-        }
+    fn complete(&self, blocks: Vec<u64>, own: Option<Tid>) -> Result<(), Error> {
         if own.is_some() && self.backend.new_file.swap(false, Ordering::AcqRel) {
             // The file is in the database now. Holes served while it was new
             // carry no dependencies: drop those we did not just store.
@@ -842,12 +832,12 @@ impl Shared {
         Ok(())
     }
 
-    fn finish_writer(&self) -> (Vec<Oid>, Vec<u64>) {
+    fn finish_writer(&self) -> Vec<u64> {
         self.backend
             .writer
             .lock()
             .take()
-            .map(|w| (w.written, w.blocks))
+            .map(|w| w.blocks)
             .unwrap_or_default()
     }
 
@@ -904,8 +894,7 @@ impl DataManager for Shared {
     /// marking the blocks stored waits for the transaction boundary: see
     /// `Shared::complete`.
     fn tpc_finish(&self, _txn: &TxnMeta) -> storage::Result<()> {
-        let (written, blocks) = self.finish_writer();
-        *self.pending.lock() = Some((written, blocks));
+        *self.pending.lock() = Some(self.finish_writer());
         Ok(())
     }
 

@@ -577,32 +577,6 @@ impl Connection {
         Ok(oid)
     }
 
-    /// Store `obj` as the new state of the existing object `oid`, whose
-    /// current revision (at this connection's snapshot) is `serial`, without
-    /// loading the old state first (large objects such as data blocks).
-    pub fn replace<T: Persistent>(&self, oid: Oid, serial: Tid, obj: T) -> Result<()> {
-        self.join()?;
-        let mut st = self.shared.state.lock();
-        st.tick += 1;
-        let used = st.tick;
-        let serial = match st.cache.get(&oid) {
-            Some(e) if st.modified.contains(&oid) || st.added.contains(&oid) => e.serial,
-            _ => serial,
-        };
-        st.cache.insert(
-            oid,
-            Entry {
-                obj: Box::new(obj),
-                serial,
-                used,
-            },
-        );
-        if !st.added.contains(&oid) {
-            st.modified.insert(oid);
-        }
-        Ok(())
-    }
-
     /// Make the current transaction conflict at commit unless `oid` is still
     /// at revision `serial` (ZODB's `readCurrent`): for changes based on an
     /// object that is not itself stored.
@@ -637,15 +611,6 @@ impl Connection {
             st.cache.remove(&oid);
         }
         Ok(())
-    }
-
-    /// Drop `oid` from the cache if it is not modified (to free memory held
-    /// by large objects after they were committed).
-    pub fn evict(&self, oid: Oid) {
-        let mut st = self.shared.state.lock();
-        if !st.modified.contains(&oid) && !st.added.contains(&oid) {
-            st.cache.remove(&oid);
-        }
     }
 
     /// Oids modified or added in the current transaction.
