@@ -233,8 +233,11 @@ impl Writer {
             sf.zblk_ref(blk, &mut path)?
         };
         let mut old = vec![0u8; b.blksize];
+        // What the block is stored as now (ZBlk oid, kind, revision): from
+        // the same read, so the ZBlk record is not loaded a second time.
+        let mut stored = None;
         if old_ref.is_some() {
-            sf.read_block(blk, &mut old)?;
+            stored = sf.read_block(blk, &mut old)?.1.zblk;
         }
         let new_t = trim_zeros(data);
         let old_t = trim_zeros(&old);
@@ -264,8 +267,13 @@ impl Writer {
                 choice.kind
             }
         };
-        let old_rec = match old_ref {
-            Some(o) => Some((o, sf.zblk(o)?)),
+        // The old ZBlk as a record: ZBlk0 bytes are the old block's (trimmed)
+        // bytes; only a ZBlk1's small record is loaded, for its chunk table.
+        let old_rec = match stored {
+            Some((o, ZBlkKind::ZBlk0, serial)) => {
+                Some((o, (ZBlkRecord::ZBlk0(old_t.to_vec()), serial)))
+            }
+            Some((o, ZBlkKind::ZBlk1, _)) => Some((o, sf.zblk(o)?)),
             None => None,
         };
         let blktab = BTree {
