@@ -723,13 +723,20 @@ impl FileStorageInner {
     /// The data of the record `h`, following backpointers. `None` = the
     /// object does not exist at that revision (`plen == 0`, `back == 0`).
     fn record_data(&self, file: &File, h: &DataHeader, end: u64) -> Result<Option<Vec<u8>>> {
+        let Some(d) = self.data_holder(file, h, end)? else {
+            return Ok(None);
+        };
+        let mut data = vec![0u8; d.plen as usize];
+        read_exact_at(file, &self.path, &mut data, d.pos + DATA_HDR_LEN)?;
+        Ok(Some(data))
+    }
+
+    /// The record that holds the data of revision `h`: `h` itself, or the
+    /// end of its backpointer chain. `None` = the object does not exist at
+    /// that revision (`plen == 0`, `back == 0`).
+    fn data_holder(&self, file: &File, h: &DataHeader, end: u64) -> Result<Option<DataHeader>> {
         let mut h = h.clone();
-        loop {
-            if h.plen > 0 {
-                let mut data = vec![0u8; h.plen as usize];
-                read_exact_at(file, &self.path, &mut data, h.pos + DATA_HDR_LEN)?;
-                return Ok(Some(data));
-            }
+        while h.plen == 0 {
             let mut b = [0u8; 8];
             read_exact_at(file, &self.path, &mut b, h.pos + DATA_HDR_LEN)?;
             let back = u64::from_be_bytes(b);
@@ -744,6 +751,38 @@ impl FileStorageInner {
                 ));
             }
             h = self.read_data_header(file, back, h.oid, end)?;
+        }
+        Ok(Some(h))
+    }
+
+    /// Offset of `oid`'s latest record and the end of indexed data.
+    fn locate(&self, oid: Oid) -> Option<(u64, u64)> {
+        let idx = self.index.read();
+        idx.oids.get(&oid).map(|&p| (p, idx.end))
+    }
+
+    /// The revision of `oid` current just before `before` (walking the
+    /// `prev` chain) and the tid of the revision after it, if any.
+    fn revision_before(
+        &self,
+        file: &File,
+        oid: Oid,
+        before: Tid,
+    ) -> Result<Option<(DataHeader, Option<Tid>, u64)>> {
+        let Some((mut pos, end)) = self.locate(oid) else {
+            return Ok(None);
+        };
+        let mut next = None;
+        loop {
+            let h = self.read_data_header(file, pos, oid, end)?;
+            if h.tid < before {
+                return Ok(Some((h, next, end)));
+            }
+            next = Some(h.tid);
+            if h.prev == 0 {
+                return Ok(None);
+            }
+            pos = h.prev;
         }
     }
 
@@ -871,12 +910,8 @@ impl FileStorageInner {
 
     /// The tid of the record currently indexed for `oid`, if any.
     fn committed_serial(&self, file: &File, oid: Oid) -> Result<Option<(Tid, u64)>> {
-        let (pos, end) = {
-            let idx = self.index.read();
-            match idx.oids.get(&oid) {
-                Some(&p) => (p, idx.end),
-                None => return Ok(None),
-            }
+        let Some((pos, end)) = self.locate(oid) else {
+            return Ok(None);
         };
         let h = self.read_data_header(file, pos, oid, end)?;
         Ok(Some((h.tid, pos)))
@@ -901,30 +936,15 @@ impl Storage for FileStorage {
     }
 
     fn load_before(&self, oid: Oid, before: Tid) -> Result<Option<LoadedRecord>> {
-        let (mut pos, end) = {
-            let idx = self.index.read();
-            match idx.oids.get(&oid) {
-                Some(&p) => (p, idx.end),
-                None => return Ok(None),
-            }
-        };
         let file = self.current_file();
-        let mut next = None;
-        loop {
-            let h = self.read_data_header(&file, pos, oid, end)?;
-            if h.tid < before {
-                return Ok(self.record_data(&file, &h, end)?.map(|data| LoadedRecord {
-                    data,
-                    serial: h.tid,
-                    next_serial: next,
-                }));
-            }
-            next = Some(h.tid);
-            if h.prev == 0 {
-                return Ok(None);
-            }
-            pos = h.prev;
-        }
+        let Some((h, next, end)) = self.revision_before(&file, oid, before)? else {
+            return Ok(None);
+        };
+        Ok(self.record_data(&file, &h, end)?.map(|data| LoadedRecord {
+            data,
+            serial: h.tid,
+            next_serial: next,
+        }))
     }
 
     fn load_before_range(
@@ -934,43 +954,13 @@ impl Storage for FileStorage {
         offset: u64,
         buf: &mut [u8],
     ) -> Result<Option<crate::storage::RangeLoad>> {
-        let (mut pos, end) = {
-            let idx = self.index.read();
-            match idx.oids.get(&oid) {
-                Some(&p) => (p, idx.end),
-                None => return Ok(None),
-            }
-        };
         let file = self.current_file();
-        let h = loop {
-            let h = self.read_data_header(&file, pos, oid, end)?;
-            if h.tid < before {
-                break h;
-            }
-            if h.prev == 0 {
-                return Ok(None);
-            }
-            pos = h.prev;
+        let Some((h, _, end)) = self.revision_before(&file, oid, before)? else {
+            return Ok(None);
         };
-        let serial = h.tid;
-        // Follow backpointers to the record holding the data.
-        let mut d = h;
-        while d.plen == 0 {
-            let mut b = [0u8; 8];
-            read_exact_at(&file, &self.path, &mut b, d.pos + DATA_HDR_LEN)?;
-            let back = u64::from_be_bytes(b);
-            if back == 0 {
-                return Ok(None);
-            }
-            if back >= d.pos {
-                return Err(corrupt(
-                    &self.path,
-                    d.pos,
-                    format!("oid {oid}: backpointer {back} does not point backwards"),
-                ));
-            }
-            d = self.read_data_header(&file, back, oid, end)?;
-        }
+        let Some(d) = self.data_holder(&file, &h, end)? else {
+            return Ok(None);
+        };
         let start = offset.min(d.plen);
         let n = (buf.len() as u64).min(d.plen - start) as usize;
         read_exact_at(
@@ -980,7 +970,7 @@ impl Storage for FileStorage {
             d.pos + DATA_HDR_LEN + start,
         )?;
         Ok(Some(crate::storage::RangeLoad {
-            serial,
+            serial: h.tid,
             total_len: d.plen,
             copied: n,
         }))
@@ -991,12 +981,8 @@ impl Storage for FileStorage {
             oid,
             tid: Some(serial),
         };
-        let (mut pos, end) = {
-            let idx = self.index.read();
-            match idx.oids.get(&oid) {
-                Some(&p) => (p, idx.end),
-                None => return Err(not_found),
-            }
+        let Some((mut pos, end)) = self.locate(oid) else {
+            return Err(not_found);
         };
         let file = self.current_file();
         loop {
