@@ -2,8 +2,10 @@
 //! no locks shared with user threads): what the fault handlers use.
 
 use crate::Error;
-use crate::objects::{ZBigFile, ZBlkRecord, decode_zblk, decode_zdata, fast_payload};
-use crate::zblk::{ZBlkKind, assemble_zblk0};
+use crate::objects::{
+    ZBigFile, ZBlkRecord, decode_zblk, decode_zdata, fast_payload, is_payload_tail, payload_layout,
+};
+use crate::zblk::{ZBlkKind, assemble_zblk0, place_chunk};
 use storage::btree::SnapshotReader;
 use storage::{Oid, Storage, Tid, Value};
 
@@ -211,30 +213,10 @@ impl<'a> SnapshotFile<'a> {
                 tid: Some(self.at),
             }));
         };
-        let head = &head[..r.copied];
-        let Ok((meta, n)) = storage::pickle::decode(head) else {
+        let Some((off, len)) = payload_layout(&head[..r.copied], &["ZBlk0", "ZBlk"]) else {
             return Ok(None);
         };
-        match storage::pickle::class_of_meta(&meta) {
-            Some((m, c)) if m == crate::objects::MODULE && (c == "ZBlk0" || c == "ZBlk") => {}
-            _ => return Ok(None),
-        }
-        let mut at = n;
-        if head.get(at) == Some(&0x80) {
-            at += 2;
-        }
-        let (len, hdr) = match head.get(at) {
-            Some(b'B' | b'T') => match head.get(at + 1..at + 5) {
-                Some(l) => (u64::from(u32::from_le_bytes([l[0], l[1], l[2], l[3]])), 5),
-                None => return Ok(None),
-            },
-            Some(b'C' | b'U') => match head.get(at + 1) {
-                Some(l) => (u64::from(*l), 2),
-                None => return Ok(None),
-            },
-            _ => return Ok(None),
-        };
-        let off = (at + hdr) as u64;
+        let off = off as u64;
         let Some(tail_len) = r.total_len.checked_sub(off + len) else {
             return Ok(None);
         };
@@ -246,11 +228,7 @@ impl<'a> SnapshotFile<'a> {
             .storage
             .load_before_range(zoid, before, off + len, &mut tail[..tail_len as usize])?
             .map_or(0, |t| t.copied);
-        let ok = t == tail_len as usize
-            && matches!(
-                &tail[..t],
-                [b'.'] | [b'q', _, b'.'] | [b'r', _, _, _, _, b'.']
-            );
+        let ok = t == tail_len as usize && is_payload_tail(&tail[..t]);
         if !ok {
             return Ok(None);
         }
@@ -282,7 +260,7 @@ impl<'a> SnapshotFile<'a> {
         let before = Tid(self.at.0.saturating_add(1));
         let mut scratch = vec![0u8; 16 << 10];
         buf.fill(0);
-        let mut stop: u64 = 0;
+        let mut stop = 0;
         for (i, &(off, o)) in refs.iter().enumerate() {
             let r = self
                 .storage
@@ -301,26 +279,8 @@ impl<'a> SnapshotFile<'a> {
                 owned = decode_zdata(o, &d)?;
                 &owned
             };
-            let start = u64::try_from(off)
-                .map_err(|_| self.err(blk, format!("chunk at negative offset {off}")))?;
-            if i > 0 && start < stop {
-                return Err(self.err(
-                    blk,
-                    format!("chunk at offset {off} overlaps the previous chunk"),
-                ));
-            }
-            let end = start + payload.len() as u64;
-            if end > buf.len() as u64 {
-                return Err(self.err(
-                    blk,
-                    format!(
-                        "stored block data of {end} bytes exceeds blksize {}",
-                        buf.len()
-                    ),
-                ));
-            }
-            buf[start as usize..end as usize].copy_from_slice(payload);
-            stop = end;
+            stop = place_chunk(buf, (i > 0).then_some(stop), off, payload)
+                .map_err(|e| self.err(blk, e.to_string()))?;
         }
         Ok(())
     }

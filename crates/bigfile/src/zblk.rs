@@ -198,26 +198,37 @@ pub fn assemble_chunks<'a>(
     out: &mut [u8],
 ) -> Result<(), AssembleError> {
     out.fill(0);
-    let mut stop: u64 = 0;
-    let mut first = true;
+    let mut stop = None;
     for (off, data) in chunks {
-        let start = u64::try_from(off).map_err(|_| AssembleError::NegativeOffset(off))?;
-        if !first && start < stop {
-            return Err(AssembleError::Overlap { offset: off });
-        }
-        first = false;
-        let end = start + data.len() as u64;
-        if end > out.len() as u64 {
-            return Err(AssembleError::TooLong {
-                len: end,
-                blksize: out.len(),
-            });
-        }
-        // Both bounds were checked against out.len() just above.
-        out[start as usize..end as usize].copy_from_slice(data);
-        stop = end;
+        stop = Some(place_chunk(out, stop, off, data)?);
     }
     Ok(())
+}
+
+/// Copy one chunk into `out` (the whole block) at `off`, checking that the
+/// offset is non-negative, that it does not overlap the previous chunk
+/// (which ended at `prev_end`, `None` for the first chunk), and that it ends
+/// within the block. Returns where this chunk ends.
+pub fn place_chunk(
+    out: &mut [u8],
+    prev_end: Option<u64>,
+    off: i64,
+    data: &[u8],
+) -> Result<u64, AssembleError> {
+    let start = u64::try_from(off).map_err(|_| AssembleError::NegativeOffset(off))?;
+    if prev_end.is_some_and(|p| start < p) {
+        return Err(AssembleError::Overlap { offset: off });
+    }
+    let end = start + data.len() as u64;
+    if end > out.len() as u64 {
+        return Err(AssembleError::TooLong {
+            len: end,
+            blksize: out.len(),
+        });
+    }
+    // Both bounds were checked against out.len() just above.
+    out[start as usize..end as usize].copy_from_slice(data);
+    Ok(end)
 }
 
 /// Number of bytes that differ between `a` and `b`, counting a length
