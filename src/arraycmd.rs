@@ -493,7 +493,6 @@ pub fn export(db_path: &str, name: &str, out: &Path, slice: Option<&str>) -> R<u
     }
     let (from, to) = (start as u64 * per_major, stop as u64 * per_major);
     let sf = bigfile::SnapshotFile::open(c.storage().as_ref(), c.at(), st.zfile).map_err(e)?;
-    let bs = sf.meta.blksize;
     let mut w = std::io::BufWriter::with_capacity(
         4 << 20,
         std::fs::File::create(out).map_err(|x| format!("{}: {x}", out.display()))?,
@@ -501,20 +500,12 @@ pub fn export(db_path: &str, name: &str, out: &Path, slice: Option<&str>) -> R<u
     w.write_all(&npy_header(&st.dtype.str(), st.order == Order::F, &shape))
         .map_err(e)?;
     let pb = progress(to - from, &format!("export {name}"));
-    let mut buf = vec![0u8; bs as usize];
-    let mut pos = from;
-    while pos < to {
-        let blk = pos / bs;
-        let (hole, _) = sf.read_block(blk, &mut buf).map_err(e)?;
-        if hole {
-            buf.fill(0);
-        }
-        let a = (pos - blk * bs) as usize;
-        let b = ((to - blk * bs).min(bs)) as usize;
-        w.write_all(&buf[a..b]).map_err(e)?;
-        pb.inc((b - a) as u64);
-        pos = (blk + 1) * bs;
-    }
+    sf.read_range(from..to, |chunk| {
+        w.write_all(chunk)?;
+        pb.inc(chunk.len() as u64);
+        Ok(())
+    })
+    .map_err(e)?;
     w.flush().map_err(e)?;
     pb.finish_and_clear();
     Ok(to - from)

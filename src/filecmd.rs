@@ -75,16 +75,8 @@ pub fn cat(db_path: &str, path: &str, out: &mut impl Write) -> Result<u64, Strin
     let at = db.storage().last_tid();
     let oid = resolve(&db, at, path)?;
     let sf = SnapshotFile::open(db.storage().as_ref(), at, oid).map_err(|e| e.to_string())?;
-    let bs = usize::try_from(sf.meta.blksize).map_err(|e| e.to_string())?;
-    let nblk = sf.size().map_err(|e| e.to_string())? / sf.meta.blksize;
-    let mut buf = vec![0u8; bs];
-    for blk in 0..nblk {
-        let (hole, _) = sf.read_block(blk, &mut buf).map_err(|e| e.to_string())?;
-        if hole {
-            buf.fill(0);
-        }
-        out.write_all(&buf)
-            .map_err(|e| format!("writing output: {e}"))?;
-    }
-    Ok(nblk * sf.meta.blksize)
+    let size = sf.size().map_err(|e| e.to_string())?;
+    sf.read_range(0..size, |chunk| out.write_all(chunk))
+        .map_err(|e| e.to_string())?;
+    Ok(size)
 }

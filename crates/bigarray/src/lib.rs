@@ -157,21 +157,13 @@ pub fn open_untyped(conn: &Connection, oid: Oid) -> Result<ArrayState, Error> {
 pub fn read_converted(conn: &Connection, oid: Oid) -> Result<Vec<f64>, Error> {
     let st = open_untyped(conn, oid)?;
     let sf = bigfile::SnapshotFile::open(conn.storage().as_ref(), conn.at(), st.zfile)?;
-    let bs = sf.meta.blksize;
     let n = st.nbytes();
     let mut bytes =
         Vec::with_capacity(usize::try_from(n).map_err(|_| Error::Usage("array too large".into()))?);
-    let mut buf = vec![0u8; usize::try_from(bs).map_err(|_| Error::Usage("blksize".into()))?];
-    let mut blk = 0;
-    while (bytes.len() as u64) < n {
-        let (hole, _) = sf.read_block(blk, &mut buf)?;
-        if hole {
-            buf.fill(0);
-        }
-        let take = ((n - bytes.len() as u64).min(bs)) as usize;
-        bytes.extend_from_slice(&buf[..take]);
-        blk += 1;
-    }
+    sf.read_range(0..n, |chunk| {
+        bytes.extend_from_slice(chunk);
+        Ok(())
+    })?;
     let d = st.dtype;
     let big = d.order == ByteOrder::Big;
     let conv = |c: &[u8]| -> Option<f64> {

@@ -84,6 +84,9 @@ pub enum Error {
         /// What is wrong.
         msg: String,
     },
+    /// Writing data read from the file failed.
+    #[error("writing output: {0}")]
+    Output(std::io::Error),
     /// Misuse or a bad argument.
     #[error("{0}")]
     Usage(String),

@@ -285,6 +285,30 @@ impl<'a> SnapshotFile<'a> {
         Ok(())
     }
 
+    /// Stream the file's bytes `range` (holes as zeros) to `f`, one block at
+    /// a time, with one block of memory.
+    pub fn read_range(
+        &self,
+        range: std::ops::Range<u64>,
+        mut f: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<(), Error> {
+        let bs = self.meta.blksize;
+        let mut buf = vec![0u8; bs as usize];
+        let mut pos = range.start;
+        while pos < range.end {
+            let blk = pos / bs;
+            let (hole, _) = self.read_block(blk, &mut buf)?;
+            if hole {
+                buf.fill(0);
+            }
+            let a = (pos - blk * bs) as usize;
+            let b = (range.end - blk * bs).min(bs) as usize;
+            f(&buf[a..b]).map_err(Error::Output)?;
+            pos = (blk + 1) * bs;
+        }
+        Ok(())
+    }
+
     /// What block `blk`'s content depends on, without reading its data.
     pub fn block_deps(&self, blk: u64) -> Result<BlockDeps, Error> {
         let mut deps = BlockDeps::default();
