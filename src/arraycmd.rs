@@ -148,17 +148,26 @@ pub fn ls(db_path: &str) -> R<Vec<Entry>> {
     Ok(out)
 }
 
+/// Bytes of the array's stored block records (ZBlk0, or ZBlk1 + its
+/// ZData), from record lengths only: no block data is read.
 fn disk_bytes(c: &Connection, st: &ArrayState) -> R<u64> {
     let sf = bigfile::SnapshotFile::open(c.storage().as_ref(), c.at(), st.zfile).map_err(e)?;
-    let mut total = 0u64;
     let at = storage::Tid(c.at().0 + 1);
+    let len = |oid: Oid, head: &mut [u8]| -> R<(u64, usize)> {
+        let r = c.storage().load_before_range(oid, at, 0, head).map_err(e)?;
+        Ok(r.map_or((0, 0), |r| (r.total_len, r.copied)))
+    };
+    let mut total = 0u64;
+    let mut head = [0u8; 256];
     for (blk, zoid) in sf.blocks().map_err(e)? {
-        let rec = c.storage().load_before(zoid, at).map_err(e)?;
-        total += rec.map_or(0, |r| r.data.len() as u64);
-        if let Ok((bigfile::objects::ZBlkRecord::ZBlk1(tab), _)) = sf.zblk(zoid) {
-            for (_, o, d) in sf.chunks(blk, tab).map_err(e)? {
-                let _ = o;
-                total += d.len() as u64;
+        let (n, got) = len(zoid, &mut head)?;
+        total += n;
+        let class = storage::pickle::record_class(&head[..got]).map_err(e)?;
+        if class == "wendelin.bigfile.file_zodb.ZBlk1"
+            && let (bigfile::objects::ZBlkRecord::ZBlk1(tab), _) = sf.zblk(zoid).map_err(e)?
+        {
+            for (_, o) in sf.chunk_refs(blk, tab, &mut Vec::new()).map_err(e)? {
+                total += len(o, &mut [])?.0;
             }
         }
     }
