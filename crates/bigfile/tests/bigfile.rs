@@ -3,46 +3,14 @@
 //! conflicts, and a model-based test.
 
 use bigfile::reader::SnapshotFile;
-use bigfile::{HandleOptions, ZBigFileH, ZBlkFormat, ZBlkKind, create_file};
+use bigfile::{HandleOptions, ZBigFileH, ZBlkFormat, ZBlkKind};
 use sha2::{Digest, Sha256};
-use std::path::PathBuf;
 use std::sync::Arc;
 use storage::{DB, FileStorage, Oid, Storage, Tid, TransactionManager};
 
-const BS: u64 = 64 * 1024;
+mod common;
 
-fn testdata() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata")
-}
-
-fn opts(format: ZBlkFormat) -> HandleOptions {
-    HandleOptions {
-        format,
-        virtmem: virtmem::Options {
-            readahead: false,
-            reserve: 1 << 32,
-            ..virtmem::Options::default()
-        },
-        spill_threshold: None,
-    }
-}
-
-fn new_db() -> (tempfile::TempDir, DB) {
-    let dir = tempfile::tempdir().expect("tmp");
-    let db = DB::open(dir.path().join("Data.fs").to_str().expect("utf8")).expect("db");
-    (dir, db)
-}
-
-/// A db with one empty file (blksize BS) committed; returns its oid.
-fn with_file(db: &DB) -> Oid {
-    let tm = TransactionManager::new();
-    let c = db.open_connection(&tm).expect("conn");
-    let f = create_file(&c, BS).expect("file");
-    let r = c.ref_to(f).expect("ref");
-    c.root_mut().expect("root").insert("f", r);
-    tm.commit().expect("commit");
-    f
-}
+use common::{BS, new_db, opts, testdata, with_file};
 
 fn pattern(seed: u8, len: usize) -> Vec<u8> {
     (0..len)

@@ -2,36 +2,12 @@
 //! not keep itself alive. (Alone in its test binary: it counts the process'
 //! virtmem threads.)
 
-use bigfile::{HandleOptions, ZBigFileH, ZBlkFormat, create_file};
-use storage::{DB, TransactionManager};
+use bigfile::{ZBigFileH, ZBlkFormat};
+use storage::TransactionManager;
 
-fn opts(format: ZBlkFormat) -> HandleOptions {
-    HandleOptions {
-        format,
-        virtmem: virtmem::Options {
-            readahead: false,
-            reserve: 1 << 32,
-            ..virtmem::Options::default()
-        },
-        spill_threshold: None,
-    }
-}
+mod common;
 
-fn new_db() -> (tempfile::TempDir, DB) {
-    let dir = tempfile::tempdir().expect("tmp");
-    let db = DB::open(dir.path().join("Data.fs").to_str().expect("utf8")).expect("db");
-    (dir, db)
-}
-
-fn with_file(db: &DB) -> storage::Oid {
-    let tm = TransactionManager::new();
-    let c = db.open_connection(&tm).expect("conn");
-    let f = create_file(&c, 64 * 1024).expect("file");
-    let r = c.ref_to(f).expect("ref");
-    c.root_mut().expect("root").insert("f", r);
-    tm.commit().expect("commit");
-    f
-}
+use common::{new_db, opts, with_file};
 
 fn virtmem_threads() -> usize {
     std::fs::read_dir("/proc/self/task")

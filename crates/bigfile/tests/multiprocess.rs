@@ -1,22 +1,16 @@
 //! Two processes on one FileStorage: one commits block changes, the other
 //! sees exactly the changed blocks after its next transaction boundary.
 
-use bigfile::{HandleOptions, ZBigFileH, ZBlkFormat, create_file};
+use bigfile::{HandleOptions, ZBigFileH, ZBlkFormat};
 use std::process::Command;
 use storage::{DB, TransactionManager, Value};
 
-const BS: u64 = 64 * 1024;
+mod common;
+
+use common::BS;
 
 fn opts() -> HandleOptions {
-    HandleOptions {
-        format: ZBlkFormat::ZBlk0,
-        virtmem: virtmem::Options {
-            readahead: false,
-            reserve: 1 << 30,
-            ..Default::default()
-        },
-        spill_threshold: None,
-    }
+    common::opts(ZBlkFormat::ZBlk0)
 }
 
 /// Child: write to blocks 1 and 3 of root['f'] and commit.
@@ -43,15 +37,11 @@ fn child_writes_blocks() {
 
 #[test]
 fn other_process_sees_exactly_the_changed_blocks() {
-    let dir = tempfile::tempdir().expect("tmp");
+    let (dir, db) = common::new_db();
     let path = dir.path().join("Data.fs");
-    let db = DB::open(path.to_str().expect("utf8")).expect("db");
+    let f = common::with_file(&db);
     let tm = TransactionManager::new();
     let c = db.open_connection(&tm).expect("conn");
-    let f = create_file(&c, BS).expect("file");
-    let r = c.ref_to(f).expect("ref");
-    c.root_mut().expect("root").insert("f", r);
-    tm.commit().expect("commit");
     let fh = ZBigFileH::open(&c, &tm, f, opts()).expect("fh");
     for b in 0..4u64 {
         fh.write(b * BS, &[b as u8 + 1; 100]).expect("w");
