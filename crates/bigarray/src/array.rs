@@ -5,7 +5,6 @@ use crate::{Element, Error, Real};
 use bigfile::{HandleOptions, ZBigFileH, create_file};
 use ndarray::{ArrayViewD, ArrayViewMutD, IxDyn, ShapeBuilder};
 use rayon::prelude::*;
-use std::any::Any;
 use std::marker::PhantomData;
 use storage::btree::{BTree, LO};
 use storage::{Connection, Oid, Persistent, PersistentClass, TransactionManager, Value};
@@ -160,12 +159,6 @@ impl Persistent for ArrayState {
     }
     fn state(&self) -> storage::Result<Value> {
         Ok(self.to_value())
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 }
 

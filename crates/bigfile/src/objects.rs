@@ -1,7 +1,6 @@
 //! The persistent classes of wendelin.core's `file_zodb` (FORMATS.md §6):
 //! their states, as Python stores them.
 
-use std::any::Any;
 use storage::btree::family_of;
 use storage::{Error, Oid, Persistent, PersistentClass, Result, Value};
 
@@ -61,12 +60,6 @@ impl Persistent for ZBigFile {
             Value::persistent_ref(self.blktab, "BTrees.LOBTree", "LOBTree"),
         ]))
     }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
-    }
 }
 
 impl PersistentClass for ZBigFile {
@@ -95,12 +88,6 @@ macro_rules! bytes_object {
             fn state(&self) -> Result<Value> {
                 Ok(Value::Bytes(self.data.clone()))
             }
-            fn as_any(&self) -> &dyn Any {
-                self
-            }
-            fn as_any_mut(&mut self) -> &mut dyn Any {
-                self
-            }
         }
     };
 }
@@ -128,12 +115,6 @@ impl Persistent for ZBlk1 {
             "BTrees.IOBTree",
             "IOBTree",
         ))
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 }
 

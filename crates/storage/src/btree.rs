@@ -15,7 +15,6 @@ use crate::error::{Error, Result};
 use crate::ids::Oid;
 use crate::pickle::{self, Dialect};
 use crate::value::Value;
-use std::any::Any;
 use std::cmp::Ordering;
 
 /// Key type of a family.
@@ -217,12 +216,6 @@ impl Persistent for Bucket {
     fn state(&self) -> Result<Value> {
         Ok(bucket_state(&self.items, &self.next))
     }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
-    }
 }
 
 impl PersistentClass for Bucket {
@@ -313,12 +306,6 @@ impl Persistent for TreeNode {
                 ])
             }
         })
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 }
 

@@ -36,10 +36,6 @@ pub trait Persistent: Any + Send + Sync {
     fn class_path(&self) -> (&str, &str);
     /// The state to pickle.
     fn state(&self) -> Result<Value>;
-    /// Upcast for typed access.
-    fn as_any(&self) -> &dyn Any;
-    /// Upcast for typed access.
-    fn as_any_mut(&mut self) -> &mut dyn Any;
 }
 
 /// A Rust type for one or more ZODB classes.
@@ -65,12 +61,6 @@ impl Persistent for GenericObject {
     }
     fn state(&self) -> Result<Value> {
         Ok(self.state.clone())
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 }
 
@@ -135,12 +125,6 @@ impl Persistent for PersistentMapping {
         let mut items = vec![(Value::Str("data".into()), Value::Dict(self.data.clone()))];
         items.extend(self.attrs.iter().cloned());
         Ok(Value::Dict(items))
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 }
 
@@ -448,7 +432,7 @@ impl Connection {
         let tick = st.tick;
         if let Some(e) = st.cache.get_mut(&oid) {
             e.used = tick;
-            if e.obj.as_any().is::<T>() {
+            if (e.obj.as_ref() as &dyn Any).is::<T>() {
                 return Ok(());
             }
             return Err(Error::BadState {
@@ -520,7 +504,7 @@ impl Connection {
         MutexGuard::try_map(st, |st| {
             st.cache
                 .get_mut(&oid)
-                .and_then(|e| e.obj.as_any_mut().downcast_mut::<T>())
+                .and_then(|e| (e.obj.as_mut() as &mut dyn Any).downcast_mut::<T>())
         })
         .map_err(|_| Error::BadState {
             oid,
@@ -540,7 +524,7 @@ impl Connection {
         MutexGuard::try_map(st, |st| {
             st.cache
                 .get_mut(&oid)
-                .and_then(|e| e.obj.as_any_mut().downcast_mut::<T>())
+                .and_then(|e| (e.obj.as_mut() as &mut dyn Any).downcast_mut::<T>())
         })
         .map_err(|_| Error::BadState {
             oid,
