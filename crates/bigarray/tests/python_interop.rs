@@ -19,37 +19,7 @@ fn opts() -> HandleOptions {
 #[path = "../../../tests/common/python.rs"]
 mod py;
 
-const STANDINS_FILE: &str = r#"
-from persistent import Persistent
-from BTrees.LOBTree import LOBTree
-class ZBigFile(Persistent):
-    def __init__(self, blksize):
-        self.blksize = blksize; self.blktab = LOBTree()
-    def __getstate__(self): return (self.blksize, self.blktab)
-    def __setstate__(self, st): self.blksize, self.blktab = st
-class ZBlk0(Persistent):
-    def __getstate__(self): return self.blkdata
-    def __setstate__(self, st): self.blkdata = st
-ZBlk = ZBlk0
-class ZBlk1(Persistent):
-    def __getstate__(self): return self.chunktab
-    def __setstate__(self, st): self.chunktab = st
-class ZData(Persistent):
-    def __getstate__(self): return self.data
-    def __setstate__(self, st): self.data = st
-def file_bytes(f, n):
-    out = bytearray()
-    blk = 0
-    while len(out) < n:
-        z = f.blktab.get(blk)
-        if z is None: b = b'\0' * f.blksize
-        elif isinstance(z, ZBlk0): b = z.blkdata + b'\0' * (f.blksize - len(z.blkdata))
-        else:
-            b = bytearray(f.blksize)
-            for off, zd in z.chunktab.items(): b[off:off+len(zd.data)] = zd.data
-        out += b; blk += 1
-    return bytes(out[:n])
-"#;
+const STANDINS_FILE: &str = include_str!("../../../tests/common/file_zodb.py");
 
 const STANDINS_ARRAY: &str = r#"
 from persistent import Persistent
