@@ -186,7 +186,9 @@ impl virtmem::BigFile for Backend {
 
 /// Handles per (connection, file) in this process: after one commits, the
 /// others of the same connection drop the blocks it wrote (the connection's
-/// own commit is not an invalidation for it).
+/// own commit is not an invalidation for it). The own commit's oids could
+/// tell them too, but not which of two handles that both wrote one block in
+/// the transaction was stored last; dropping every other copy is always right.
 type Registry = Mutex<HashMap<(usize, Oid), Vec<Weak<Shared>>>>;
 static HANDLES: std::sync::OnceLock<Registry> = std::sync::OnceLock::new();
 
@@ -529,9 +531,13 @@ impl ZBigFileH {
         });
         {
             let mut reg = registry().lock();
-            let v = reg.entry((conn.id(), file)).or_default();
-            v.retain(|w| w.strong_count() > 0);
-            v.push(Arc::downgrade(&shared));
+            reg.retain(|_, v| {
+                v.retain(|w| w.strong_count() > 0);
+                !v.is_empty()
+            });
+            reg.entry((conn.id(), file))
+                .or_default()
+                .push(Arc::downgrade(&shared));
         }
         let sync: Arc<dyn Synchronizer> = shared.clone();
         tm.register_synchronizer(Arc::downgrade(&sync));
