@@ -6,7 +6,6 @@ use bigfile::{HandleOptions, ZBigFileH, create_file};
 use ndarray::{ArrayViewD, ArrayViewMutD, IxDyn, ShapeBuilder};
 use rayon::prelude::*;
 use std::marker::PhantomData;
-use storage::btree::{BTree, LO};
 use storage::{Connection, Oid, Persistent, PersistentClass, TransactionManager, Value};
 
 /// Module of wendelin's array class.
@@ -341,33 +340,19 @@ impl<T: Element> ZBigArray<T> {
         Ok(())
     }
 
-    /// Zero `[new, old)` of the file: whole blocks are removed from the
-    /// file's block table, the partial one is zeroed in memory.
+    /// Zero `[new, old)` of the file: the partial block is zeroed in
+    /// memory, whole blocks are cut off by the file (see
+    /// [`ZBigFileH::discard_from`]).
     fn truncate_bytes(&mut self, new: u64, old: u64) -> Result<(), Error> {
         let bs = BLKSIZE;
         let first_whole = new.div_ceil(bs);
-        let end_blk = old.div_ceil(bs);
         if !new.is_multiple_of(bs) {
             let mut h = self.fh.fileh();
-            let mut b = h.bytes_mut(new..(new.div_ceil(bs) * bs).min(old.div_ceil(bs) * bs))?;
+            let mut b = h.bytes_mut(new..(first_whole * bs).min(old.div_ceil(bs) * bs))?;
             b.fill(0);
         }
-        if first_whole < end_blk {
-            let zf = self
-                .conn
-                .get::<bigfile::ZBigFile>(self.state.zfile)?
-                .clone();
-            let tab = BTree {
-                family: &LO,
-                oid: zf.blktab,
-            };
-            for blk in first_whole..end_blk {
-                tab.remove(&self.conn, &Value::Int(blk as i64))?;
-            }
-            let mut h = self.fh.fileh();
-            for blk in first_whole..end_blk {
-                h.invalidate(blk)?;
-            }
+        if first_whole < old.div_ceil(bs) {
+            self.fh.discard_from(first_whole)?;
         }
         Ok(())
     }

@@ -92,6 +92,21 @@ pub enum Error {
     Usage(String),
 }
 
+impl Error {
+    /// The error of a failed virtmem STORE: a block store error that the
+    /// backend raised comes back as itself (a `ConflictError` stays one, a
+    /// full disk says so first), anything else as the virtmem error.
+    pub(crate) fn from_store(e: virtmem::Error) -> Error {
+        match e {
+            virtmem::Error::Store { blk, file, source } => match source.downcast::<Error>() {
+                Ok(own) => *own,
+                Err(source) => Error::Virtmem(virtmem::Error::Store { blk, file, source }),
+            },
+            other => Error::Virtmem(other),
+        }
+    }
+}
+
 /// Create a new, empty ZBigFile with block size `blksize` in `conn` (stored
 /// at the next commit); returns its oid.
 pub fn create_file(conn: &Connection, blksize: u64) -> Result<Oid, Error> {

@@ -1,0 +1,221 @@
+//! The commit's STORE pass: one dirty block into ZBlk objects.
+//!
+//! Blocks go straight into the storage transaction (`Connection::store_now`)
+//! during the commit phase, so 2 MiB blocks never pile up in the object
+//! cache. An unchanged block (same bytes modulo trailing zeros) is not
+//! written; a changed ZBlk0 is re-stored in place, a changed ZBlk1 rewrites
+//! only its changed 4 KiB ZData chunks and always re-stores the ZBlk1 record
+//! (so peers see its oid in the invalidations); a hole or a change of format
+//! creates a new ZBlk object and re-stores the replaced one unchanged, so a
+//! concurrent in-place change of it conflicts instead of being lost. The
+//! `auto` format follows wendelin.core's heuristic, including migrating the
+//! previous block to ZBlk0 when an append starts a new block.
+
+use super::backend::Backend;
+use crate::Error;
+use crate::objects::{MODULE, ZBlk0, ZBlk1, ZBlkRecord, ZData};
+use crate::reader::SnapshotFile;
+use crate::zblk::{CHUNK_SIZE, ZBlkFormat, ZBlkKind, choose_auto, chunk_delta, trim_zeros};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use storage::btree::{self, BTree};
+use storage::{Connection, Oid, Tid, Value};
+
+/// State of one commit's STORE pass.
+pub(super) struct Writer {
+    pub(super) conn: Connection,
+    pub(super) format: ZBlkFormat,
+    /// Blocks whose content was written.
+    pub(super) blocks: Vec<u64>,
+    /// The previous block stored in this pass: (blk, kind, data) for the
+    /// `auto` rule that migrates it to ZBlk0 when an append starts a new block.
+    pub(super) prev: Option<(u64, ZBlkKind, Vec<u8>)>,
+}
+
+impl Writer {
+    /// A new object stored straight into the storage transaction.
+    pub(super) fn new_object<T: storage::Persistent>(
+        &mut self,
+        b: &Backend,
+        obj: &T,
+    ) -> Result<Oid, Error> {
+        let oid = b.storage.new_oid()?;
+        self.conn.store_now(oid, Tid::ZERO, obj)?;
+        Ok(oid)
+    }
+
+    pub(super) fn store(
+        &mut self,
+        b: &Backend,
+        blk: u64,
+        data: &[u8],
+        force: Option<ZBlkKind>,
+    ) -> Result<(), Error> {
+        let at = self.conn.at();
+        // The file's state from the connection (a file created in this
+        // transaction is only there); blocks from the snapshot.
+        // A block of a file created in this transaction, or cut off in it,
+        // has no stored ZBlk: it is written as a new one.
+        let is_new = b.new_file.load(Ordering::Acquire) || b.is_cut(blk);
+        let meta = self.conn.get::<crate::objects::ZBigFile>(b.file)?.clone();
+        let sf = SnapshotFile::with_meta(b.storage.as_ref(), at, b.file, meta);
+        let mut path = Vec::new();
+        let old_ref = if is_new {
+            None
+        } else {
+            sf.zblk_ref(blk, &mut path)?
+        };
+        let mut old = vec![0u8; b.blksize];
+        // What the block is stored as now (ZBlk oid, kind, revision): from
+        // the same read, so the ZBlk record is not loaded a second time.
+        let mut stored = None;
+        if old_ref.is_some() {
+            stored = sf.read_block(blk, &mut old)?.1.zblk;
+        }
+        let new_t = trim_zeros(data);
+        let old_t = trim_zeros(&old);
+        if force.is_none() && new_t == old_t && (old_ref.is_some() || new_t.is_empty()) {
+            return Ok(()); // unchanged: nothing is written
+        }
+        let kind = match (force, self.format) {
+            (Some(k), _) => k,
+            (None, ZBlkFormat::ZBlk0) => ZBlkKind::ZBlk0,
+            (None, ZBlkFormat::ZBlk1) => ZBlkKind::ZBlk1,
+            (None, ZBlkFormat::Auto) => {
+                let last = if b.new_file.load(Ordering::Acquire) {
+                    None
+                } else {
+                    let cut = b.cut.lock().as_ref().map(|c| c.from);
+                    sf.last_block()?
+                        .and_then(|l| match cut {
+                            Some(0) => None,
+                            Some(c) => Some(l.min(c - 1)),
+                            None => Some(l),
+                        })
+                        .and_then(|l| i64::try_from(l).ok())
+                };
+                let blk_i = i64::try_from(blk)
+                    .map_err(|_| Error::Usage("block number too large".into()))?;
+                let choice = choose_auto(blk_i, last, old_t, new_t, b.blksize);
+                if choice.migrate_previous
+                    && let Some((pblk, pkind, pdata)) = self.prev.take()
+                    && pblk + 1 == blk
+                    && pkind != ZBlkKind::ZBlk0
+                {
+                    self.store(b, pblk, &pdata, Some(ZBlkKind::ZBlk0))?;
+                }
+                choice.kind
+            }
+        };
+        // The old ZBlk as a record: ZBlk0 bytes are the old block's (trimmed)
+        // bytes; only a ZBlk1's small record is loaded, for its chunk table.
+        let old_rec = match stored {
+            Some((o, ZBlkKind::ZBlk0, serial)) => {
+                Some((o, (ZBlkRecord::ZBlk0(old_t.to_vec()), serial)))
+            }
+            Some((o, ZBlkKind::ZBlk1, _)) => Some((o, sf.zblk(o)?)),
+            None => None,
+        };
+        let blktab = BTree {
+            family: &btree::LO,
+            oid: sf.meta.blktab,
+        };
+        let key = Value::Int(blk as i64);
+        match (kind, old_rec) {
+            (ZBlkKind::ZBlk0, Some((zoid, (ZBlkRecord::ZBlk0(_), serial)))) => {
+                let z = ZBlk0 {
+                    data: new_t.to_vec(),
+                };
+                self.conn.store_now(zoid, serial, &z)?;
+            }
+            (ZBlkKind::ZBlk1, Some((zoid, (ZBlkRecord::ZBlk1(chunktab), serial)))) => {
+                let stored = sf.chunks(blk, chunktab)?;
+                let old_map: BTreeMap<usize, Vec<u8>> = stored
+                    .iter()
+                    .filter_map(|(off, _, d)| usize::try_from(*off).ok().map(|o| (o, d.clone())))
+                    .collect();
+                let oids: HashMap<i64, Oid> = stored.iter().map(|(off, o, _)| (*off, *o)).collect();
+                let delta = chunk_delta(&old_map, data);
+                let tab = BTree {
+                    family: &btree::IO,
+                    oid: chunktab,
+                };
+                if delta.clear {
+                    for off in oids.keys() {
+                        tab.remove(&self.conn, &Value::Int(*off))?;
+                    }
+                }
+                for off in &delta.delete {
+                    tab.remove(&self.conn, &Value::Int(*off as i64))?;
+                }
+                for (off, bytes) in &delta.set {
+                    let off_i = *off as i64;
+                    let zdata = ZData {
+                        data: bytes.to_vec(),
+                    };
+                    match oids.get(&off_i).filter(|_| !delta.clear) {
+                        Some(zd) => {
+                            let serial = b
+                                .storage
+                                .load_before(*zd, Tid(at.0.saturating_add(1)))?
+                                .map_or(Tid::ZERO, |r| r.serial);
+                            self.conn.store_now(*zd, serial, &zdata)?;
+                        }
+                        None => {
+                            let zd = self.new_object(b, &zdata)?;
+                            let r = Value::persistent_ref(zd, MODULE, "ZData");
+                            tab.insert(&self.conn, Value::Int(off_i), r)?;
+                        }
+                    }
+                }
+                // The ZBlk1 record is always re-stored so that peers see its
+                // oid in the invalidations.
+                self.conn.store_now(zoid, serial, &ZBlk1 { chunktab })?;
+            }
+            (kind, old_rec) => {
+                // A hole, or a block changing format: a new ZBlk object.
+                // The replaced ZBlk is re-stored unchanged, so that a
+                // concurrent in-place change of it (by a writer that still
+                // sees it in blktab) conflicts instead of being lost.
+                match old_rec {
+                    Some((old_oid, (ZBlkRecord::ZBlk0(bytes), serial))) => {
+                        self.conn
+                            .store_now(old_oid, serial, &ZBlk0 { data: bytes })?;
+                    }
+                    Some((old_oid, (ZBlkRecord::ZBlk1(chunktab), serial))) => {
+                        self.conn.store_now(old_oid, serial, &ZBlk1 { chunktab })?;
+                    }
+                    None => {}
+                }
+                let (zoid, name) = match kind {
+                    ZBlkKind::ZBlk0 => {
+                        let z = ZBlk0 {
+                            data: new_t.to_vec(),
+                        };
+                        (self.new_object(b, &z)?, "ZBlk0")
+                    }
+                    ZBlkKind::ZBlk1 => {
+                        let tab = BTree::create(&self.conn, &btree::IO)?;
+                        for (off, bytes) in crate::zblk::split_chunks(data, CHUNK_SIZE) {
+                            let zd = self.new_object(
+                                b,
+                                &ZData {
+                                    data: bytes.to_vec(),
+                                },
+                            )?;
+                            let r = Value::persistent_ref(zd, MODULE, "ZData");
+                            tab.insert(&self.conn, Value::Int(off as i64), r)?;
+                        }
+                        (self.new_object(b, &ZBlk1 { chunktab: tab.oid })?, "ZBlk1")
+                    }
+                };
+                blktab.insert(&self.conn, key, Value::persistent_ref(zoid, MODULE, name))?;
+            }
+        }
+        self.blocks.push(blk);
+        if force.is_none() && self.format == ZBlkFormat::Auto {
+            self.prev = Some((blk, kind, data.to_vec()));
+        }
+        Ok(())
+    }
+}
