@@ -2,12 +2,9 @@
 
 use serde_json::Value as J;
 use sha2::{Digest, Sha256};
-use std::path::PathBuf;
 use std::process::Command;
 
-fn testdata() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata")
-}
+use testsupport::testdata;
 
 fn wendelin(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_wendelin"))

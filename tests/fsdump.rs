@@ -3,12 +3,10 @@
 //! one-line error with the file and byte offset, exit status 1, no panic.
 
 use serde_json::Value as J;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-fn testdata() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata")
-}
+use testsupport::testdata;
 
 fn fsdump(path: &Path, json: bool) -> std::process::Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_wendelin"));

@@ -4,7 +4,6 @@
 use bigarray::{Order, ZBigArray, open_untyped, read_converted};
 use bigfile::{HandleOptions, ZBlkFormat};
 use ndarray::{ArrayD, IxDyn, s};
-use std::path::PathBuf;
 use storage::{DB, FileStorage, Oid, TransactionManager, Value};
 
 fn opts() -> HandleOptions {
@@ -21,9 +20,7 @@ fn new_db() -> (tempfile::TempDir, DB) {
     (dir, db)
 }
 
-fn testdata() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata")
-}
+use testsupport::testdata;
 
 fn keep(c: &storage::Connection, name: &str, oid: Oid) {
     let r = c.ref_to(oid).expect("ref");

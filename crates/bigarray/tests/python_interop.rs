@@ -16,35 +16,9 @@ fn opts() -> HandleOptions {
     }
 }
 
-#[path = "../../../tests/common/python.rs"]
-mod py;
-
-const STANDINS_FILE: &str = include_str!("../../../tests/common/file_zodb.py");
-
-const STANDINS_ARRAY: &str = r#"
-from persistent import Persistent
-import numpy as np
-class ZBigArray(Persistent):
-    def __getstate__(self): return self.state
-    def __setstate__(self, st): self.state = st
-def to_numpy(a):
-    from wendelin.bigfile.file_zodb import file_bytes
-    d, slots = a.state
-    dt = d['_dtype']; shape = tuple(d['_shape']); order = d.get('_order', 'C')
-    n = int(np.prod(shape)) * dt.itemsize
-    return np.frombuffer(file_bytes(slots['zfile'], n), dtype=dt).reshape(shape, order=order)
-"#;
-
 fn run_python(dir: &Path, script: &str, args: &[&str]) -> String {
-    py::run_python_with(
-        dir,
-        script,
-        args,
-        &[
-            ("wendelin/bigfile/file_zodb.py", STANDINS_FILE),
-            ("wendelin/bigarray/array_zodb.py", STANDINS_ARRAY),
-        ],
-    )
+    use testsupport::standins::{ARRAY_ZODB, FILE_ZODB};
+    testsupport::python::run_python_with(dir, script, args, &[FILE_ZODB, ARRAY_ZODB])
 }
 
 const PY_CHECK: &str = r#"

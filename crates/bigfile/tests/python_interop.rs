@@ -9,18 +9,8 @@ use storage::{DB, TransactionManager, Value};
 
 const BS: u64 = 64 * 1024;
 
-#[path = "../../../tests/common/python.rs"]
-mod py;
-
-const STANDINS: &str = include_str!("../../../tests/common/file_zodb.py");
-
 fn run_python(dir: &Path, script: &str, args: &[&str]) -> String {
-    py::run_python_with(
-        dir,
-        script,
-        args,
-        &[("wendelin/bigfile/file_zodb.py", STANDINS)],
-    )
+    testsupport::python::run_python_with(dir, script, args, &[testsupport::standins::FILE_ZODB])
 }
 
 const PY_READ: &str = r#"

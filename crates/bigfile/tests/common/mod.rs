@@ -3,16 +3,13 @@
 #![allow(dead_code)] // each test binary uses a subset
 
 use bigfile::{HandleOptions, ZBlkFormat, create_file};
-use std::path::PathBuf;
 use storage::{DB, Oid, TransactionManager};
 
 /// Block size of the test files.
 pub const BS: u64 = 64 * 1024;
 
-/// The repository's test databases.
-pub fn testdata() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata")
-}
+#[allow(unused_imports)] // each test binary uses a subset
+pub use testsupport::testdata;
 
 /// Handle options: `format`, no read-ahead (exact load counts), 4 GiB reserved.
 pub fn opts(format: ZBlkFormat) -> HandleOptions {

@@ -1,7 +1,7 @@
-//! Running Python (the interop venv from `.ci/setup-python.sh`) from tests;
-//! shared by the integration tests of every crate (included by `#[path]`).
-
-#![allow(dead_code)] // each test binary uses a subset
+//! Running Python (the interop venv from `.ci/setup-python.sh`) from tests.
+//!
+//! Tests are the only users: a missing venv or a failing script panics with
+//! the output and the fix, which is how a test reports it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,17 +12,12 @@ pub fn python() -> PathBuf {
     if let Some(p) = std::env::var_os("WENDELIN_PYTHON") {
         return PathBuf::from(p);
     }
-    let mut dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    loop {
-        let p = dir.join(".venv/bin/python");
-        if p.exists() {
-            return p;
-        }
-        assert!(
-            dir.pop(),
-            "interop tests need Python ZODB, BTrees and numpy: run `bash .ci/setup-python.sh` (creates .venv) or set WENDELIN_PYTHON"
-        );
-    }
+    let p = crate::workspace_root().join(".venv/bin/python");
+    assert!(
+        p.exists(),
+        "interop tests need Python ZODB, BTrees and numpy: run `bash .ci/setup-python.sh` (creates .venv) or set WENDELIN_PYTHON"
+    );
+    p
 }
 
 /// Run `script` with `args`; `modules` are (path under the import root,
