@@ -433,7 +433,7 @@ pub fn import(db_path: &str, name: &str, npy: &Path, replace: bool, budget: u64)
             while done < nbytes {
                 let end = (done + txn_bytes).min(nbytes);
                 {
-                    let mut fh = a.file().fileh();
+                    let mut fh = a.file().fileh().map_err(e)?;
                     let mut view = fh.bytes_mut(done..end).map_err(e)?;
                     let mut pos = 0usize;
                     while pos < view.len() {
@@ -533,38 +533,26 @@ pub fn stat(db_path: &str, name: &str) -> R<bigarray::Stats> {
         let a = ZBigArray::<T>::open(&c, &tm, oid, opts()).map_err(e)?;
         // chunks of 1 Mi elements: each maps to partial statistics
         a.map_reduce(
-            1 << 20,
-            |chunk| {
-                let s = bigarray::stats_of(chunk);
-                let n = done.fetch_add(std::mem::size_of_val(chunk) as u64, Ordering::Relaxed);
+            a.rows_per_chunk(8 << 20),
+            |_, chunk| {
+                let s = match chunk.as_slice_memory_order() {
+                    Some(flat) => bigarray::stats_of(flat),
+                    None => bigarray::stats_of(&chunk.iter().copied().collect::<Vec<T>>()),
+                };
+                let n = done.fetch_add(
+                    (chunk.len() * std::mem::size_of::<T>()) as u64,
+                    Ordering::Relaxed,
+                );
                 pb.set_position(n);
                 s
             },
             || bigarray::stats_of::<T>(&[]),
-            merge,
+            bigarray::Stats::merge,
         )
         .map_err(e)
     })?;
     pb.finish_and_clear();
     Ok(r)
-}
-
-fn merge(a: bigarray::Stats, b: bigarray::Stats) -> bigarray::Stats {
-    if a.count == 0 {
-        return b;
-    }
-    if b.count == 0 {
-        return a;
-    }
-    let count = a.count + b.count;
-    let sum = a.sum + b.sum;
-    bigarray::Stats {
-        count,
-        sum,
-        mean: sum / count as f64,
-        min: a.min.min(b.min),
-        max: a.max.max(b.max),
-    }
 }
 
 #[cfg(test)]

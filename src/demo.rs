@@ -54,7 +54,7 @@ pub fn generate(dir: &str, bytes: u64, txn_bytes: u64) -> R<()> {
     let tm = TransactionManager::new();
     let c = db.open_connection(&tm).map_err(e)?;
     let n = bytes / 8;
-    let mut a = ZBigArray::<f64>::create(&c, &tm, &[0], Order::C, opts()).map_err(e)?;
+    let a = ZBigArray::<f64>::create(&c, &tm, &[0], Order::C, opts()).map_err(e)?;
     let r = c.ref_to(a.oid()).map_err(e)?;
     c.root_mut().map_err(e)?.insert("signal", r);
     tm.note("demo: create signal");
@@ -112,10 +112,10 @@ pub fn read(dir: &str) -> R<()> {
     let t = Instant::now();
     let (sum, count) = a
         .map_reduce(
-            1 << 20,
-            |chunk| {
+            a.rows_per_chunk(8 << 20),
+            |_, chunk| {
                 let p = done.fetch_add(
-                    std::mem::size_of_val(chunk) as u64,
+                    (chunk.len() * std::mem::size_of::<f64>()) as u64,
                     std::sync::atomic::Ordering::Relaxed,
                 );
                 pb.set_position(p);

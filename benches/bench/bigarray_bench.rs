@@ -36,7 +36,7 @@ pub fn run(cfg: &Config, report: &mut Report) -> Result<(), String> {
     let db = DB::open(path.to_str().ok_or("path")?).map_err(e)?;
     let tm = TransactionManager::new();
     let c = db.open_connection(&tm).map_err(e)?;
-    let mut a = ZBigArray::<f64>::create(&c, &tm, &[0], Order::C, opts()).map_err(e)?;
+    let a = ZBigArray::<f64>::create(&c, &tm, &[0], Order::C, opts()).map_err(e)?;
     let r = c.ref_to(a.oid()).map_err(e)?;
     c.root_mut().map_err(e)?.insert("A", r);
     tm.commit().map_err(e)?;

@@ -59,7 +59,7 @@ pub fn run(cfg: &Config, report: &mut Report) -> Result<(), String> {
         let fh = ZBigFileH::open(&c, &tm, f, opts(format)).map_err(e)?;
         let (r, ours) = timed(|| -> Result<(), String> {
             {
-                let mut h = fh.fileh();
+                let mut h = fh.fileh().map_err(e)?;
                 let mut v = h.bytes_mut(0..total).map_err(e)?;
                 for (b, blk) in v.chunks_mut(BS as usize).enumerate() {
                     blk[..8].copy_from_slice(&(b as u64).to_le_bytes());
@@ -87,7 +87,7 @@ pub fn run(cfg: &Config, report: &mut Report) -> Result<(), String> {
         let c2 = db.open_connection(&tm2).map_err(e)?;
         let fh2 = ZBigFileH::open(&c2, &tm2, f, opts(format)).map_err(e)?;
         let (r, read_s) = timed(|| -> Result<u64, String> {
-            let h = fh2.fileh();
+            let h = fh2.fileh_read().map_err(e)?;
             let v = h.view::<u64>(0, (total / 8) as usize).map_err(e)?;
             Ok(v.iter().step_by(512).fold(0u64, |a, x| a.wrapping_add(*x)))
         });

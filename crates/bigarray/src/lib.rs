@@ -29,9 +29,11 @@
 
 pub mod array;
 pub mod dtype;
+pub mod reduce;
 
-pub use array::{ArrayState, Order, Stats, ZBigArray, stats_of};
+pub use array::{ArrayState, Order, ZBigArray, check_shape};
 pub use dtype::{ByteOrder, DType};
+pub use reduce::{Stats, stats_of};
 
 use storage::{Connection, Oid};
 
@@ -50,6 +52,26 @@ pub enum Error {
     /// A dtype that is not supported or does not match.
     #[error("dtype: {0}")]
     DType(String),
+    /// A shape outside numpy's limits.
+    #[error("shape {shape:?}: {msg}")]
+    Shape {
+        /// The shape asked for.
+        shape: Vec<usize>,
+        /// What is wrong.
+        msg: String,
+    },
+    /// Reading array data for the caller failed (a damaged or missing block).
+    #[error("array {oid}: reading elements {start}..{end}: {source}")]
+    Read {
+        /// The array object.
+        oid: Oid,
+        /// First element (memory order) of the range being read.
+        start: u64,
+        /// End of the range.
+        end: u64,
+        /// The error (names the block and the file).
+        source: Box<Error>,
+    },
     /// The stored array state is invalid.
     #[error("array {oid}: {msg}")]
     BadArray {

@@ -31,7 +31,7 @@ fn dropped_arrays_release_their_threads() {
     {
         let tm = TransactionManager::new();
         let c = db.open_connection(&tm).expect("c");
-        let mut a = ZBigArray::<f64>::create(&c, &tm, &[0], Order::C, opts()).expect("create");
+        let a = ZBigArray::<f64>::create(&c, &tm, &[0], Order::C, opts()).expect("create");
         tm.commit().expect("commit");
         for k in 0..3 {
             let part = ArrayD::from_elem(IxDyn(&[1000]), k as f64);

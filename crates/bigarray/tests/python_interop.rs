@@ -65,14 +65,14 @@ fn arrays_written_here_load_in_python() {
     })
     .expect("w");
     keep("a", a.oid());
-    let mut b = ZBigArray::<i32>::create(&c, &tm, &[50, 5], Order::F, opts()).expect("b");
+    let b = ZBigArray::<i32>::create(&c, &tm, &[50, 5], Order::F, opts()).expect("b");
     b.with_view_mut(|mut v| {
         v.indexed_iter_mut()
             .for_each(|(ix, x)| *x = ix[0] as i32 - ix[1] as i32 * 1000)
     })
     .expect("w");
     keep("b", b.oid());
-    let mut cc = ZBigArray::<u8>::create(&c, &tm, &[2000], Order::C, opts()).expect("c");
+    let cc = ZBigArray::<u8>::create(&c, &tm, &[2000], Order::C, opts()).expect("c");
     cc.with_view_mut(|mut v| {
         v.indexed_iter_mut()
             .for_each(|(ix, x)| *x = (ix[0] % 256) as u8)
@@ -152,7 +152,7 @@ fn arrays_written_by_python_open_here() {
             .expect("v")
     );
     let y = ZBigArray::<i64>::open(&c, &tm, get("y"), opts()).expect("y");
-    assert_eq!((y.shape(), y.order()), (&[77usize, 3][..], Order::F));
+    assert_eq!((y.shape(), y.order()), (vec![77usize, 3], Order::F));
     assert!(
         y.with_view(|v| v
             .indexed_iter()

@@ -65,7 +65,7 @@ fn growth(path: &std::path::Path, f: impl FnOnce()) -> u64 {
 fn fresh_nonzero_past(db: &DB, name: &str, grow_to: usize, from: usize) -> usize {
     let tm = TransactionManager::new();
     let c = db.open_connection(&tm).expect("fresh");
-    let mut a = ZBigArray::<f64>::open(&c, &tm, root_oid(&c, name), opts(None)).expect("open");
+    let a = ZBigArray::<f64>::open(&c, &tm, root_oid(&c, name), opts(None)).expect("open");
     a.resize(&[grow_to]).expect("grow");
     nonzero_past(&a, from)
 }
@@ -75,7 +75,7 @@ fn shrink_of_spilled_new_blocks_stores_nothing_past_the_end() {
     let (_d, db, path) = new_db();
     let tm = TransactionManager::new();
     let c = db.open_connection(&tm).expect("c");
-    let mut a = ZBigArray::<f64>::create(&c, &tm, &[4 * PER_BLK], Order::C, opts(Some(BLKSIZE)))
+    let a = ZBigArray::<f64>::create(&c, &tm, &[4 * PER_BLK], Order::C, opts(Some(BLKSIZE)))
         .expect("create");
     keep(&c, "A", a.oid());
     for b in 0..4 {
@@ -123,7 +123,7 @@ fn shrink_of_committed_blocks_reads_zeros_and_stores_nothing_past_the_end() {
         let (_d, db, path) = new_db();
         let tm = TransactionManager::new();
         let c = db.open_connection(&tm).expect("c");
-        let mut a = ZBigArray::<f64>::create(&c, &tm, &[4 * PER_BLK], Order::C, opts(spill))
+        let a = ZBigArray::<f64>::create(&c, &tm, &[4 * PER_BLK], Order::C, opts(spill))
             .expect("create");
         keep(&c, "A", a.oid());
         a.with_view_mut(|mut v| v.fill(7.0)).expect("fill");
@@ -183,7 +183,7 @@ fn shrink_then_abort_restores_the_committed_data() {
     let (_d, db, _path) = new_db();
     let tm = TransactionManager::new();
     let c = db.open_connection(&tm).expect("c");
-    let mut a =
+    let a =
         ZBigArray::<f64>::create(&c, &tm, &[3 * PER_BLK], Order::C, opts(None)).expect("create");
     keep(&c, "A", a.oid());
     a.with_view_mut(|mut v| v.fill(3.0)).expect("fill");

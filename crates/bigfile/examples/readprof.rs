@@ -23,7 +23,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let fh = ZBigFileH::open(&c, &tm, f, opts())?;
     {
-        let mut h = fh.fileh();
+        let mut h = fh.fileh()?;
         let mut v = h.bytes_mut(0..n << 21)?;
         v.iter_mut()
             .enumerate()
@@ -85,7 +85,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         )?;
         let t = Instant::now();
         {
-            let h = fh2.fileh();
+            let h = fh2.fileh_read()?;
             let v = h.view::<u64>(0, (n << 21) as usize / 8)?;
             std::hint::black_box(v.iter().step_by(512).fold(0u64, |a, x| a.wrapping_add(*x)));
         }

@@ -50,7 +50,7 @@ pub mod objects;
 pub mod reader;
 pub mod zblk;
 
-pub use handle::{HandleOptions, ZBigFileH};
+pub use handle::{HandleOptions, ZBigFileH, views_held_by_this_thread};
 pub use objects::{ZBigFile, ZBlk0, ZBlk1, ZData};
 pub use reader::SnapshotFile;
 pub use zblk::{ZBlkFormat, ZBlkKind};
@@ -87,6 +87,35 @@ pub enum Error {
     /// Writing data read from the file failed.
     #[error("writing output: {0}")]
     Output(std::io::Error),
+    /// A view, commit or boundary asked for while this thread holds a view
+    /// of the same file (it would wait for itself forever).
+    #[error("ZBigFile {file}: {what}: not allowed (it would wait for itself); end the view first")]
+    Reentrant {
+        /// The file.
+        file: Oid,
+        /// What was asked inside what.
+        what: String,
+    },
+    /// Another thread kept the file busy for longer than the bounded wait.
+    #[error("ZBigFile {file}: gave up after {waited:?} waiting for {what}")]
+    Busy {
+        /// The file.
+        file: Oid,
+        /// What was waited for.
+        what: String,
+        /// How long.
+        waited: std::time::Duration,
+    },
+    /// A write through a handle of a read-only (historical) connection.
+    #[error(
+        "ZBigFile {file}: {what}: the handle is read-only (historical snapshot or read-only database)"
+    )]
+    ReadOnly {
+        /// The file.
+        file: Oid,
+        /// What was attempted.
+        what: String,
+    },
     /// Misuse or a bad argument.
     #[error("{0}")]
     Usage(String),

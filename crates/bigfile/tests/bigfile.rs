@@ -136,7 +136,7 @@ fn write_commit_reread_in_every_format() {
         fh.write(0, &full).expect("write"); // block 0: full
         fh.write(2 * BS + 100, b"abc").expect("write"); // block 2: small; block 1 stays a hole
         tm.commit().expect("commit");
-        assert!(fh.dirty_blocks().is_empty());
+        assert!(fh.dirty_blocks().expect("dirty").is_empty());
         // a fresh connection reads the committed bytes
         let tm2 = TransactionManager::new();
         let c2 = db.open_connection(&tm2).expect("conn2");
@@ -241,22 +241,26 @@ fn isolation_and_exact_invalidation_between_connections() {
             .collect::<Vec<_>>()
     };
     let v0 = read_all(&fh2);
-    let loads0 = fh2.stats().loads;
+    let loads0 = fh2.stats().expect("stats").loads;
     // c1 changes block 1, fills hole 4; block 0, 2, 3 untouched
     fh1.write(BS + 7, b"changed").expect("write");
     fh1.write(4 * BS, b"new block").expect("write");
-    let fh1_loads = fh1.stats().loads;
+    let fh1_loads = fh1.stats().expect("stats").loads;
     tm1.commit().expect("commit");
     // the committing handle keeps its pages
     let _ = read_all(&fh1);
-    assert_eq!(fh1.stats().loads, fh1_loads, "committer keeps its pages");
+    assert_eq!(
+        fh1.stats().expect("stats").loads,
+        fh1_loads,
+        "committer keeps its pages"
+    );
     // isolation: fh2 still sees its snapshot
     assert_eq!(read_all(&fh2), v0);
-    assert_eq!(fh2.stats().loads, loads0);
+    assert_eq!(fh2.stats().expect("stats").loads, loads0);
     tm2.abort(); // boundary
     let v1 = read_all(&fh2);
     assert_eq!(
-        fh2.stats().loads - loads0,
+        fh2.stats().expect("stats").loads - loads0,
         2,
         "exactly blocks 1 and 4 reloaded"
     );
@@ -290,7 +294,7 @@ fn conflicts_on_one_block_and_merges_on_different_blocks() {
     tm1.commit().expect("first");
     let e = tm2.commit().expect_err("conflict");
     assert!(e.is_conflict(), "{e}");
-    assert!(fh2.dirty_blocks().is_empty());
+    assert!(fh2.dirty_blocks().expect("dirty").is_empty());
     let b = fh2.read(0, 32).expect("r");
     assert_eq!(&b[10..14], b"AAAA");
     assert_eq!(&b[20..24], &[0, 0, 0, 0]);
@@ -309,9 +313,9 @@ fn abort_discards_dirty_blocks() {
     fh.write(0, b"keep").expect("w");
     tm.commit().expect("commit");
     fh.write(0, b"drop").expect("w");
-    assert_eq!(fh.dirty_blocks(), vec![0]);
+    assert_eq!(fh.dirty_blocks().expect("dirty"), vec![0]);
     tm.abort();
-    assert!(fh.dirty_blocks().is_empty());
+    assert!(fh.dirty_blocks().expect("dirty").is_empty());
     assert_eq!(fh.read(0, 4).expect("r"), b"keep");
 }
 
@@ -454,7 +458,7 @@ fn transaction_bigger_than_the_budget_spills_and_commits() {
         fh.write(b * BS, &pattern(b as u8, BS as usize))
             .expect("write");
         assert!(
-            fh.dirty_blocks().len() as u64 * BS <= budget + BS,
+            fh.dirty_blocks().expect("dirty").len() as u64 * BS <= budget + BS,
             "dirty stays bounded"
         );
     }
@@ -464,7 +468,7 @@ fn transaction_bigger_than_the_budget_spills_and_commits() {
         fh.spilled_blocks()
     );
     assert!(
-        fh.stats().evictions > 0,
+        fh.stats().expect("stats").evictions > 0,
         "spilled blocks were evicted under the budget"
     );
     // reading back inside the transaction sees our changes (from the spill file)

@@ -50,7 +50,7 @@ fn other_process_sees_exactly_the_changed_blocks() {
     let before: Vec<Vec<u8>> = (0..4)
         .map(|b| fh.read(b * BS, BS as usize).expect("r"))
         .collect();
-    let loads = fh.stats().loads;
+    let loads = fh.stats().expect("stats").loads;
     let out = Command::new(std::env::current_exe().expect("exe"))
         .args(["--exact", "child_writes_blocks", "--nocapture"])
         .env("WENDELIN_BIGFILE_CHILD", &path)
@@ -67,7 +67,11 @@ fn other_process_sees_exactly_the_changed_blocks() {
     let after: Vec<Vec<u8>> = (0..4)
         .map(|b| fh.read(b * BS, BS as usize).expect("r"))
         .collect();
-    assert_eq!(fh.stats().loads - loads, 2, "only blocks 1 and 3 reloaded");
+    assert_eq!(
+        fh.stats().expect("stats").loads - loads,
+        2,
+        "only blocks 1 and 3 reloaded"
+    );
     assert_eq!(after[0], before[0]);
     assert_eq!(after[2], before[2]);
     assert_eq!(&after[1][3..17], b"child was here");

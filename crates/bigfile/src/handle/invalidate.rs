@@ -56,7 +56,10 @@ impl Shared {
         if blocks.is_empty() {
             return Ok(());
         }
-        let mut fh = self.fileh.lock();
+        let mut fh = self
+            .fileh
+            .exclusive("invalidation at a transaction boundary")?;
+        let fh = &mut *fh.guard;
         for blk in &blocks {
             fh.invalidate(*blk)?;
         }

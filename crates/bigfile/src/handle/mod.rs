@@ -7,6 +7,7 @@
 //! pieces, one file each:
 //!
 //! - `options`: what a handle is opened with;
+//! - `access`: shared read views, exclusive writes, misuse as errors;
 //! - `backend`: the `virtmem::BigFile` that loads and stores blocks;
 //! - `deps`: which blocks depend on which objects (exact invalidation);
 //! - `invalidate`: dropping exactly the blocks others changed;
@@ -16,6 +17,7 @@
 //! - `siblings`: other handles of the same file in the same connection;
 //! - `truncate`: dropping every block from some block on (shrinking).
 
+mod access;
 mod backend;
 mod deps;
 mod invalidate;
@@ -26,14 +28,16 @@ mod truncate;
 mod txn;
 mod writer;
 
+pub use access::views_held_by_this_thread;
 pub use options::HandleOptions;
 
 use crate::Error;
 use crate::reader::SnapshotFile;
 use crate::zblk::ZBlkFormat;
+use access::AccessLock;
 use backend::Backend;
 use deps::Deps;
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::Mutex;
 use siblings::registry;
 use spill::Spill;
 use std::collections::BTreeSet;
@@ -49,7 +53,9 @@ struct Shared {
     tm: storage::WeakTransactionManager,
     format: ZBlkFormat,
     backend: Arc<Backend>,
-    fileh: Mutex<FileH>,
+    fileh: AccessLock,
+    /// Opened on a read-only connection: every write is refused at once.
+    read_only: bool,
     me: Weak<Shared>,
     /// What the last tpc_finish stored, until the boundary completes it.
     pending: Mutex<Option<Vec<u64>>>,
@@ -57,41 +63,58 @@ struct Shared {
     spill_threshold: u64,
 }
 
-/// The virtmem handle of a [`ZBigFileH`], locked. Dereferences to
-/// [`FileH`]; on drop it spills dirty blocks past the threshold.
+/// Exclusive access to the virtmem handle of a [`ZBigFileH`].
+/// Dereferences to [`FileH`] (mutably: `view_mut`, writeout...); on drop it
+/// spills dirty blocks past the threshold.
 pub struct FileGuard<'a> {
-    guard: Option<MutexGuard<'a, FileH>>,
+    access: Option<access::Exclusive<'a>>,
     shared: &'a Arc<Shared>,
 }
 
 impl std::ops::Deref for FileGuard<'_> {
     type Target = FileH;
     fn deref(&self) -> &FileH {
-        // Invariant: `guard` is `Some` until drop.
-        self.guard
-            .as_deref()
-            .unwrap_or_else(|| unreachable!("FileGuard used after drop"))
+        // Invariant: `access` is `Some` until drop.
+        match &self.access {
+            Some(a) => &a.guard,
+            None => unreachable!("FileGuard used after drop"),
+        }
     }
 }
 
 impl std::ops::DerefMut for FileGuard<'_> {
     fn deref_mut(&mut self) -> &mut FileH {
-        self.guard
-            .as_deref_mut()
-            .unwrap_or_else(|| unreachable!("FileGuard used after drop"))
+        match &mut self.access {
+            Some(a) => &mut a.guard,
+            None => unreachable!("FileGuard used after drop"),
+        }
     }
 }
 
 impl Drop for FileGuard<'_> {
     fn drop(&mut self) {
-        if let Some(mut g) = self.guard.take() {
+        if let Some(mut a) = self.access.take() {
+            let g = &mut *a.guard;
             let dirty = g.dirty_blocks().len() as u64 * self.shared.backend.blksize as u64;
             if dirty > self.shared.spill_threshold
-                && let Err(e) = self.shared.spill_locked(&mut g)
+                && let Err(e) = self.shared.spill_locked(g)
             {
                 tracing::error!(error = %e, "ZBigFileH: spilling dirty blocks failed; they stay in memory");
             }
         }
+    }
+}
+
+/// Shared access to the virtmem handle of a [`ZBigFileH`]: read views
+/// (`view`, `bytes`, `prefetch`). Any number of threads hold one at once.
+pub struct FileReadGuard<'a> {
+    access: access::Shared<'a>,
+}
+
+impl std::ops::Deref for FileReadGuard<'_> {
+    type Target = FileH;
+    fn deref(&self) -> &FileH {
+        &self.access.guard
     }
 }
 
@@ -113,7 +136,19 @@ impl ZBigFileH {
         opts: HandleOptions,
     ) -> Result<ZBigFileH, Error> {
         let meta = SnapshotFile::open(conn.storage().as_ref(), conn.at(), file)?.meta;
-        Self::open_inner(conn, tm, file, meta.blksize, false, opts)
+        Self::open_inner(conn, Some(tm), file, meta.blksize, false, opts)
+    }
+
+    /// Open a read-only handle on the ZBigFile `file` in a connection that
+    /// takes part in no transaction (historical or read-only): no
+    /// transaction manager is needed, and every write is refused at once.
+    pub fn open_read_only(
+        conn: &Connection,
+        file: Oid,
+        opts: HandleOptions,
+    ) -> Result<ZBigFileH, Error> {
+        let meta = SnapshotFile::open(conn.storage().as_ref(), conn.at(), file)?.meta;
+        Self::open_inner(conn, None, file, meta.blksize, false, opts)
     }
 
     /// Open a handle on a file created (with [`crate::create_file`]) in the
@@ -125,12 +160,12 @@ impl ZBigFileH {
         blksize: u64,
         opts: HandleOptions,
     ) -> Result<ZBigFileH, Error> {
-        Self::open_inner(conn, tm, file, blksize, true, opts)
+        Self::open_inner(conn, Some(tm), file, blksize, true, opts)
     }
 
     fn open_inner(
         conn: &Connection,
-        tm: &TransactionManager,
+        tm: Option<&TransactionManager>,
         file: Oid,
         blksize: u64,
         new_file: bool,
@@ -162,10 +197,11 @@ impl ZBigFileH {
             .max(blksize as u64);
         let shared = Arc::new_cyclic(|me| Shared {
             conn: conn.clone(),
-            tm: tm.downgrade(),
+            tm: tm.map(TransactionManager::downgrade).unwrap_or_default(),
             format: opts.format,
             backend,
-            fileh: Mutex::new(fileh),
+            fileh: AccessLock::new(fileh, file),
+            read_only: tm.is_none(),
             me: me.clone(),
             pending: Mutex::new(None),
             spill_threshold,
@@ -176,7 +212,12 @@ impl ZBigFileH {
                 && let Err(e) = s.invalidate(inv)
             {
                 tracing::error!(error = %e, "ZBigFileH: invalidation failed; dropping every block");
-                let mut fh = s.fileh.lock();
+                let Ok(mut fh) = s.fileh.exclusive("dropping every block") else {
+                    tracing::error!(
+                        "ZBigFileH: blocks may be stale: a view is open in this thread"
+                    );
+                    return;
+                };
                 for blk in s
                     .backend
                     .deps
@@ -186,7 +227,7 @@ impl ZBigFileH {
                     .copied()
                     .collect::<Vec<_>>()
                 {
-                    let _ = fh.invalidate(blk);
+                    let _ = fh.guard.invalidate(blk);
                 }
             }
         });
@@ -200,21 +241,52 @@ impl ZBigFileH {
                 .or_default()
                 .push(Arc::downgrade(&shared));
         }
-        let sync: Arc<dyn Synchronizer> = shared.clone();
-        tm.register_synchronizer(Arc::downgrade(&sync));
-        shared.join_current();
+        if let Some(tm) = tm {
+            let sync: Arc<dyn Synchronizer> = shared.clone();
+            tm.register_synchronizer(Arc::downgrade(&sync));
+            shared.join_current();
+        }
         Ok(ZBigFileH { shared })
     }
 
-    /// The virtmem handle: take views of the file through it. Holding the
-    /// guard blocks commit/abort of this handle's transaction; drop it first.
-    /// When it is dropped with more dirty bytes than the spill threshold,
-    /// the dirty blocks are spilled to a temporary file (see [`Self::spill`]).
-    pub fn fileh(&self) -> FileGuard<'_> {
-        FileGuard {
-            guard: Some(self.shared.fileh.lock()),
+    /// Exclusive access to the virtmem handle, for writing (`view_mut`,
+    /// `bytes_mut`). Holding it blocks other views, commit and abort of this
+    /// handle; drop it first. When it is dropped with more dirty bytes than
+    /// the spill threshold, the dirty blocks are spilled to a temporary file
+    /// (see [`Self::spill`]). Errors: the handle is read-only, this thread
+    /// already holds a view of it, or other threads' views did not end
+    /// within the bounded wait.
+    pub fn fileh(&self) -> Result<FileGuard<'_>, Error> {
+        self.check_writable("a mutable view")?;
+        Ok(FileGuard {
+            access: Some(self.shared.fileh.exclusive("a mutable view")?),
             shared: &self.shared,
+        })
+    }
+
+    /// Shared access to the virtmem handle, for reading (`view`, `bytes`,
+    /// `prefetch`): any number of threads, and nested views in one thread.
+    pub fn fileh_read(&self) -> Result<FileReadGuard<'_>, Error> {
+        Ok(FileReadGuard {
+            access: self.shared.fileh.shared("a view")?,
+        })
+    }
+
+    /// Is this handle read-only (opened on a historical or read-only
+    /// connection)?
+    pub fn is_read_only(&self) -> bool {
+        self.shared.read_only
+    }
+
+    /// Refuse `what` on a read-only handle, at once.
+    pub fn check_writable(&self, what: &str) -> Result<(), Error> {
+        if self.shared.read_only {
+            return Err(Error::ReadOnly {
+                file: self.shared.backend.file,
+                what: what.to_owned(),
+            });
         }
+        Ok(())
     }
 
     /// Move every dirty block to the transaction's temporary spill file: the
@@ -223,8 +295,8 @@ impl ZBigFileH {
     /// are stored at commit, dropped at abort). Done automatically when the
     /// dirty bytes pass the spill threshold.
     pub fn spill(&self) -> Result<(), Error> {
-        let mut fh = self.shared.fileh.lock();
-        self.shared.spill_locked(&mut fh)
+        let mut fh = self.shared.fileh.exclusive("spill")?;
+        self.shared.spill_locked(&mut fh.guard)
     }
 
     /// Blocks spilled to the temporary file in the current transaction.
@@ -263,7 +335,7 @@ impl ZBigFileH {
     /// Copy `len` bytes at `offset` out of the mapping (loads as needed;
     /// load errors come back as values).
     pub fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, Error> {
-        let fh = self.fileh();
+        let fh = self.fileh_read()?;
         let bs = self.blksize() as u64;
         if len > 0 {
             fh.prefetch(offset / bs..(offset + len as u64).div_ceil(bs))?;
@@ -273,7 +345,7 @@ impl ZBigFileH {
 
     /// Write `data` at `offset` into the mapping (dirtying the blocks).
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), Error> {
-        let mut fh = self.fileh();
+        let mut fh = self.fileh()?;
         let bs = self.blksize() as u64;
         if !data.is_empty() {
             fh.prefetch(offset / bs..(offset + data.len() as u64).div_ceil(bs))?;
@@ -289,16 +361,17 @@ impl ZBigFileH {
     /// from now on and nothing past the cut is stored at commit
     /// (wendelin.core's ZBigFile discard; what shrinking an array uses).
     pub fn discard_from(&self, blk: u64) -> Result<(), Error> {
+        self.check_writable("resize")?;
         self.shared.discard_from(blk)
     }
 
     /// Counters of the virtmem handle (loads, faults, evictions...).
-    pub fn stats(&self) -> virtmem::Stats {
-        self.fileh().stats()
+    pub fn stats(&self) -> Result<virtmem::Stats, Error> {
+        Ok(self.fileh_read()?.stats())
     }
 
     /// Dirty blocks not yet committed.
-    pub fn dirty_blocks(&self) -> Vec<u64> {
-        self.fileh().dirty_blocks()
+    pub fn dirty_blocks(&self) -> Result<Vec<u64>, Error> {
+        Ok(self.fileh_read()?.dirty_blocks())
     }
 }

@@ -57,7 +57,8 @@ impl Shared {
     /// Drop every page and spilled copy of blocks from `from` on and serve
     /// them as holes until the transaction boundary.
     fn cut_pages(&self, from: u64) -> Result<(), Error> {
-        let mut fh = self.fileh.lock();
+        let mut fh = self.fileh.exclusive("resize")?;
+        let fh = &mut *fh.guard;
         {
             let mut cut = self.backend.cut.lock();
             match cut.as_mut() {
@@ -105,9 +106,9 @@ impl Shared {
         let Some(cut) = self.backend.cut.lock().take() else {
             return Ok(());
         };
-        let mut fh = self.fileh.lock();
+        let mut fh = self.fileh.exclusive("ending a resize")?;
         for blk in cut.holes {
-            fh.invalidate(blk)?;
+            fh.guard.invalidate(blk)?;
         }
         Ok(())
     }

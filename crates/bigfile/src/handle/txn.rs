@@ -33,7 +33,8 @@ impl Shared {
 
     /// STORE: write every spilled and dirty block into ZBlk objects.
     pub(super) fn store_dirty(&self) -> Result<(), Error> {
-        let mut fh = self.fileh.lock();
+        let mut access = self.fileh.exclusive("commit")?;
+        let fh = &mut *access.guard;
         let dirty = fh.dirty_blocks();
         let spilled: Vec<u64> = {
             let sp = self.backend.spill.lock();
@@ -94,9 +95,9 @@ impl Shared {
             // The file is in the database now. Holes served while it was new
             // carry no dependencies: drop those we did not just store.
             let holes = std::mem::take(&mut *self.backend.new_holes.lock());
-            let mut fh = self.fileh.lock();
+            let mut fh = self.fileh.exclusive("completing the commit")?;
             for blk in holes.into_iter().filter(|b| !blocks.contains(b)) {
-                fh.invalidate(blk)?;
+                fh.guard.invalidate(blk)?;
             }
         }
         if let Some(tid) = own.filter(|_| !blocks.is_empty()) {
@@ -110,7 +111,8 @@ impl Shared {
             }
         }
         {
-            let mut fh = self.fileh.lock();
+            let mut access = self.fileh.exclusive("completing the commit")?;
+            let fh = &mut *access.guard;
             fh.writeout(Writeout::MARKSTORED)?;
             // The blocks just stored are clean now: keep the handle within
             // its RAM budget by dropping the oldest of them if needed (they
@@ -137,7 +139,8 @@ impl Shared {
         }
         if !blocks.is_empty() {
             for sib in self.siblings() {
-                let mut fh = sib.fileh.lock();
+                let mut access = sib.fileh.exclusive("completing a sibling's commit")?;
+                let fh = &mut *access.guard;
                 let mut deps = sib.backend.deps.lock();
                 for blk in &blocks {
                     fh.invalidate(*blk)?;
@@ -167,12 +170,12 @@ impl DataManager for Shared {
 
     fn abort(&self, _txn: &TxnMeta) -> storage::Result<()> {
         self.finish_writer();
-        let mut fh = self.fileh.lock();
-        fh.discard()
-            .map_err(|e| storage::Error::Protocol(format!("ZBigFileH discard: {e}")))?;
-        self.drop_spill(&mut fh)
-            .map_err(|e| storage::Error::Protocol(format!("ZBigFileH discard spill: {e}")))?;
-        drop(fh);
+        let discard = || -> Result<(), Error> {
+            let mut access = self.fileh.exclusive("abort")?;
+            access.guard.discard()?;
+            self.drop_spill(&mut access.guard)
+        };
+        discard().map_err(|e| storage::Error::Protocol(format!("ZBigFileH: abort: {e}")))?;
         self.end_cut()
             .map_err(|e| storage::Error::Protocol(format!("ZBigFileH discard cut: {e}")))
     }
@@ -217,10 +220,10 @@ impl Synchronizer for Shared {
             let r = if committed {
                 self.complete(p, None)
             } else {
-                let mut fh = self.fileh.lock();
-                fh.discard()
-                    .map_err(Error::from)
-                    .and_then(|()| self.drop_spill(&mut fh))
+                self.fileh.exclusive("abort").and_then(|mut a| {
+                    a.guard.discard()?;
+                    self.drop_spill(&mut a.guard)
+                })
             };
             if let Err(e) = r {
                 tracing::error!(error = %e, "ZBigFileH: completing the transaction");
