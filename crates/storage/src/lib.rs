@@ -39,12 +39,17 @@
 //! # Ok(()) }
 //! ```
 
+#![forbid(unsafe_code)]
+
 pub mod btree;
 pub mod db;
 pub mod error;
 pub mod filestorage;
 pub mod ids;
+pub mod open;
+pub mod persistent;
 pub mod pickle;
+pub mod snapshot;
 pub mod storage;
 pub mod transaction;
 pub mod value;
@@ -56,6 +61,8 @@ pub use db::{
 pub use error::{Error, Result};
 pub use filestorage::FileStorage;
 pub use ids::{Oid, Tid, TidTime};
+pub use open::{open_storage, open_storage_with};
+pub use snapshot::Snapshot;
 pub use storage::{
     ConflictResolver, DataRecord, LoadedRecord, RangeLoad, Storage, StorageTxn, TxnInfo, TxnMeta,
 };
