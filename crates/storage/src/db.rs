@@ -15,6 +15,13 @@
 //! gives a new object its oid at once (as ZODB's `Connection.add` does). The
 //! references returned by `get`/`get_mut` hold the connection's lock: copy out
 //! what you need and drop them before calling the connection again.
+//!
+//! A [`DB`] is given its storage (`Arc<dyn Storage>`) and its conflict
+//! resolution ([`ConflictResolver`]); this module names neither a storage
+//! nor a persistent class, so storages and classes (BTrees) plug in without
+//! touching it. [`crate::open`] builds the usual database ([`DB::new`],
+//! [`DB::open`]). Objects are read through [`Snapshot`], the one recipe for
+//! "record at a tid -> typed object".
 
 pub use crate::persistent::{GenericObject, Persistent, PersistentClass, PersistentMapping};
 
