@@ -94,3 +94,32 @@ impl DB {
         )?))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_scheme_names_it_and_the_known_ones() {
+        let e = open_storage("zeo://localhost:8100")
+            .err()
+            .map(|e| e.to_string());
+        let e = e.unwrap_or_default();
+        assert!(e.contains("\"zeo\""), "{e}");
+        assert!(e.contains("file://"), "{e}");
+    }
+
+    #[test]
+    fn plain_paths_and_file_urls_open_a_filestorage() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("Data.fs");
+        let p = p.to_str().expect("utf8");
+        let a = open_storage(p).expect("path");
+        let last = a.last_tid();
+        drop(a);
+        let b = open_storage(&format!("file://{p}")).expect("url");
+        assert_eq!(b.last_tid(), last);
+        let db = DB::open_read_only(p).expect("ro");
+        assert!(db.storage().is_read_only());
+    }
+}
