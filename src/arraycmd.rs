@@ -152,7 +152,7 @@ pub fn ls(db_path: &str) -> R<Vec<Entry>> {
 /// ZData), from record lengths only: no block data is read.
 fn disk_bytes(c: &Connection, st: &ArrayState) -> R<u64> {
     let sf = bigfile::SnapshotFile::open(c.storage().as_ref(), c.at(), st.zfile).map_err(e)?;
-    let at = storage::Tid(c.at().0 + 1);
+    let at = c.at().successor();
     let len = |oid: Oid, head: &mut [u8]| -> R<(u64, usize)> {
         let r = c.storage().load_before_range(oid, at, 0, head).map_err(e)?;
         Ok(r.map_or((0, 0), |r| (r.total_len, r.copied)))

@@ -147,7 +147,7 @@ pub fn run(cfg: &Config, report: &mut Report) -> Result<(), String> {
     );
 
     // Load every record from two threads (MVCC load_before at the last tid).
-    let at = Tid(fs.last_tid().0 + 1);
+    let at = fs.last_tid().successor();
     let (r, load2_s) = timed(|| {
         std::thread::scope(|s| {
             let hs: Vec<_> = oids

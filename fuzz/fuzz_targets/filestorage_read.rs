@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
         for t in it {
             let Ok(t) = t else { break };
             for r in t.records {
-                let _ = fs.load_before(r.oid, Tid(t.tid.0.saturating_add(1)));
+                let _ = fs.load_before(r.oid, t.tid.successor());
                 let _ = fs.load_serial(r.oid, t.tid);
             }
         }

@@ -183,8 +183,7 @@ fn python_written_test_arrays_open_here() {
         )
         .expect("parse");
         let fs = FileStorage::open_read_only(testdata().join(format!("{f}.fs"))).expect("open");
-        let dialect = fs.dialect();
-        let db = DB::from_storage(std::sync::Arc::new(fs), dialect);
+        let db = DB::new(std::sync::Arc::new(fs));
         let c = db.open_historical(storage::Tid::MAX).expect("conn");
         let mut n = 0;
         for t in js["transactions"].as_array().expect("txns") {

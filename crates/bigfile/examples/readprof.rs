@@ -36,10 +36,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let blocks = sf.blocks()?;
     let t = Instant::now();
     for (_, o) in &blocks {
-        let r = db
-            .storage()
-            .load_before(*o, storage::Tid(at.0 + 1))?
-            .ok_or("x")?;
+        let r = db.storage().load_before(*o, at.successor())?.ok_or("x")?;
         std::hint::black_box(r.data.len());
     }
     let raw = t.elapsed().as_secs_f64();

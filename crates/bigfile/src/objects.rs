@@ -182,41 +182,24 @@ pub fn decode_zdata(oid: Oid, data: &[u8]) -> Result<Vec<u8>> {
 
 /// Where the byte payload of a ZBlk0/ZBlk/ZData record lies, from the
 /// record's first bytes `head`: `Some((offset, len))` if the record is one
-/// of `classes` and its state pickle starts with the plain
-/// `[PROTO] BINBYTES|SHORT_BINBYTES|BINSTRING|SHORT_BINSTRING` every writer
-/// produces. The pickle must then end right after the payload with
-/// [`is_payload_tail`] bytes.
+/// of `classes` and its state pickle is a plain byte string
+/// ([`storage::pickle::bytes_state_layout`]). The pickle must then end right
+/// after the payload with [`is_payload_tail`] bytes.
 pub fn payload_layout(head: &[u8], classes: &[&str]) -> Option<(usize, u64)> {
-    let (meta, n) = storage::pickle::decode(head).ok()?;
-    let (m, name) = storage::pickle::class_of_meta(&meta)?;
-    if m != MODULE || !classes.contains(&name.as_str()) {
-        return None;
-    }
-    let mut at = n;
-    if head.get(at) == Some(&0x80) {
-        at += 2;
-    }
-    match *head.get(at)? {
-        b'B' | b'T' => {
-            let l = u32::from_le_bytes(head.get(at + 1..at + 5)?.try_into().ok()?);
-            Some((at + 5, u64::from(l)))
-        }
-        b'C' | b'U' => Some((at + 2, u64::from(*head.get(at + 1)?))),
-        _ => None,
-    }
+    let l = storage::pickle::bytes_state_layout(head)?;
+    (l.module == MODULE && classes.contains(&l.name.as_str())).then_some((l.offset, l.len))
 }
 
-/// True for what may follow a payload up to the end of the record:
-/// `[BINPUT n | LONG_BINPUT n] STOP`.
+/// True for what may follow a payload up to the end of the record
+/// ([`storage::pickle::is_bytes_state_tail`]).
 pub fn is_payload_tail(t: &[u8]) -> bool {
-    matches!(t, [b'.'] | [b'q', _, b'.'] | [b'r', _, _, _, _, b'.'])
+    storage::pickle::is_bytes_state_tail(t)
 }
 
 /// The byte payload of a whole ZBlk0/ZBlk/ZData record without decoding it
 /// into a value tree (no copy); `None` if the record is not of that plain
 /// form (the caller then decodes it generically).
 pub fn fast_payload<'a>(data: &'a [u8], classes: &[&str]) -> Option<&'a [u8]> {
-    let (off, len) = payload_layout(data, classes)?;
-    let end = off.checked_add(usize::try_from(len).ok()?)?;
-    (is_payload_tail(data.get(end..)?)).then(|| &data[off..end])
+    let (l, payload) = storage::pickle::bytes_state(data)?;
+    (l.module == MODULE && classes.contains(&l.name.as_str())).then_some(payload)
 }

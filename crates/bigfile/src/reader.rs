@@ -7,7 +7,7 @@ use crate::objects::{
 };
 use crate::zblk::{ZBlkKind, assemble_zblk0, place_chunk};
 use storage::btree::SnapshotReader;
-use storage::{Oid, Storage, Tid, Value};
+use storage::{GenericObject, Oid, Snapshot, Storage, Tid, Value};
 
 /// What the content of one block depended on when it was read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -24,45 +24,25 @@ pub struct BlockDeps {
 
 /// A ZBigFile at one snapshot.
 pub struct SnapshotFile<'a> {
-    storage: &'a dyn Storage,
-    at: Tid,
+    snap: Snapshot<'a>,
     /// The file object's oid.
     pub oid: Oid,
     /// Its state.
     pub meta: ZBigFile,
 }
 
-fn load(storage: &dyn Storage, at: Tid, oid: Oid) -> Result<(Vec<u8>, Tid), Error> {
-    storage
-        .load_before(oid, Tid(at.0.saturating_add(1)))?
-        .map(|r| (r.data, r.serial))
-        .ok_or(Error::Storage(storage::Error::NotFound {
-            oid,
-            tid: Some(at),
-        }))
-}
-
 impl<'a> SnapshotFile<'a> {
     /// The ZBigFile `oid` as of `at`.
     pub fn open(storage: &'a dyn Storage, at: Tid, oid: Oid) -> Result<Self, Error> {
-        let (data, _) = load(storage, at, oid)?;
-        let (meta, state) = storage::pickle::decode_record(&data)?;
-        match storage::pickle::class_of_meta(&meta) {
-            Some((m, n)) if m == crate::objects::MODULE && n == "ZBigFile" => {}
-            Some((m, n)) => {
-                return Err(Error::NotAFile {
-                    oid,
-                    class: format!("{m}.{n}"),
-                });
-            }
-            None => {
-                return Err(Error::NotAFile {
-                    oid,
-                    class: "?".into(),
-                });
-            }
+        let snap = Snapshot::new(storage, at);
+        let obj: GenericObject = snap.load(oid)?;
+        if (obj.module.as_str(), obj.name.as_str()) != (crate::objects::MODULE, "ZBigFile") {
+            return Err(Error::NotAFile {
+                oid,
+                class: format!("{}.{}", obj.module, obj.name),
+            });
         }
-        let meta = ZBigFile::parse(oid, &state)?;
+        let meta = ZBigFile::parse(oid, &obj.state)?;
         if meta.blksize > (1 << 30) || !meta.blksize.is_multiple_of(4096) {
             return Err(Error::Block {
                 file: oid,
@@ -73,20 +53,14 @@ impl<'a> SnapshotFile<'a> {
                 ),
             });
         }
-        Ok(SnapshotFile {
-            storage,
-            at,
-            oid,
-            meta,
-        })
+        Ok(SnapshotFile { snap, oid, meta })
     }
 
     /// The file at another snapshot whose state is known to be `meta`
     /// (skips loading the file object).
     pub fn with_meta(storage: &'a dyn Storage, at: Tid, oid: Oid, meta: ZBigFile) -> Self {
         SnapshotFile {
-            storage,
-            at,
+            snap: Snapshot::new(storage, at),
             oid,
             meta,
         }
@@ -94,14 +68,17 @@ impl<'a> SnapshotFile<'a> {
 
     /// The snapshot.
     pub fn at(&self) -> Tid {
-        self.at
+        self.snap.at
     }
 
     fn reader(&self) -> SnapshotReader<'_> {
-        SnapshotReader {
-            storage: self.storage,
-            at: self.at,
-        }
+        SnapshotReader::new(self.snap)
+    }
+
+    /// The record of `oid` at the snapshot and its revision.
+    fn load(&self, oid: Oid) -> Result<(Vec<u8>, Tid), Error> {
+        let r = self.snap.record(oid)?;
+        Ok((r.data, r.serial))
     }
 
     /// The ZBlk reference of block `blk` (`None`: a hole), recording the
@@ -158,7 +135,7 @@ impl<'a> SnapshotFile<'a> {
         self.chunk_refs(blk, chunktab, &mut deps)?
             .into_iter()
             .map(|(off, o)| {
-                let (data, _) = load(self.storage, self.at, o)?;
+                let (data, _) = self.load(o)?;
                 Ok((off, o, decode_zdata(o, &data)?))
             })
             .collect()
@@ -179,7 +156,7 @@ impl<'a> SnapshotFile<'a> {
             deps.zblk = Some((zoid, ZBlkKind::ZBlk0, serial));
             return Ok((false, deps));
         }
-        let (data, serial) = load(self.storage, self.at, zoid)?;
+        let (data, serial) = self.load(zoid)?;
         if let Some(bytes) = fast_payload(&data, &["ZBlk0", "ZBlk"]) {
             assemble_zblk0(bytes, buf).map_err(|e| self.err(blk, e.to_string()))?;
             deps.zblk = Some((zoid, ZBlkKind::ZBlk0, serial));
@@ -205,12 +182,16 @@ impl<'a> SnapshotFile<'a> {
     /// where the bytes are. `Ok(None)` if the record is not a plain ZBlk0
     /// (the caller then decodes it generically).
     fn read_zblk0_direct(&self, blk: u64, zoid: Oid, buf: &mut [u8]) -> Result<Option<Tid>, Error> {
-        let before = Tid(self.at.0.saturating_add(1));
+        let before = self.snap.at.successor();
         let mut head = [0u8; 512];
-        let Some(r) = self.storage.load_before_range(zoid, before, 0, &mut head)? else {
+        let Some(r) = self
+            .snap
+            .storage
+            .load_before_range(zoid, before, 0, &mut head)?
+        else {
             return Err(Error::Storage(storage::Error::NotFound {
                 oid: zoid,
-                tid: Some(self.at),
+                tid: Some(self.snap.at),
             }));
         };
         let Some((off, len)) = payload_layout(&head[..r.copied], &["ZBlk0", "ZBlk"]) else {
@@ -225,6 +206,7 @@ impl<'a> SnapshotFile<'a> {
         }
         let mut tail = [0u8; 6];
         let t = self
+            .snap
             .storage
             .load_before_range(zoid, before, off + len, &mut tail[..tail_len as usize])?
             .map_or(0, |t| t.copied);
@@ -243,6 +225,7 @@ impl<'a> SnapshotFile<'a> {
         }
         let len = len as usize;
         let got = self
+            .snap
             .storage
             .load_before_range(zoid, before, off, &mut buf[..len])?
             .map_or(0, |g| g.copied);
@@ -257,17 +240,18 @@ impl<'a> SnapshotFile<'a> {
     /// is read into one reused scratch buffer and its payload copied into
     /// place (no allocation per chunk); odd records are decoded generically.
     fn assemble_zblk1(&self, blk: u64, refs: &[(i64, Oid)], buf: &mut [u8]) -> Result<(), Error> {
-        let before = Tid(self.at.0.saturating_add(1));
+        let before = self.snap.at.successor();
         let mut scratch = vec![0u8; 16 << 10];
         buf.fill(0);
         let mut stop = 0;
         for (i, &(off, o)) in refs.iter().enumerate() {
             let r = self
+                .snap
                 .storage
                 .load_before_range(o, before, 0, &mut scratch)?
                 .ok_or(Error::Storage(storage::Error::NotFound {
                     oid: o,
-                    tid: Some(self.at),
+                    tid: Some(self.snap.at),
                 }))?;
             let owned;
             let payload: &[u8] = if r.total_len as usize == r.copied
@@ -275,7 +259,7 @@ impl<'a> SnapshotFile<'a> {
             {
                 p
             } else {
-                let (d, _) = load(self.storage, self.at, o)?;
+                let (d, _) = self.load(o)?;
                 owned = decode_zdata(o, &d)?;
                 &owned
             };
@@ -364,7 +348,7 @@ impl<'a> SnapshotFile<'a> {
 
     /// The kind of the ZBlk `oid`.
     pub fn zblk_kind(&self, oid: Oid) -> Result<ZBlkKind, Error> {
-        let (data, _) = load(self.storage, self.at, oid)?;
+        let (data, _) = self.load(oid)?;
         Ok(match decode_zblk(oid, &data)? {
             ZBlkRecord::ZBlk0(_) => ZBlkKind::ZBlk0,
             ZBlkRecord::ZBlk1(_) => ZBlkKind::ZBlk1,
@@ -373,7 +357,7 @@ impl<'a> SnapshotFile<'a> {
 
     /// The ZBlk record of `oid` and its revision.
     pub fn zblk(&self, oid: Oid) -> Result<(ZBlkRecord, Tid), Error> {
-        let (data, serial) = load(self.storage, self.at, oid)?;
+        let (data, serial) = self.load(oid)?;
         Ok((decode_zblk(oid, &data)?, serial))
     }
 }

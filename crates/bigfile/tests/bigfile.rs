@@ -26,8 +26,7 @@ fn wendelin_test_databases_read_byte_for_byte() {
         )
         .expect("parse");
         let fs = FileStorage::open_read_only(testdata().join(format!("{f}.fs"))).expect("open");
-        let dialect = fs.dialect();
-        let db = DB::from_storage(Arc::new(fs), dialect);
+        let db = DB::new(Arc::new(fs));
         let tm = TransactionManager::new();
         let c = db.open_connection(&tm).expect("conn");
         let zbigf = c

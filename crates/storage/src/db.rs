@@ -15,11 +15,20 @@
 //! gives a new object its oid at once (as ZODB's `Connection.add` does). The
 //! references returned by `get`/`get_mut` hold the connection's lock: copy out
 //! what you need and drop them before calling the connection again.
+//!
+//! A [`DB`] is given its storage (`Arc<dyn Storage>`) and its conflict
+//! resolution ([`ConflictResolver`]); this module names neither a storage
+//! nor a persistent class, so storages and classes (BTrees) plug in without
+//! touching it. [`crate::open`] builds the usual database ([`DB::new`],
+//! [`DB::open`]). Objects are read through [`Snapshot`], the one recipe for
+//! "record at a tid -> typed object".
+
+pub use crate::persistent::{GenericObject, Persistent, PersistentClass, PersistentMapping};
 
 use crate::error::{Error, Result};
-use crate::filestorage::FileStorage;
 use crate::ids::{Oid, Tid};
 use crate::pickle::{self, Dialect};
+use crate::snapshot::Snapshot;
 use crate::storage::{ConflictResolver, Storage, StorageTxn, TxnMeta};
 use crate::transaction::{DataManager, Synchronizer, TransactionManager};
 use crate::value::Value;
@@ -27,129 +36,6 @@ use parking_lot::{MappedMutexGuard, Mutex, MutexGuard};
 use std::any::Any;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-
-/// A persistent object: a ZODB class and a state that converts to and from
-/// the pickle value tree. References to other objects are
-/// [`Value::PersistentRef`]s inside the state (see [`Connection::ref_to`]).
-pub trait Persistent: Any + Send + Sync {
-    /// `(module, name)` of the ZODB class, e.g. `("BTrees.LOBTree", "LOBucket")`.
-    fn class_path(&self) -> (&str, &str);
-    /// The state to pickle.
-    fn state(&self) -> Result<Value>;
-}
-
-/// A Rust type for one or more ZODB classes.
-pub trait PersistentClass: Persistent + Sized {
-    /// Build the object from its class path and decoded state.
-    fn from_state(oid: Oid, module: &str, name: &str, state: Value) -> Result<Self>;
-}
-
-/// Any object, kept as its class path and raw state tree.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GenericObject {
-    /// Module of the class.
-    pub module: String,
-    /// Name of the class.
-    pub name: String,
-    /// The state as decoded.
-    pub state: Value,
-}
-
-impl Persistent for GenericObject {
-    fn class_path(&self) -> (&str, &str) {
-        (&self.module, &self.name)
-    }
-    fn state(&self) -> Result<Value> {
-        Ok(self.state.clone())
-    }
-}
-
-impl PersistentClass for GenericObject {
-    fn from_state(_: Oid, module: &str, name: &str, state: Value) -> Result<Self> {
-        Ok(GenericObject {
-            module: module.into(),
-            name: name.into(),
-            state,
-        })
-    }
-}
-
-/// `persistent.mapping.PersistentMapping` (the root object): a dict under the
-/// state key `data` (legacy: `_container`), plus any other attributes.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct PersistentMapping {
-    /// The user mapping, in stored order.
-    pub data: Vec<(Value, Value)>,
-    /// Other state attributes (subclasses), kept as they are.
-    pub attrs: Vec<(Value, Value)>,
-}
-
-impl PersistentMapping {
-    /// The value under text key `key`.
-    pub fn get(&self, key: &str) -> Option<&Value> {
-        self.data
-            .iter()
-            .rev()
-            .find(|(k, _)| k.as_text() == Some(key))
-            .map(|(_, v)| v)
-    }
-
-    /// Set text key `key` (replacing an existing entry).
-    pub fn insert(&mut self, key: &str, v: Value) {
-        match self.data.iter_mut().find(|(k, _)| k.as_text() == Some(key)) {
-            Some(e) => e.1 = v,
-            None => self.data.push((Value::Str(key.into()), v)),
-        }
-    }
-
-    /// Remove text key `key`, returning its value.
-    pub fn remove(&mut self, key: &str) -> Option<Value> {
-        let i = self
-            .data
-            .iter()
-            .position(|(k, _)| k.as_text() == Some(key))?;
-        Some(self.data.remove(i).1)
-    }
-
-    /// The text keys.
-    pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.data.iter().filter_map(|(k, _)| k.as_text())
-    }
-}
-
-impl Persistent for PersistentMapping {
-    fn class_path(&self) -> (&str, &str) {
-        ("persistent.mapping", "PersistentMapping")
-    }
-    fn state(&self) -> Result<Value> {
-        let mut items = vec![(Value::Str("data".into()), Value::Dict(self.data.clone()))];
-        items.extend(self.attrs.iter().cloned());
-        Ok(Value::Dict(items))
-    }
-}
-
-impl PersistentClass for PersistentMapping {
-    fn from_state(oid: Oid, module: &str, name: &str, state: Value) -> Result<Self> {
-        let bad = |msg: String| Error::BadState { oid, msg };
-        if !matches!(
-            (module, name),
-            ("persistent.mapping", "PersistentMapping") | ("persistent.dict", "PersistentDict")
-        ) {
-            return Err(bad(format!("{module}.{name} is not a PersistentMapping")));
-        }
-        let Value::Dict(items) = state else {
-            return Err(bad("PersistentMapping state is not a dict".into()));
-        };
-        let mut m = PersistentMapping::default();
-        for (k, v) in items {
-            match (k.as_text(), v) {
-                (Some("data" | "_container"), Value::Dict(d)) => m.data = d,
-                (_, v) => m.attrs.push((k, v)),
-            }
-        }
-        Ok(m)
-    }
-}
 
 /// Oids whose state changed between two snapshots of a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,76 +51,38 @@ pub struct Invalidation {
     pub own: Option<Tid>,
 }
 
-/// Resolves conflicts for the classes that know how (BTree buckets).
-struct ClassResolver;
-
-impl ConflictResolver for ClassResolver {
-    fn resolve(
-        &self,
-        oid: Oid,
-        old: &[u8],
-        committed: &[u8],
-        new: &[u8],
-    ) -> std::result::Result<Vec<u8>, String> {
-        crate::btree::resolve_conflict(oid, old, committed, new)
-    }
-}
-
 /// A database: a storage plus defaults for its connections.
 #[derive(Clone)]
 pub struct DB {
     storage: Arc<dyn Storage>,
     dialect: Dialect,
     cache_size: usize,
+    /// Merges concurrent changes at commit; `None`: every concurrent change
+    /// of an object is a conflict.
+    resolver: Option<Arc<dyn ConflictResolver>>,
 }
 
 impl DB {
-    /// Open a database by URL: `file:///path/Data.fs` or a plain path (a
-    /// FileStorage, created if missing). Other schemes are the extension
-    /// point for other storages and are refused with an error for now.
-    pub fn open(url: &str) -> Result<DB> {
-        let path = if let Some(p) = url.strip_prefix("file://") {
-            p
-        } else if url.contains("://") {
-            return Err(Error::Protocol(format!(
-                "unsupported storage URL {url:?} (supported: file:///path/data.fs or a path)"
-            )));
-        } else {
-            url
-        };
-        let fs = FileStorage::open(path)?;
-        let dialect = fs.dialect();
-        Ok(DB {
-            storage: Arc::new(fs),
-            dialect,
-            cache_size: 10_000,
-        })
-    }
-
-    /// Open a database read-only (no lock, nothing written, no root created).
-    pub fn open_read_only(url: &str) -> Result<DB> {
-        let path = url.strip_prefix("file://").unwrap_or(url);
-        if path.contains("://") {
-            return Err(Error::Protocol(format!(
-                "unsupported storage URL {url:?} (supported: file:///path/data.fs or a path)"
-            )));
-        }
-        let fs = FileStorage::open_read_only(path)?;
-        let dialect = fs.dialect();
-        Ok(DB {
-            storage: Arc::new(fs),
-            dialect,
-            cache_size: 10_000,
-        })
-    }
-
-    /// A database over an already open storage writing pickles in `dialect`.
-    pub fn from_storage(storage: Arc<dyn Storage>, dialect: Dialect) -> DB {
+    /// A database over `storage` with the given conflict resolution, writing
+    /// pickles in the storage's dialect. [`DB::new`] (in [`crate::open`])
+    /// is this with the standard resolvers.
+    pub fn with_resolver(
+        storage: Arc<dyn Storage>,
+        resolver: Option<Arc<dyn ConflictResolver>>,
+    ) -> DB {
         DB {
+            dialect: storage.dialect(),
             storage,
-            dialect,
             cache_size: 10_000,
+            resolver,
         }
+    }
+
+    /// The same database writing pickles in `dialect` (for storages that
+    /// cannot tell their dialect).
+    pub fn with_dialect(mut self, dialect: Dialect) -> DB {
+        self.dialect = dialect;
+        self
     }
 
     /// Objects each connection keeps cached (unmodified ones beyond it are dropped).
@@ -295,6 +143,7 @@ struct Shared {
     storage: Arc<dyn Storage>,
     dialect: Dialect,
     cache_size: usize,
+    resolver: Option<Arc<dyn ConflictResolver>>,
     /// Weak: the manager's current transaction holds this connection.
     tm: Option<crate::transaction::WeakTransactionManager>,
     state: Mutex<ConnState>,
@@ -323,6 +172,7 @@ impl Connection {
             storage: db.storage.clone(),
             dialect: db.dialect,
             cache_size: db.cache_size,
+            resolver: db.resolver.clone(),
             tm,
             state: Mutex::new(ConnState {
                 at,
@@ -386,11 +236,9 @@ impl Connection {
     /// The record of `oid` as of this connection's snapshot (`None`: the
     /// object does not exist in it). Does not touch the cache.
     pub fn load_record(&self, oid: Oid) -> Result<Option<(Vec<u8>, Tid)>> {
-        let at = self.at();
         Ok(self
-            .shared
-            .storage
-            .load_before(oid, Tid(at.0.saturating_add(1)))?
+            .snapshot(self.at())
+            .try_record(oid)?
             .map(|r| (r.data, r.serial)))
     }
 
@@ -403,15 +251,8 @@ impl Connection {
                 return Ok((m.to_owned(), n.to_owned()));
             }
         }
-        let (data, _) = self.load_record(oid)?.ok_or(Error::NotFound {
-            oid,
-            tid: Some(self.at()),
-        })?;
-        let (meta, _) = pickle::decode_record(&data)?;
-        pickle::class_of_meta(&meta).ok_or_else(|| Error::BadState {
-            oid,
-            msg: "record has no recognizable class".into(),
-        })
+        let obj: GenericObject = self.snapshot(self.at()).load(oid)?;
+        Ok((obj.module, obj.name))
     }
 
     /// A persistent reference to `oid` (`(oid, class)` form) for use in states.
@@ -425,6 +266,11 @@ impl Connection {
             oidv,
             Value::global(&m, &n),
         ]))))
+    }
+
+    /// The database as of `at`, read through this connection's storage.
+    fn snapshot(&self, at: Tid) -> Snapshot<'_> {
+        Snapshot::new(self.shared.storage.as_ref(), at)
     }
 
     fn ensure_loaded<T: PersistentClass>(&self, st: &mut ConnState, oid: Oid) -> Result<()> {
@@ -444,25 +290,12 @@ impl Connection {
                 ),
             });
         }
-        let rec = self
-            .shared
-            .storage
-            .load_before(oid, Tid(st.at.0.saturating_add(1)))?
-            .ok_or(Error::NotFound {
-                oid,
-                tid: Some(st.at),
-            })?;
-        let (meta, state) = pickle::decode_record(&rec.data)?;
-        let (m, n) = pickle::class_of_meta(&meta).ok_or_else(|| Error::BadState {
-            oid,
-            msg: "record has no recognizable class".into(),
-        })?;
-        let obj = T::from_state(oid, &m, &n, state)?;
+        let (obj, serial) = self.snapshot(st.at).load_with_serial::<T>(oid)?;
         st.cache.insert(
             oid,
             Entry {
                 obj: Box::new(obj),
-                serial: rec.serial,
+                serial,
                 used: tick,
             },
         );
@@ -710,8 +543,7 @@ impl Shared {
             .pending
             .clone()
             .ok_or_else(|| Error::Protocol("store outside two-phase commit".into()))?;
-        let resolver: Arc<dyn ConflictResolver> = Arc::new(ClassResolver);
-        st.txn = Some(self.storage.tpc_begin(meta, Some(resolver))?);
+        st.txn = Some(self.storage.tpc_begin(meta, self.resolver.clone())?);
         Ok(())
     }
 }

@@ -169,6 +169,13 @@ impl Tid {
         )
     }
 
+    /// `self + 1` (saturating, never overflows): the exclusive `before` bound
+    /// that reads the snapshot `self` (`load_before(oid, at.successor())`).
+    /// Unlike [`Tid::next`] this is plain arithmetic, not a commit time.
+    pub fn successor(self) -> Tid {
+        Tid(self.0.saturating_add(1))
+    }
+
     /// The smallest tid after `self` (`persistent`'s `TimeStamp.laterThan`
     /// step): the low word counts up; on overflow the minute advances by the
     /// real calendar.

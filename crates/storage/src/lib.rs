@@ -24,6 +24,20 @@
 //! Python's node sizes, states and bucket conflict resolution, so Python
 //! reads what is written here and the other way round.
 //!
+//! # Layout, and why
+//!
+//! Dependencies point one way: bytes ([`pickle`], [`value`], [`ids`]) <-
+//! the storage seam ([`storage`]: the [`Storage`] and [`ConflictResolver`]
+//! traits) <- implementations ([`filestorage`]) and readers ([`persistent`]
+//! typed objects, [`snapshot`] reads at a tid) <- the object layer ([`db`],
+//! [`transaction`]) <- classes built on it ([`btree`]). The object layer
+//! names no storage and no class: a [`DB`] is built over an
+//! `Arc<dyn Storage>` and a resolver. [`open`] is the one place that knows
+//! the concrete parts (URL schemes -> storages, the standard BTree
+//! resolver), so a new storage is one module plus one entry there. One
+//! recipe reads an object at a snapshot ([`Snapshot`]), and pickle opcodes
+//! are spelled only in [`pickle`]. This crate has no `unsafe` code.
+//!
 //! ```
 //! use storage::{DB, TransactionManager, Value};
 //! # fn main() -> Result<(), storage::Error> {
@@ -39,12 +53,17 @@
 //! # Ok(()) }
 //! ```
 
+#![forbid(unsafe_code)]
+
 pub mod btree;
 pub mod db;
 pub mod error;
 pub mod filestorage;
 pub mod ids;
+pub mod open;
+pub mod persistent;
 pub mod pickle;
+pub mod snapshot;
 pub mod storage;
 pub mod transaction;
 pub mod value;
@@ -56,6 +75,8 @@ pub use db::{
 pub use error::{Error, Result};
 pub use filestorage::FileStorage;
 pub use ids::{Oid, Tid, TidTime};
+pub use open::{open_storage, open_storage_with};
+pub use snapshot::Snapshot;
 pub use storage::{
     ConflictResolver, DataRecord, LoadedRecord, RangeLoad, Storage, StorageTxn, TxnInfo, TxnMeta,
 };

@@ -9,6 +9,7 @@
 
 use crate::error::Result;
 use crate::ids::{Oid, Tid};
+use crate::pickle::Dialect;
 
 /// Metadata stored with a transaction.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -88,6 +89,12 @@ pub trait Storage: Send + Sync {
 
     /// True if opened read-only (tpc_begin fails).
     fn is_read_only(&self) -> bool;
+
+    /// The pickle dialect of the records this storage holds, which new
+    /// records must use too (a FileStorage tells by its magic).
+    fn dialect(&self) -> Dialect {
+        Dialect::Py3
+    }
 
     /// The last committed tid this handle knows of (`Tid::ZERO` if empty).
     fn last_tid(&self) -> Tid;

@@ -1,6 +1,9 @@
+use super::node::{bucket_state, parse_bucket_state, ref_value};
 use super::*;
 use crate::db::DB;
 use crate::ids::Tid;
+use crate::persistent::Persistent;
+use crate::pickle::{self, Dialect};
 use crate::transaction::TransactionManager;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -195,7 +198,7 @@ fn python_built_trees_read_as_described() {
         serde_json::from_slice(&std::fs::read(testdata().join("formats/tiny.json")).expect("json"))
             .expect("parse");
     let storage = crate::FileStorage::open_read_only(&path).expect("open");
-    let db = DB::from_storage(std::sync::Arc::new(storage), Dialect::Py3);
+    let db = DB::new(std::sync::Arc::new(storage));
     let c = db.open_historical(Tid::MAX).expect("conn");
     let lo = BTree::open(&c, Oid(2)).expect("lobtree");
     assert_eq!(lo.family, &LO);
@@ -224,7 +227,7 @@ fn python_built_trees_read_as_described() {
     // zblk.fs: IOBTree oid 4 with two buckets (30 + 34) under py2 and py3
     for f in ["zblk/py3_pickle3/zblk.fs", "zblk/py2_pickle3/zblk.fs"] {
         let storage = crate::FileStorage::open_read_only(testdata().join(f)).expect("open");
-        let db = DB::from_storage(std::sync::Arc::new(storage), Dialect::Py3);
+        let db = DB::new(std::sync::Arc::new(storage));
         let c = db.open_historical(Tid::MAX).expect("conn");
         let io = BTree::open(&c, Oid(4)).expect("iobtree");
         assert_eq!(io.family, &IO);

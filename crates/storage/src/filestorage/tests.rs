@@ -599,7 +599,7 @@ mod model {
             prop_assert_eq!(fs.last_tid(), snapshots.last().expect("s").0);
             for (at, state) in &snapshots {
                 for (k, &(o, _)) in &oids {
-                    let got = fs.load_before(o, Tid(at.0 + 1)).expect("load_before").map(|r| r.data);
+                    let got = fs.load_before(o, at.successor()).expect("load_before").map(|r| r.data);
                     prop_assert_eq!(got.as_ref(), state.get(k), "oid {} at {}", o, at);
                 }
             }
@@ -623,7 +623,7 @@ fn load_before_range_equals_slices_of_load_before() {
         let mut n = 0;
         for t in &txns {
             for r in &t.records {
-                for before in [Tid(t.tid.0 + 1), Tid::MAX] {
+                for before in [t.tid.successor(), Tid::MAX] {
                     let full = fs.load_before(r.oid, before).expect("lb");
                     for (off, len) in [(0u64, 7usize), (3, 100), (40, 1 << 20), (1 << 30, 4)] {
                         let mut buf = vec![0u8; len];

@@ -17,9 +17,11 @@
 //! # Ok::<(), storage::Error>(())
 //! ```
 
+mod bytes_state;
 mod decode;
 mod encode;
 
+pub use bytes_state::{BytesStateLayout, bytes_state, bytes_state_layout, is_bytes_state_tail};
 pub use decode::{Decoder, MAX_DEPTH};
 
 use crate::error::{Error, Result};

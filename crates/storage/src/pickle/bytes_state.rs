@@ -1,0 +1,88 @@
+//! Records whose state is one byte string: where the bytes lie, without
+//! decoding the record.
+//!
+//! # Model
+//!
+//! Large payloads (wendelin's block and chunk objects) are records whose
+//! state pickle is a single byte string. Every writer (Python's pickler and
+//! ours) lays such a state out the same way: `[PROTO n]`, one of
+//! `BINBYTES`/`SHORT_BINBYTES` (py3) or `BINSTRING`/`SHORT_BINSTRING` (py2)
+//! with its length, the raw bytes, then `[BINPUT n | LONG_BINPUT n] STOP`.
+//! Knowing that, a reader can locate the bytes from the first few hundred
+//! bytes of the record (the class pickle plus the opcode) and copy them
+//! straight to their destination, without materializing a value tree. Any
+//! other layout is reported as "not plain" (`None`), and the caller decodes
+//! generically. The opcodes are this module's business, not the caller's.
+
+use super::{class_of_meta, decode};
+
+/// Where the byte payload of a record lies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BytesStateLayout {
+    /// Module of the record's class.
+    pub module: String,
+    /// Name of the record's class.
+    pub name: String,
+    /// Offset of the payload's first byte in the record.
+    pub offset: usize,
+    /// Payload length.
+    pub len: u64,
+}
+
+const PROTO: u8 = 0x80;
+const BINBYTES: u8 = b'B';
+const BINSTRING: u8 = b'T';
+const SHORT_BINBYTES: u8 = b'C';
+const SHORT_BINSTRING: u8 = b'U';
+const BINPUT: u8 = b'q';
+const LONG_BINPUT: u8 = b'r';
+const STOP: u8 = b'.';
+
+/// The layout of a record whose state pickle starts with a plain byte
+/// string, from the record's first bytes `head` (the whole class pickle and
+/// the state's first opcode and length must be in it). `None` if the head
+/// is not of that form. The record must then end right after the payload
+/// with bytes accepted by [`is_bytes_state_tail`].
+pub fn bytes_state_layout(head: &[u8]) -> Option<BytesStateLayout> {
+    let (meta, n) = decode(head).ok()?;
+    let (module, name) = class_of_meta(&meta)?;
+    let mut at = n;
+    if head.get(at) == Some(&PROTO) {
+        at += 2;
+    }
+    let (offset, len) = match *head.get(at)? {
+        BINBYTES | BINSTRING => {
+            let l = u32::from_le_bytes(head.get(at + 1..at + 5)?.try_into().ok()?);
+            (at + 5, u64::from(l))
+        }
+        SHORT_BINBYTES | SHORT_BINSTRING => (at + 2, u64::from(*head.get(at + 1)?)),
+        _ => return None,
+    };
+    Some(BytesStateLayout {
+        module,
+        name,
+        offset,
+        len,
+    })
+}
+
+/// True for what may follow the payload up to the end of the record:
+/// `[BINPUT n | LONG_BINPUT n] STOP`.
+pub fn is_bytes_state_tail(t: &[u8]) -> bool {
+    matches!(
+        t,
+        [STOP] | [BINPUT, _, STOP] | [LONG_BINPUT, _, _, _, _, STOP]
+    )
+}
+
+/// The payload of a whole record whose state is one plain byte string,
+/// with the record's class `(module, name)`, without decoding the state (no
+/// copy). `None` if the record is not of that plain form.
+pub fn bytes_state(data: &[u8]) -> Option<(BytesStateLayout, &[u8])> {
+    let l = bytes_state_layout(data)?;
+    let end = l.offset.checked_add(usize::try_from(l.len).ok()?)?;
+    is_bytes_state_tail(data.get(end..)?).then(|| {
+        let payload = &data[l.offset..end];
+        (l, payload)
+    })
+}
