@@ -157,7 +157,7 @@ impl Writer {
                         Some(zd) => {
                             let serial = b
                                 .storage
-                                .load_before(*zd, Tid(at.0.saturating_add(1)))?
+                                .load_before(*zd, at.successor())?
                                 .map_or(Tid::ZERO, |r| r.serial);
                             self.conn.store_now(*zd, serial, &zdata)?;
                         }
