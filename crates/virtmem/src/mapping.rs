@@ -11,29 +11,13 @@ pub const PAGE: usize = 4096;
 /// Plain-old-data element types that typed views may hold: every bit pattern
 /// is a valid value, there is no padding and no pointer.
 ///
-/// # Safety
-///
-/// Implement only for `Copy` types without padding bytes and for which any
-/// byte content is a valid value (integers, floats, arrays of them,
-/// `#[repr(C)]` structs of them without padding).
-pub unsafe trait Pod: Copy + Send + Sync + 'static {}
+/// This is [`bytemuck::Pod`] (the ecosystem's standard marker, derivable with
+/// `#[derive(bytemuck::Pod, bytemuck::Zeroable)]` without writing `unsafe`)
+/// plus `Send + Sync`, so that views can cross threads; it is implemented
+/// for every such type and cannot be implemented by hand.
+pub trait Pod: bytemuck::Pod + Send + Sync {}
 
-macro_rules! pod {
-    ($($t:ty),*) => { $(
-        // SAFETY: primitive numeric type: no padding, every bit pattern valid.
-        unsafe impl Pod for $t {}
-    )* };
-}
-pod!(
-    u8, i8, u16, i16, u32, i32, u64, i64, u128, i128, usize, isize, f32, f64
-);
-// SAFETY: an array of Pod elements has no padding and every bit pattern valid.
-unsafe impl<T: Pod, const N: usize> Pod for [T; N] {}
-// SAFETY: `Complex<T>` is `#[repr(C)] { re: T, im: T }`: two f32/f64 without
-// padding (same size and alignment), every bit pattern a valid value.
-unsafe impl Pod for num_complex::Complex<f32> {}
-// SAFETY: as above, for f64.
-unsafe impl Pod for num_complex::Complex<f64> {}
+impl<T: bytemuck::Pod + Send + Sync> Pod for T {}
 
 /// An anonymous, private, MAP_NORESERVE mapping: the address space of one
 /// file handle. Unmapped on drop.
