@@ -426,11 +426,16 @@ impl FileH {
             op: "mmap of the handle's reservation",
             source,
         })?;
-        uffd.register(
-            map.addr(),
-            len,
-            uffd::REGISTER_MODE_MISSING | uffd::REGISTER_MODE_WP,
-        )
+        // SAFETY: our own fresh reservation, registered for missing faults:
+        // nothing reads it but through the views, whose accesses to missing
+        // pages wait for the handler.
+        unsafe {
+            uffd.register(
+                map.addr(),
+                len,
+                uffd::REGISTER_MODE_MISSING | uffd::REGISTER_MODE_WP,
+            )
+        }
         .map_err(|source| Error::Os {
             op: "UFFDIO_REGISTER",
             source,
@@ -597,7 +602,10 @@ impl FileH {
             self.sh.writers.store(false, Ordering::Relaxed);
         }
         Ok(View {
-            slice: self.sh.map.slice(off, count),
+            // SAFETY: `check` tested bounds and alignment; `&self` means no
+            // `&mut FileH`, hence no mutable view, is alive for the view's
+            // lifetime.
+            slice: unsafe { self.sh.map.slice(off, count) },
             offset,
         })
     }
@@ -612,8 +620,9 @@ impl FileH {
             self.sh.writers.store(true, Ordering::Relaxed);
         }
         Ok(ViewMut {
-            // `&mut self` guarantees that no other view of the mapping exists.
-            slice: self.sh.map.slice_mut(off, count),
+            // SAFETY: `check` tested bounds and alignment; `&mut self`
+            // guarantees that no other view of the mapping exists.
+            slice: unsafe { self.sh.map.slice_mut(off, count) },
             offset,
         })
     }
@@ -659,10 +668,9 @@ impl FileH {
             });
         }
         let (off, len) = self.sh.block_range(blk);
-        self.sh
-            .map
-            .dontneed(off, len)
-            .map_err(Shared::os("madvise(MADV_DONTNEED)"))
+        // SAFETY: the block's range; the next access faults and is served a
+        // SIGBUS (the engine believes the block resident), never other bytes.
+        unsafe { self.sh.map.dontneed(off, len) }.map_err(Shared::os("madvise(MADV_DONTNEED)"))
     }
 
     /// Load blocks `blocks` (block numbers) that are not resident, on the
@@ -716,7 +724,9 @@ impl FileH {
             let Some(retry) = retry else { continue };
             if retry {
                 let (off, len) = sh.block_range(blk);
-                if let Err(source) = sh.map.dontneed(off, len) {
+                // SAFETY: a poisoned block (accesses get SIGBUS, nobody read
+                // content), now Loading under this thread.
+                if let Err(source) = unsafe { sh.map.dontneed(off, len) } {
                     sh.finish_failed_raw(blk);
                     return Err(Error::Os {
                         op: "madvise(MADV_DONTNEED)",
@@ -749,7 +759,9 @@ impl FileH {
             if how.has(Writeout::STORE) {
                 for &blk in &dirty {
                     let (off, len) = sh.block_range(blk);
-                    let data: &[u8] = sh.map.slice(off, len);
+                    // SAFETY: a block's range (in bounds, bytes); `&mut self`:
+                    // no mutable view is alive.
+                    let data: &[u8] = unsafe { sh.map.slice(off, len) };
                     sh.file
                         .store_block(blk, data)
                         .map_err(|source| Error::Store {
@@ -799,7 +811,8 @@ impl FileH {
         let mut r = Ok(());
         for blk in dirty {
             let (off, len) = sh.block_range(blk);
-            if let Err(source) = sh.map.dontneed(off, len) {
+            // SAFETY: a block's range; `&mut self`: no view is alive.
+            if let Err(source) = unsafe { sh.map.dontneed(off, len) } {
                 r = Err(Error::Os {
                     op: "madvise(MADV_DONTNEED)",
                     source,
@@ -832,7 +845,8 @@ impl FileH {
             // Drop the range even for an absent block: no page may survive
             // an invalidation, whatever the bookkeeping says.
             let (off, len) = sh.block_range(blk);
-            sh.map.dontneed(off, len).map_err(|source| Error::Os {
+            // SAFETY: a block's range; `&mut self`: no view is alive.
+            unsafe { sh.map.dontneed(off, len) }.map_err(|source| Error::Os {
                 op: "madvise(MADV_DONTNEED)",
                 source,
             })?;
@@ -1212,7 +1226,9 @@ impl Shared {
     fn refill_hole(&self, blk: u64, addr: usize) -> std::io::Result<()> {
         let (off, len) = self.block_range(blk);
         // The block is write-protected zero pages: dropping them loses nothing.
-        let r = self.map.dontneed(off, len).and_then(|()| {
+        // SAFETY: the block's range, Loading under this thread: accesses
+        // wait, and then see zeros as before.
+        let r = unsafe { self.map.dontneed(off, len) }.and_then(|()| {
             let mut z = self.zeros.lock();
             if z.is_none() {
                 // Never written: reads of it hit the shared zero page, a
@@ -1588,10 +1604,14 @@ impl Shared {
         // a time, splitting it. The block has no page while it loads, and
         // dropping its (empty) range frees that table (Linux >= 6.14 with
         // CONFIG_PT_RECLAIM; otherwise this costs a few microseconds).
-        self.map
-            .dontneed(addr - self.map.addr(), len)
+        // SAFETY: the block's range, Loading under this thread: no page, no
+        // access has seen content.
+        unsafe { self.map.dontneed(addr - self.map.addr(), len) }
             .map_err(Self::os("madvise(MADV_DONTNEED)"))?;
-        let (moved, why) = self.uffd.move_pages(addr, buf.addr(), len);
+        // SAFETY: `buf` is borrowed exclusively and was loaded for this
+        // block only; the destination is the Loading block (registered, no
+        // page, waiters asleep until the state changes).
+        let (moved, why) = unsafe { self.uffd.move_pages(addr, buf.addr(), len) };
         buf.moved_out |= moved > 0;
         if let Some(e) = why {
             // E.g. EEXIST (a page is already there) or EBUSY: copy the rest,
@@ -1614,8 +1634,9 @@ impl Shared {
             // The block is clean and its waiters still sleep: dropping the
             // page loses nothing (the marker holds its bytes).
             let off = addr - self.map.addr() + mk.page * PAGE;
-            self.map
-                .dontneed(off, PAGE)
+            // SAFETY: a page of the block, whose waiters still sleep and
+            // whose next access is served the marker's identical bytes.
+            unsafe { self.map.dontneed(off, PAGE) }
                 .map_err(Self::os("madvise(MADV_DONTNEED) of a marker page"))?;
         }
         Ok(true)
@@ -1644,10 +1665,10 @@ impl Shared {
                     let Ok(b) = Staging::new(len) else {
                         return false;
                     };
-                    if self
-                        .uffd
-                        .register(b.addr(), len, uffd::REGISTER_MODE_WP)
-                        .is_err()
+                    // SAFETY: a fresh buffer owned by the pool: registered
+                    // for write-protection only, never filled, only moved
+                    // into while borrowed exclusively and emptied.
+                    if unsafe { self.uffd.register(b.addr(), len, uffd::REGISTER_MODE_WP) }.is_err()
                     {
                         return false;
                     }
@@ -1659,7 +1680,10 @@ impl Shared {
         };
         // Empty, page table freed: the block's huge page moves in whole.
         let ok = b.clear().is_ok() && {
-            let (moved, why) = self.uffd.move_pages(b.addr(), addr, len);
+            // SAFETY: `b` is borrowed exclusively and was just emptied; the
+            // source is a clean block being evicted (Evicting: accesses wait,
+            // then reload the same bytes).
+            let (moved, why) = unsafe { self.uffd.move_pages(b.addr(), addr, len) };
             if let Some(e) = &why {
                 vtrace!("T recycling: UFFDIO_MOVE stopped after {moved} of {len} bytes: {e}");
             }
@@ -1697,7 +1721,9 @@ impl Shared {
             let r = if self.recycle(self.map.addr() + off, len) {
                 Ok(())
             } else {
-                self.map.dontneed(off, len)
+                // SAFETY: a clean block being evicted: accesses wait, then
+                // reload the same bytes.
+                unsafe { self.map.dontneed(off, len) }
             };
             inc(&self.counters.evictions);
             let mut st = self.st.lock();
