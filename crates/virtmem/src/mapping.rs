@@ -401,10 +401,8 @@ mod tests {
         assert!(!pm.written(a, 4 * PAGE).unwrap(), "untouched pages");
         // A read of untouched private anonymous memory maps the zero page.
         // SAFETY: in bounds, u8 needs no alignment, no other slice exists.
-        assert_eq!(
-            std::hint::black_box(unsafe { r.slice::<u8>(PAGE, 1) })[0],
-            0
-        );
+        let s = unsafe { r.slice::<u8>(PAGE, 1) };
+        assert_eq!(std::hint::black_box(s)[0], 0);
         assert!(!pm.written(a, 4 * PAGE).unwrap(), "zero page only");
         // SAFETY: as above; the previous slice is gone.
         let s = unsafe { r.slice_mut::<u8>(2 * PAGE + 5, 1) };
