@@ -26,6 +26,12 @@
 //! refused by the typed handle with a clear error; [`open_untyped`] gives
 //! their metadata and raw bytes, and [`read_converted`] reads big-endian
 //! numbers explicitly.
+//!
+//! The crate has no `unsafe` code: element types are plain old data by
+//! `bytemuck`'s checked derive (and its impls for the numeric and complex
+//! types), which is what virtmem's typed views ask for.
+
+#![forbid(unsafe_code)]
 
 pub mod array;
 pub mod dtype;
@@ -125,7 +131,21 @@ macro_rules! element {
 
 mod boolean {
     /// numpy's `bool` (`|b1`): one byte, 0 or 1. Any other byte reads as true.
-    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    // `Pod` by derive: a transparent wrapper of u8 (one byte, no padding,
+    // every bit pattern a valid value), checked by bytemuck at compile time.
+    #[derive(
+        Debug,
+        Clone,
+        Copy,
+        Default,
+        PartialEq,
+        Eq,
+        PartialOrd,
+        Ord,
+        Hash,
+        bytemuck::Pod,
+        bytemuck::Zeroable,
+    )]
     #[repr(transparent)]
     pub struct B1(pub u8);
 
@@ -141,10 +161,6 @@ mod boolean {
             B1(u8::from(b))
         }
     }
-
-    // SAFETY: a transparent wrapper of u8: one byte, no padding, every bit
-    // pattern is a valid value.
-    unsafe impl virtmem::Pod for B1 {}
 
     impl super::Element for B1 {
         const KIND: char = 'b';

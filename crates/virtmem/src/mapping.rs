@@ -1,6 +1,10 @@
 //! The mmap layer: the anonymous reservation behind a file handle, the
 //! per-thread staging buffers, and the conversions from mapped memory to Rust
-//! slices. With [`crate::uffd`] this is the only module with `unsafe` code.
+//! slices. With [`crate::uffd`] this is where the crate's `unsafe` code
+//! lives: one aligned-mapping helper ([`AlignedMap`]) maps, trims and unmaps
+//! for both the reservation and the staging buffers, and the functions whose
+//! callers must uphold an aliasing contract (typed slices of the reservation,
+//! dropping its pages) are `unsafe fn` with the contract spelled out.
 
 use std::io;
 use std::ptr::NonNull;
@@ -11,54 +15,38 @@ pub const PAGE: usize = 4096;
 /// Plain-old-data element types that typed views may hold: every bit pattern
 /// is a valid value, there is no padding and no pointer.
 ///
-/// # Safety
-///
-/// Implement only for `Copy` types without padding bytes and for which any
-/// byte content is a valid value (integers, floats, arrays of them,
-/// `#[repr(C)]` structs of them without padding).
-pub unsafe trait Pod: Copy + Send + Sync + 'static {}
+/// This is [`bytemuck::Pod`] (the ecosystem's standard marker, derivable with
+/// `#[derive(bytemuck::Pod, bytemuck::Zeroable)]` without writing `unsafe`)
+/// plus `Send + Sync`, so that views can cross threads; it is implemented
+/// for every such type and cannot be implemented by hand.
+pub trait Pod: bytemuck::Pod + Send + Sync {}
 
-macro_rules! pod {
-    ($($t:ty),*) => { $(
-        // SAFETY: primitive numeric type: no padding, every bit pattern valid.
-        unsafe impl Pod for $t {}
-    )* };
-}
-pod!(
-    u8, i8, u16, i16, u32, i32, u64, i64, u128, i128, usize, isize, f32, f64
-);
-// SAFETY: an array of Pod elements has no padding and every bit pattern valid.
-unsafe impl<T: Pod, const N: usize> Pod for [T; N] {}
-// SAFETY: `Complex<T>` is `#[repr(C)] { re: T, im: T }`: two f32/f64 without
-// padding (same size and alignment), every bit pattern a valid value.
-unsafe impl Pod for num_complex::Complex<f32> {}
-// SAFETY: as above, for f64.
-unsafe impl Pod for num_complex::Complex<f64> {}
+impl<T: bytemuck::Pod + Send + Sync> Pod for T {}
 
-/// An anonymous, private, MAP_NORESERVE mapping: the address space of one
-/// file handle. Unmapped on drop.
+/// An anonymous private mapping of `len` bytes whose start is aligned to
+/// `align`; unmapped on drop. The one place that maps and unmaps memory for
+/// [`Reservation`] and [`Staging`].
 #[derive(Debug)]
-pub struct Reservation {
+struct AlignedMap {
     base: NonNull<u8>,
     len: usize,
 }
 
-// SAFETY: the reservation is plain memory addressed by raw pointer; access
-// discipline (shared vs exclusive slices) is enforced by the borrowing API of
-// `FileH`, and the handler threads only pass addresses to the kernel.
-unsafe impl Send for Reservation {}
-// SAFETY: see `Send`; `&Reservation` only hands out slices through methods
-// whose callers uphold the aliasing rules (documented on each method).
-unsafe impl Sync for Reservation {}
-
-impl Reservation {
-    /// Reserve `len` bytes (a multiple of [`PAGE`]), aligned to 2 MiB so
-    /// that 2 MiB blocks can be installed as whole huge pages.
-    pub fn new(len: usize) -> io::Result<Reservation> {
-        const ALIGN: usize = 2 << 20;
+impl AlignedMap {
+    /// Map `len` bytes (a non-zero multiple of [`PAGE`]) aligned to `align`
+    /// (a power of two multiple of [`PAGE`]), with `MAP_PRIVATE |
+    /// MAP_ANONYMOUS | flags`: map `len + align` bytes, then unmap the
+    /// unaligned head and the tail past `len`.
+    fn new(len: usize, align: usize, flags: libc::c_int) -> io::Result<AlignedMap> {
+        debug_assert!(align.is_power_of_two() && align.is_multiple_of(PAGE));
+        if len == 0 || !len.is_multiple_of(PAGE) {
+            return Err(io::Error::other(format!(
+                "mapping of {len} bytes: not a non-zero multiple of the page size"
+            )));
+        }
         let total = len
-            .checked_add(ALIGN)
-            .ok_or_else(|| io::Error::other("reservation too large"))?;
+            .checked_add(align)
+            .ok_or_else(|| io::Error::other("mapping too large"))?;
         // SAFETY: anonymous mapping at a kernel-chosen address; no existing
         // memory is affected.
         let p = unsafe {
@@ -66,7 +54,7 @@ impl Reservation {
                 std::ptr::null_mut(),
                 total,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | flags,
                 -1,
                 0,
             )
@@ -75,11 +63,13 @@ impl Reservation {
             return Err(io::Error::last_os_error());
         }
         let start = p as usize;
-        let aligned = start.next_multiple_of(ALIGN);
+        // `start` is page aligned and `align` a multiple of the page size:
+        // head and tail are whole pages, head + len + tail == total.
+        let aligned = start.next_multiple_of(align);
         let head = aligned - start;
         let tail = total - head - len;
         // SAFETY: trimming the unaligned head and the tail of the mapping we
-        // just created; nothing else refers to them.
+        // just created (both page aligned, inside it); nothing refers to them.
         unsafe {
             if head > 0 {
                 libc::munmap(p, head);
@@ -90,69 +80,124 @@ impl Reservation {
         }
         let base = NonNull::new(aligned as *mut u8)
             .ok_or_else(|| io::Error::other("mmap returned NULL"))?;
-        // Blocks are filled with UFFDIO_COPY one page at a time or moved in
-        // as whole huge pages (UFFDIO_MOVE ignores this advice); THP faults
-        // and khugepaged would only waste time on this range.
-        // SAFETY: advice on our own fresh mapping; failure is harmless.
-        unsafe { libc::madvise(base.as_ptr().cast(), len, libc::MADV_NOHUGEPAGE) };
-        Ok(Reservation { base, len })
+        Ok(AlignedMap { base, len })
     }
 
-    /// Start address.
-    pub fn addr(&self) -> usize {
+    fn addr(&self) -> usize {
         self.base.as_ptr() as usize
     }
 
-    /// Length in bytes.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Drop the pages of `[off, off+len)` (MADV_DONTNEED): the next access
-    /// faults again. Also removes poison markers.
-    pub fn dontneed(&self, off: usize, len: usize) -> io::Result<()> {
-        debug_assert!(off + len <= self.len);
-        // SAFETY: the range lies inside our mapping. Dropping pages of a
-        // private anonymous mapping is always memory-safe: later reads see
-        // what the fault handler installs.
-        let rc =
-            unsafe { libc::madvise(self.base.as_ptr().add(off).cast(), len, libc::MADV_DONTNEED) };
+    /// `madvise(advice)` on `[off, off+len)`, which must lie in the mapping.
+    ///
+    /// # Safety
+    ///
+    /// If the advice changes content (`MADV_DONTNEED`), no reference into the
+    /// range may observe the change (see [`Reservation::dontneed`]).
+    unsafe fn madvise(&self, off: usize, len: usize, advice: libc::c_int) -> io::Result<()> {
+        debug_assert!(off.checked_add(len).is_some_and(|e| e <= self.len));
+        // SAFETY: the range lies inside our own mapping; the caller vouches
+        // for any effect on content.
+        let rc = unsafe { libc::madvise(self.base.as_ptr().add(off).cast(), len, advice) };
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
         Ok(())
     }
+}
 
-    /// Shared typed slice over `[off, off + count*size_of::<T>())`.
-    ///
-    /// The caller has checked bounds and alignment, and guarantees that no
-    /// `&mut` slice overlapping the range exists for the returned lifetime.
-    pub fn slice<T: Pod>(&self, off: usize, count: usize) -> &[T] {
-        debug_assert!(off + count * size_of::<T>() <= self.len);
-        debug_assert!((self.addr() + off).is_multiple_of(align_of::<T>()));
-        // SAFETY: in bounds and aligned (checked by the caller, asserted in
-        // debug); the memory is readable (faults are served by the handler);
-        // T is Pod so any content is a valid value; aliasing per caller contract.
-        unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(off).cast::<T>(), count) }
-    }
-
-    /// Exclusive typed slice. The caller holds exclusive access to the whole
-    /// handle (`&mut FileH`), so no other slice of the mapping exists.
-    #[allow(clippy::mut_from_ref)]
-    pub fn slice_mut<T: Pod>(&self, off: usize, count: usize) -> &mut [T] {
-        debug_assert!(off + count * size_of::<T>() <= self.len);
-        debug_assert!((self.addr() + off).is_multiple_of(align_of::<T>()));
-        // SAFETY: in bounds and aligned (checked by the caller); writable
-        // mapping; T is Pod; exclusivity guaranteed by the caller's `&mut FileH`.
-        unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(off).cast::<T>(), count) }
+impl Drop for AlignedMap {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the (trimmed) mapping we own; no slice of
+        // it can outlive its owner (slices borrow it).
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
     }
 }
 
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly the mapping we created; no slice of it can
-        // outlive the Reservation (they borrow it).
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+/// An anonymous, private, MAP_NORESERVE mapping: the address space of one
+/// file handle. Unmapped on drop.
+#[derive(Debug)]
+pub struct Reservation {
+    mem: AlignedMap,
+}
+
+// SAFETY: the reservation is plain memory addressed by raw pointer; access
+// discipline (shared vs exclusive slices) is enforced by the borrowing API of
+// `FileH`, and the handler threads only pass addresses to the kernel.
+unsafe impl Send for Reservation {}
+// SAFETY: see `Send`; `&Reservation` only hands out slices through unsafe
+// methods whose callers uphold the aliasing rules.
+unsafe impl Sync for Reservation {}
+
+impl Reservation {
+    /// Reserve `len` bytes (a multiple of [`PAGE`]), aligned to 2 MiB so
+    /// that 2 MiB blocks can be installed as whole huge pages.
+    pub fn new(len: usize) -> io::Result<Reservation> {
+        let mem = AlignedMap::new(len, 2 << 20, libc::MAP_NORESERVE)?;
+        // Blocks are filled with UFFDIO_COPY one page at a time or moved in
+        // as whole huge pages (UFFDIO_MOVE ignores this advice); THP faults
+        // and khugepaged would only waste time on this range.
+        // SAFETY: advice that does not change content; failure is harmless.
+        let _ = unsafe { mem.madvise(0, len, libc::MADV_NOHUGEPAGE) };
+        Ok(Reservation { mem })
+    }
+
+    /// Start address.
+    pub fn addr(&self) -> usize {
+        self.mem.addr()
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.mem.len
+    }
+
+    /// Drop the pages of `[off, off+len)` (MADV_DONTNEED): the next access
+    /// faults again. Also removes poison markers.
+    ///
+    /// # Safety
+    ///
+    /// The range lies in the reservation, and no thread may see its content
+    /// change: either no slice of it is alive (the caller holds `&mut FileH`
+    /// or the block is being loaded), or the range is registered for missing
+    /// faults and the next access is served the same bytes (a clean block or
+    /// a hole, which reload unchanged) or fails (a poisoned block).
+    pub unsafe fn dontneed(&self, off: usize, len: usize) -> io::Result<()> {
+        // SAFETY: dropping pages of private anonymous memory; the caller
+        // guarantees that no reader observes the change.
+        unsafe { self.mem.madvise(off, len, libc::MADV_DONTNEED) }
+    }
+
+    /// Shared typed slice over `[off, off + count*size_of::<T>())`.
+    ///
+    /// # Safety
+    ///
+    /// The range lies in the reservation and is aligned for `T`, and no
+    /// `&mut` slice overlapping it exists for the returned lifetime.
+    pub unsafe fn slice<T: Pod>(&self, off: usize, count: usize) -> &[T] {
+        debug_assert!(off + count * size_of::<T>() <= self.len());
+        debug_assert!((self.addr() + off).is_multiple_of(align_of::<T>()));
+        // SAFETY: in bounds and aligned (caller contract, asserted in debug);
+        // the memory is readable (faults are served by the handler); T is Pod
+        // so any content is a valid value; aliasing per caller contract.
+        unsafe { std::slice::from_raw_parts(self.mem.base.as_ptr().add(off).cast::<T>(), count) }
+    }
+
+    /// Exclusive typed slice over `[off, off + count*size_of::<T>())`.
+    ///
+    /// # Safety
+    ///
+    /// The range lies in the reservation and is aligned for `T`, and no other
+    /// slice overlapping it exists for the returned lifetime (the caller
+    /// holds `&mut FileH`).
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn slice_mut<T: Pod>(&self, off: usize, count: usize) -> &mut [T] {
+        debug_assert!(off + count * size_of::<T>() <= self.len());
+        debug_assert!((self.addr() + off).is_multiple_of(align_of::<T>()));
+        // SAFETY: in bounds and aligned (caller contract); writable mapping;
+        // T is Pod; exclusivity per caller contract.
+        unsafe {
+            std::slice::from_raw_parts_mut(self.mem.base.as_ptr().add(off).cast::<T>(), count)
+        }
     }
 }
 
@@ -161,8 +206,7 @@ impl Drop for Reservation {
 /// Aligned to 2 MiB and advised for huge pages so the copy source costs few
 /// TLB misses.
 pub struct Staging {
-    base: NonNull<u8>,
-    len: usize,
+    mem: AlignedMap,
     /// Set by the user when the buffer was found made of small pages (so it
     /// is better replaced than reused for zero-copy installs).
     pub small_pages: bool,
@@ -175,44 +219,13 @@ pub struct Staging {
 unsafe impl Send for Staging {}
 
 impl Staging {
-    const ALIGN: usize = 2 << 20;
-
     /// Allocate a zero-filled buffer of `len` bytes (multiple of [`PAGE`]).
     pub fn new(len: usize) -> io::Result<Staging> {
-        let total = len + Self::ALIGN;
-        // SAFETY: fresh anonymous mapping at a kernel-chosen address.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                total,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let start = p as usize;
-        let aligned = start.next_multiple_of(Self::ALIGN);
-        let head = aligned - start;
-        let tail = total - head - len;
-        // SAFETY: trimming the unaligned head and the tail of our own mapping.
-        unsafe {
-            if head > 0 {
-                libc::munmap(p, head);
-            }
-            if tail > 0 {
-                libc::munmap((aligned + len) as *mut libc::c_void, tail);
-            }
-            libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
-        }
-        let base = NonNull::new(aligned as *mut u8)
-            .ok_or_else(|| io::Error::other("mmap returned NULL"))?;
+        let mem = AlignedMap::new(len, 2 << 20, 0)?;
+        // SAFETY: advice that does not change content; failure is harmless.
+        let _ = unsafe { mem.madvise(0, len, libc::MADV_HUGEPAGE) };
         Ok(Staging {
-            base,
-            len,
+            mem,
             small_pages: false,
             moved_out: false,
         })
@@ -220,7 +233,7 @@ impl Staging {
 
     /// Start address (2 MiB aligned).
     pub fn addr(&self) -> usize {
-        self.base.as_ptr() as usize
+        self.mem.addr()
     }
 
     /// Fault in every page of the buffer for writing (`MADV_POPULATE_WRITE`,
@@ -228,19 +241,9 @@ impl Staging {
     /// buffer fresh zeroed pages (huge pages when the kernel can), so that
     /// every page is present whatever the loader writes.
     pub fn populate(&mut self) -> io::Result<()> {
-        // SAFETY: advice on our own mapping of `len` bytes, borrowed
-        // exclusively; populating only allocates (zeroed) pages where none
-        // are present, it never changes existing content.
-        let rc = unsafe {
-            libc::madvise(
-                self.base.as_ptr().cast(),
-                self.len,
-                libc::MADV_POPULATE_WRITE,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        // SAFETY: populating only allocates (zeroed) pages where none are
+        // present, it never changes existing content.
+        unsafe { self.mem.madvise(0, self.mem.len, libc::MADV_POPULATE_WRITE) }?;
         self.moved_out = false;
         Ok(())
     }
@@ -249,32 +252,21 @@ impl Staging {
     /// afterwards. With `CONFIG_PT_RECLAIM` this also frees the emptied page
     /// table, so a huge page can be moved in whole.
     pub fn clear(&mut self) -> io::Result<()> {
-        // SAFETY: our own mapping of `len` bytes, borrowed exclusively;
-        // dropping pages of private anonymous memory is memory-safe.
-        let rc = unsafe { libc::madvise(self.base.as_ptr().cast(), self.len, libc::MADV_DONTNEED) };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        // SAFETY: the buffer is borrowed exclusively, so no slice of it is
+        // alive to see its content change.
+        unsafe { self.mem.madvise(0, self.mem.len, libc::MADV_DONTNEED) }
     }
 
     /// The buffer.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: our own mapping of `len` bytes, borrowed exclusively via &mut self.
-        unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr(), self.len) }
+        unsafe { std::slice::from_raw_parts_mut(self.mem.base.as_ptr(), self.mem.len) }
     }
 
     /// The buffer, read-only.
     pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: our own mapping of `len` bytes.
-        unsafe { std::slice::from_raw_parts(self.base.as_ptr(), self.len) }
-    }
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly the aligned region we kept.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+        // SAFETY: our own mapping of `len` bytes; writes need `&mut self`.
+        unsafe { std::slice::from_raw_parts(self.mem.base.as_ptr(), self.mem.len) }
     }
 }
 
@@ -334,6 +326,39 @@ impl Pagemap {
     /// True if some page of `[addr, addr+len)` is present and is not the
     /// shared zero page (i.e. was written).
     pub fn written(&self, addr: usize, len: usize) -> io::Result<bool> {
+        let found = self.find(
+            addr,
+            len,
+            PmScanArg {
+                category_inverted: PAGE_IS_PFNZERO,
+                category_mask: PAGE_IS_PRESENT | PAGE_IS_PFNZERO,
+                return_mask: PAGE_IS_PRESENT,
+                ..PmScanArg::default()
+            },
+        )?;
+        Ok(found)
+    }
+
+    /// True if every page of `[addr, addr+len)` is present and part of a
+    /// huge page.
+    pub fn all_huge(&self, addr: usize, len: usize) -> io::Result<bool> {
+        // Look for a page that is not (present and huge).
+        let found = self.find(
+            addr,
+            len,
+            PmScanArg {
+                category_inverted: PAGE_IS_PRESENT | PAGE_IS_HUGE,
+                category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_HUGE,
+                return_mask: PAGE_IS_PRESENT | PAGE_IS_HUGE,
+                ..PmScanArg::default()
+            },
+        )?;
+        Ok(!found)
+    }
+
+    /// PAGEMAP_SCAN of `[addr, addr+len)` with the category masks of
+    /// `query`: true if some page matches.
+    fn find(&self, addr: usize, len: usize, query: PmScanArg) -> io::Result<bool> {
         use std::os::fd::AsRawFd;
         let mut region = [PageRegion::default(); 1];
         let mut arg = PmScanArg {
@@ -342,10 +367,7 @@ impl Pagemap {
             end: (addr + len) as u64,
             vec: region.as_mut_ptr() as u64,
             vec_len: 1,
-            category_inverted: PAGE_IS_PFNZERO,
-            category_mask: PAGE_IS_PRESENT | PAGE_IS_PFNZERO,
-            return_mask: PAGE_IS_PRESENT,
-            ..PmScanArg::default()
+            ..query
         };
         // SAFETY: `arg` is a live `struct pm_scan_arg`; `vec` points to a
         // live array of `vec_len` page_region entries that the kernel fills;
@@ -355,34 +377,6 @@ impl Pagemap {
             return Err(io::Error::last_os_error());
         }
         Ok(n > 0)
-    }
-}
-
-impl Pagemap {
-    /// True if every page of `[addr, addr+len)` is present and part of a
-    /// huge page.
-    pub fn all_huge(&self, addr: usize, len: usize) -> io::Result<bool> {
-        use std::os::fd::AsRawFd;
-        let mut region = [PageRegion::default(); 1];
-        // Look for a page that is not (present and huge).
-        let mut arg = PmScanArg {
-            size: size_of::<PmScanArg>() as u64,
-            start: addr as u64,
-            end: (addr + len) as u64,
-            vec: region.as_mut_ptr() as u64,
-            vec_len: 1,
-            category_inverted: PAGE_IS_PRESENT | PAGE_IS_HUGE,
-            category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_HUGE,
-            return_mask: PAGE_IS_PRESENT | PAGE_IS_HUGE,
-            ..PmScanArg::default()
-        };
-        // SAFETY: as in `written`: a live `struct pm_scan_arg` whose `vec`
-        // points to a live array of `vec_len` entries; the range is only read.
-        let n = unsafe { libc::ioctl(self.file.as_raw_fd(), PAGEMAP_SCAN as _, &mut arg) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(n == 0)
     }
 }
 
@@ -406,12 +400,17 @@ mod tests {
         let a = r.addr();
         assert!(!pm.written(a, 4 * PAGE).unwrap(), "untouched pages");
         // A read of untouched private anonymous memory maps the zero page.
-        assert_eq!(std::hint::black_box(r.slice::<u8>(PAGE, 1))[0], 0);
+        // SAFETY: in bounds, u8 needs no alignment, no other slice exists.
+        let s = unsafe { r.slice::<u8>(PAGE, 1) };
+        assert_eq!(std::hint::black_box(s)[0], 0);
         assert!(!pm.written(a, 4 * PAGE).unwrap(), "zero page only");
-        r.slice_mut::<u8>(2 * PAGE + 5, 1)[0] = 1;
+        // SAFETY: as above; the previous slice is gone.
+        let s = unsafe { r.slice_mut::<u8>(2 * PAGE + 5, 1) };
+        s[0] = 1;
         assert!(pm.written(a, 4 * PAGE).unwrap(), "a written page");
         assert!(!pm.written(a, 2 * PAGE).unwrap(), "other range");
-        r.dontneed(2 * PAGE, PAGE).unwrap();
+        // SAFETY: in bounds; no slice of the reservation is alive.
+        unsafe { r.dontneed(2 * PAGE, PAGE) }.unwrap();
         assert!(!pm.written(a, 4 * PAGE).unwrap(), "after MADV_DONTNEED");
     }
 }

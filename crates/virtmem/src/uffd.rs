@@ -3,7 +3,10 @@
 //! `linux/userfaultfd.h` (Linux 6.x layout).
 //!
 //! This is one of the two modules of the crate that contain `unsafe` code (the
-//! other is [`crate::mapping`]). Every ioctl takes a pointer to a local struct
+//! other is [`crate::mapping`]). The range ioctls share one retry loop
+//! (partial progress and `EAGAIN`). Filling missing pages is safe; what makes
+//! it so is the contract of [`Uffd::register`], and moving pages away from
+//! memory is an `unsafe fn` ([`Uffd::move_pages`]). Every ioctl takes a pointer to a local struct
 //! that lives for the duration of the call; addresses passed to the kernel are
 //! plain integers that the kernel validates itself (it fails with `EINVAL`/
 //! `ENOENT` on ranges outside a registered area, it never dereferences them on
@@ -174,6 +177,46 @@ pub enum Fill {
     Exists(usize),
 }
 
+impl Fill {
+    /// The outcome of a fill that did `done` bytes and stopped for `stop`.
+    fn from_stop(done: usize, stop: Option<io::Error>) -> io::Result<Fill> {
+        match stop {
+            None => Ok(Fill::Done),
+            Some(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(Fill::Exists(done)),
+            Some(e) => Err(e),
+        }
+    }
+}
+
+/// The retry loop of the range ioctls (COPY, ZEROPAGE, MOVE, POISON): they
+/// may stop early, and then the kernel stores the bytes done in the struct's
+/// progress field (`copy`, `zeropage`, `moved`, `updated`) and fails with
+/// `EAGAIN`, or stores `-errno` there and fails with that error.
+///
+/// `op(done)` issues the ioctl for the rest of a `len`-byte range, starting
+/// `done` bytes in, and returns its result with the progress field. `EAGAIN`
+/// (partial progress, or a transient conflict such as the address space
+/// changing) is retried; another error ends the loop. Returns the bytes done
+/// and the error that stopped the loop short of `len`, if any.
+fn retry_range(
+    len: usize,
+    mut op: impl FnMut(usize) -> (io::Result<()>, i64),
+) -> (usize, Option<io::Error>) {
+    let mut done = 0usize;
+    while done < len {
+        let (r, progress) = op(done);
+        if progress > 0 {
+            done += progress as usize;
+        }
+        match r {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {}
+            Err(e) => return (done, Some(e)),
+        }
+    }
+    (done, None)
+}
+
 impl Uffd {
     /// Create a userfaultfd and negotiate `need` (all must be supported) plus
     /// whichever of `want` the kernel offers ([`Uffd::features`] tells).
@@ -243,7 +286,19 @@ impl Uffd {
     }
 
     /// Register `[start, start+len)` with `mode` (REGISTER_MODE_*).
-    pub fn register(&self, start: usize, len: usize, mode: u64) -> io::Result<()> {
+    ///
+    /// # Safety
+    ///
+    /// The range is private anonymous memory of this process whose missing
+    /// pages may be filled through this fd ([`Uffd::copy`],
+    /// [`Uffd::zeropage`], [`Uffd::poison`]: safe functions, as the kernel
+    /// fills only missing pages of registered ranges). With
+    /// [`REGISTER_MODE_MISSING`] an access to a missing page waits for the
+    /// handler, so a fill changes no content anyone has seen. Without it,
+    /// missing pages read as zeros: the caller must then never fill pages of
+    /// the range (only move pages into it, under [`Uffd::move_pages`]'s
+    /// contract).
+    pub unsafe fn register(&self, start: usize, len: usize, mode: u64) -> io::Result<()> {
         let mut r = UffdioRegister {
             range: UffdioRange {
                 start: start as u64,
@@ -259,27 +314,18 @@ impl Uffd {
     /// `wp`: install the pages write-protected; `wake`: wake waiters.
     /// Retries on EAGAIN; stops at an existing page (reported as [`Fill::Exists`]).
     pub fn copy(&self, dst: usize, src: &[u8], wp: bool, wake: bool) -> io::Result<Fill> {
-        let mut done = 0usize;
-        while done < src.len() {
+        let mode = if wp { COPY_MODE_WP } else { 0 } | if wake { 0 } else { COPY_MODE_DONTWAKE };
+        let (done, stop) = retry_range(src.len(), |done| {
             let mut c = UffdioCopy {
                 dst: (dst + done) as u64,
                 src: src[done..].as_ptr() as u64,
                 len: (src.len() - done) as u64,
-                mode: if wp { COPY_MODE_WP } else { 0 } | if wake { 0 } else { COPY_MODE_DONTWAKE },
+                mode,
                 copy: 0,
             };
-            let r = self.ioctl(UFFDIO_COPY, &mut c);
-            if c.copy > 0 {
-                done += c.copy as usize;
-            }
-            match r {
-                Ok(()) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => return Ok(Fill::Exists(done)),
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(Fill::Done)
+            (self.ioctl(UFFDIO_COPY, &mut c), c.copy)
+        });
+        Fill::from_stop(done, stop)
     }
 
     /// Move the pages of `[src, src+len)` (private anonymous memory of this
@@ -288,14 +334,24 @@ impl Uffd {
     /// caller write-protects them. Returns how many bytes were moved and, if
     /// not all, why not (EEXIST: a destination page exists; EBUSY: a source
     /// page is shared or pinned; ...); the rest of the source is untouched.
-    /// The moved part of the source reads as zeros afterwards (or faults,
-    /// if registered): like `MADV_DONTNEED`, so callers use it only on
-    /// memory whose content nobody relies on any more (a staging buffer
-    /// borrowed exclusively, or a clean block being evicted, which reloads
-    /// with the same bytes).
-    pub fn move_pages(&self, dst: usize, src: usize, len: usize) -> (usize, Option<io::Error>) {
-        let mut done = 0usize;
-        while done < len {
+    ///
+    /// # Safety
+    ///
+    /// The moved part of the source reads as zeros afterwards (or faults, if
+    /// registered), like after `MADV_DONTNEED`, and the destination gains
+    /// content: no reference may observe either change. So `src` is memory
+    /// whose content nobody relies on any more (a staging buffer borrowed
+    /// exclusively, or a clean block being evicted, which reloads with the
+    /// same bytes), and `dst` is a registered range whose missing pages no
+    /// one has read (a block being loaded, or a recycling buffer borrowed
+    /// exclusively and emptied).
+    pub unsafe fn move_pages(
+        &self,
+        dst: usize,
+        src: usize,
+        len: usize,
+    ) -> (usize, Option<io::Error>) {
+        retry_range(len, |done| {
             let mut m = UffdioMove {
                 dst: (dst + done) as u64,
                 src: (src + done) as u64,
@@ -303,23 +359,13 @@ impl Uffd {
                 mode: MOVE_MODE_DONTWAKE,
                 moved: 0,
             };
-            let r = self.ioctl(UFFDIO_MOVE, &mut m);
-            if m.moved > 0 {
-                done += m.moved as usize;
-            }
-            match r {
-                Ok(()) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {}
-                Err(e) => return (done, Some(e)),
-            }
-        }
-        (done, None)
+            (self.ioctl(UFFDIO_MOVE, &mut m), m.moved)
+        })
     }
 
     /// Map the shared zero page over `[start, start+len)` without waking.
     pub fn zeropage(&self, start: usize, len: usize) -> io::Result<Fill> {
-        let mut done = 0usize;
-        while done < len {
+        let (done, stop) = retry_range(len, |done| {
             let mut z = UffdioZeropage {
                 range: UffdioRange {
                     start: (start + done) as u64,
@@ -328,18 +374,9 @@ impl Uffd {
                 mode: ZEROPAGE_MODE_DONTWAKE,
                 zeropage: 0,
             };
-            let r = self.ioctl(UFFDIO_ZEROPAGE, &mut z);
-            if z.zeropage > 0 {
-                done += z.zeropage as usize;
-            }
-            match r {
-                Ok(()) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => return Ok(Fill::Exists(done)),
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(Fill::Done)
+            (self.ioctl(UFFDIO_ZEROPAGE, &mut z), z.zeropage)
+        });
+        Fill::from_stop(done, stop)
     }
 
     /// Set (`wp = true`) or clear write protection on a range. Clearing wakes
@@ -381,24 +418,23 @@ impl Uffd {
     pub fn poison(&self, start: usize, len: usize, page: usize) -> io::Result<()> {
         let mut off = 0usize;
         while off < len {
-            let mut p = UffdioPoison {
-                range: UffdioRange {
-                    start: (start + off) as u64,
-                    len: (len - off) as u64,
-                },
-                mode: POISON_MODE_DONTWAKE,
-                updated: 0,
-            };
-            let r = self.ioctl(UFFDIO_POISON, &mut p);
-            if p.updated > 0 {
-                off += p.updated as usize;
-            }
-            match r {
-                Ok(()) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {}
+            let (done, stop) = retry_range(len - off, |done| {
+                let mut p = UffdioPoison {
+                    range: UffdioRange {
+                        start: (start + off + done) as u64,
+                        len: (len - off - done) as u64,
+                    },
+                    mode: POISON_MODE_DONTWAKE,
+                    updated: 0,
+                };
+                (self.ioctl(UFFDIO_POISON, &mut p), p.updated)
+            });
+            off += done;
+            match stop {
+                None => {}
                 // A page that exists keeps its content; skip it.
-                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => off += page,
-                Err(e) => return Err(e),
+                Some(e) if e.raw_os_error() == Some(libc::EEXIST) => off += page,
+                Some(e) => return Err(e),
             }
         }
         self.wake(start, len)

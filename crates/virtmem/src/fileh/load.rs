@@ -1,0 +1,285 @@
+//! Loading a block: [`BigFile::load_block`](crate::BigFile::load_block) into a private buffer, then
+//! installing it in the mapping, and the state transitions that end a load
+//! (Loading -> Clean, Dirty or Poisoned).
+//!
+//! A fault handler never reads into memory that can raise a userfault: the
+//! loader writes to a per-thread staging buffer (or a recycled buffer, see
+//! [`super::zero_copy`]), and the block is then copied in with
+//! `UFFDIO_COPY` (write-protected) or moved in. A read-ahead load holds its
+//! marker page back. Holes are mapped with the shared zero page and then
+//! write-protected; as the kernel cannot do both at once, `PAGEMAP_SCAN`
+//! checks that no thread wrote a page in between (if one did, the block is
+//! dirty). Without `PAGEMAP_SCAN`, holes are mapped as zero-filled data.
+//!
+//! A load that fails never reads as zeros: the error is recorded, logged,
+//! and the block's pages are poisoned (accesses get SIGBUS).
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::Loaded;
+use crate::error::{Error, Result, SharedError};
+use crate::mapping::{PAGE, Pagemap, Staging};
+use crate::uffd::Fill;
+
+use super::Shared;
+use super::fault::Action;
+use super::options::inc;
+use super::state::{Block, Marker};
+
+/// How holes are mapped.
+pub(super) struct Holes {
+    /// For the zero-page check of holes; `None`: holes are mapped as data.
+    pub(super) pagemap: Option<Pagemap>,
+    /// A never-written block-sized buffer: the source to fill holes with zeros.
+    pub(super) zeros: Mutex<Option<Staging>>,
+}
+
+impl Shared {
+    /// Undo a Loading state without mapping anything (used on early errors).
+    pub(super) fn finish_failed_raw(&self, blk: u64) {
+        let mut st = self.st.lock();
+        st.blocks.remove(&blk);
+        st.busy -= 1;
+        self.idle.notify_all();
+    }
+
+    /// Load block `blk` (state Loading, owned by the caller) and map it.
+    /// `write`: the fault was a write (map writable and dirty). `ra`: a
+    /// read-ahead load in direction `dir` (hold back a marker page).
+    pub(super) fn load_and_map(
+        &self,
+        blk: u64,
+        ra: Option<i8>,
+        staging: &mut Option<Staging>,
+    ) -> Result<()> {
+        let (off, len) = self.block_range(blk);
+        let addr = self.map.addr() + off;
+        let r = self.load_into_place(blk, addr, len, ra, staging);
+        let (hole, marker, written) = match r {
+            Ok(x) => x,
+            Err(e) => {
+                let msg = e.to_string();
+                eprintln!("virtmem: {msg}; the faulting access gets SIGBUS");
+                tracing::error!(blk, file = %self.name, "{msg}; the faulting access gets SIGBUS");
+                inc(&self.counters.load_failures);
+                let mut st = self.st.lock();
+                if let Error::Load { source, .. } = &e {
+                    st.errors.insert(blk, source.clone());
+                } else {
+                    st.errors
+                        .insert(blk, SharedError(Arc::new(std::io::Error::other(msg))));
+                }
+                st.blocks.insert(blk, Block::Poisoned);
+                st.busy -= 1;
+                self.idle.notify_all();
+                drop(st);
+                // State first, then the markers (which wake the waiters): a
+                // fault in between sees Poisoned and poisons its own page.
+                if let Err(pe) = self.uffd.poison(addr, len, PAGE) {
+                    eprintln!(
+                        "virtmem: UFFDIO_POISON on block {blk} of {} failed: {pe}",
+                        self.name
+                    );
+                }
+                return Err(e);
+            }
+        };
+        let post = {
+            let mut st = self.st.lock();
+            let (demanded, pending_write) = match st.blocks.get(&blk) {
+                Some(Block::Loading { demanded, write }) => (*demanded, *write),
+                _ => (false, false),
+            };
+            vtrace!(
+                "T loaded blk {blk} ra {ra:?} pending {pending_write} written {written} demanded {demanded} hole {hole} marker {} state {}",
+                marker.is_some(),
+                st.blocks.get(&blk).map_or("absent", Block::name)
+            );
+            st.busy -= 1;
+            self.idle.notify_all();
+            if pending_write || written {
+                st.insert_dirty(blk);
+                Action::MakeDirty(marker)
+            } else {
+                let tick = st.next_tick();
+                let (marker, post) = match marker {
+                    // Someone waits: install the marker now (under the lock,
+                    // see handle_fault).
+                    Some(mk) if demanded => match self.fill_marker(addr, &mk, true) {
+                        Ok(()) => (None, Action::None),
+                        Err(e) => {
+                            eprintln!("virtmem: installing a marker page of block {blk}: {e}");
+                            (Some(mk), Action::None)
+                        }
+                    },
+                    m => (m, Action::None),
+                };
+                st.blocks.insert(blk, Block::Clean { tick, hole, marker });
+                if !hole {
+                    st.lru.insert(tick, blk);
+                    self.budget.add(self.bs as u64);
+                }
+                post
+            }
+        };
+        let r = match post {
+            Action::MakeDirty(mk) => self.unprotect(addr, mk),
+            // The state is updated: now let the waiting accesses run.
+            _ => self.uffd.wake(addr, len),
+        };
+        if let Err(source) = r {
+            eprintln!(
+                "virtmem: finishing the load of block {blk} of {} failed: {source}",
+                self.name
+            );
+            return Err(Error::Os {
+                op: "UFFDIO_COPY/WRITEPROTECT",
+                source,
+            });
+        }
+        self.evict_over_budget();
+        Ok(())
+    }
+
+    /// The I/O part of a load: returns (is hole, held-back marker, a hole
+    /// was written while being mapped).
+    pub(super) fn load_into_place(
+        &self,
+        blk: u64,
+        addr: usize,
+        len: usize,
+        ra: Option<i8>,
+        staging: &mut Option<Staging>,
+    ) -> Result<(bool, Option<Marker>, bool)> {
+        // An evicted block's pages, if some are kept: load into them.
+        if let Some(mut b) = self.take_recycled() {
+            let r = self.load_with(blk, addr, len, ra, &mut b, true);
+            self.return_recycled(b);
+            return r;
+        }
+        if staging.as_ref().is_some_and(|b| b.small_pages) {
+            // It got small pages last time: a new mapping may get huge ones.
+            *staging = None;
+        }
+        if staging.is_none() {
+            *staging = Some(Staging::new(len).map_err(Self::os("allocating a staging buffer"))?);
+        }
+        let Some(buf) = staging.as_mut() else {
+            return Err(Error::Os {
+                op: "allocating a staging buffer",
+                source: std::io::Error::other("no buffer"),
+            });
+        };
+        let movable = self.movable(buf);
+        self.load_with(blk, addr, len, ra, buf, movable)
+    }
+
+    /// Load block `blk` into `buf` and install it at `addr` (moving the
+    /// pages if `movable`, i.e. every page of `buf` is present).
+    pub(super) fn load_with(
+        &self,
+        blk: u64,
+        addr: usize,
+        len: usize,
+        ra: Option<i8>,
+        buf: &mut Staging,
+        movable: bool,
+    ) -> Result<(bool, Option<Marker>, bool)> {
+        let loaded = self
+            .file
+            .load_block(blk, buf.as_mut_slice())
+            .map_err(|e| Error::Load {
+                blk,
+                file: self.name.clone(),
+                source: SharedError(Arc::from(e)),
+            })?;
+        match loaded {
+            Loaded::Hole => {
+                let Some(pm) = &self.holes.pagemap else {
+                    // No way to check the zero-page race below: map zeros
+                    // (costs memory like data).
+                    buf.as_mut_slice().fill(0);
+                    self.copy_all(addr, buf.as_slice(), true)
+                        .map_err(Self::os("UFFDIO_COPY"))?;
+                    return Ok((false, None, false));
+                };
+                // Zero pages (no memory), then protect them so the first
+                // write is seen. UFFDIO_ZEROPAGE cannot install protected
+                // pages, so a write by another thread between the two calls
+                // would replace a zero page silently: PAGEMAP_SCAN finds such
+                // pages, and the block is then dirty.
+                if let Fill::Exists(_) = self
+                    .uffd
+                    .zeropage(addr, len)
+                    .map_err(Self::os("UFFDIO_ZEROPAGE"))?
+                {
+                    for p in (0..len).step_by(PAGE) {
+                        let _ = self.uffd.zeropage(addr + p, PAGE);
+                    }
+                }
+                self.uffd
+                    .writeprotect(addr, len, true, false)
+                    .map_err(Self::os("UFFDIO_WRITEPROTECT"))?;
+                let written = pm.written(addr, len).map_err(Self::os("PAGEMAP_SCAN"))?;
+                Ok((true, None, written))
+            }
+            Loaded::Data => {
+                let data = buf.as_slice();
+                let stride = (self.ra.window / 2).max(1);
+                let marker = ra.filter(|_| blk.is_multiple_of(stride)).map(|dir| {
+                    let page = if dir >= 0 { 0 } else { len / PAGE - 1 };
+                    let mo = page * PAGE;
+                    Marker {
+                        page,
+                        data: data[mo..mo + PAGE].into(),
+                    }
+                });
+                if movable && self.move_into_place(addr, buf, marker.as_ref())? {
+                    inc(&self.counters.moved_loads);
+                    return Ok((false, marker, false));
+                }
+                let data = buf.as_slice();
+                let Some(marker) = marker else {
+                    self.copy_all(addr, data, true)
+                        .map_err(Self::os("UFFDIO_COPY"))?;
+                    return Ok((false, None, false));
+                };
+                let (page, mo) = (marker.page, marker.page * PAGE);
+                if page == 0 {
+                    self.copy_all(addr + PAGE, &data[PAGE..], true)
+                } else {
+                    self.copy_all(addr, &data[..mo], true)
+                }
+                .map_err(Self::os("UFFDIO_COPY"))?;
+                Ok((false, Some(marker), false))
+            }
+        }
+    }
+
+    pub(super) fn fill_marker(
+        &self,
+        block_addr: usize,
+        mk: &Marker,
+        wp: bool,
+    ) -> std::io::Result<()> {
+        let a = block_addr + mk.page * PAGE;
+        match self.uffd.copy(a, &mk.data, wp, true)? {
+            Fill::Done => Ok(()),
+            Fill::Exists(_) => self.uffd.wake(a, PAGE),
+        }
+    }
+
+    /// Copy `src` to `dst` without waking, skipping pages that already exist.
+    pub(super) fn copy_all(&self, dst: usize, src: &[u8], wp: bool) -> std::io::Result<()> {
+        let mut off = 0;
+        while off < src.len() {
+            match self.uffd.copy(dst + off, &src[off..], wp, false)? {
+                Fill::Done => return Ok(()),
+                Fill::Exists(n) => off += n + PAGE,
+            }
+        }
+        Ok(())
+    }
+}

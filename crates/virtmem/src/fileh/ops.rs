@@ -1,0 +1,224 @@
+//! The handle operations besides views: [`FileH::prefetch`] (load blocks on
+//! the caller's thread, errors as values), and the exclusive ones that
+//! change what memory shows, [`FileH::writeout`], [`FileH::discard`] and
+//! [`FileH::invalidate`].
+//!
+//! The exclusive operations take `&mut FileH`, so no view can observe
+//! memory changing under it, and first *quiesce* the handle: stop
+//! read-ahead, wait until no block is being loaded or evicted and no handler
+//! thread holds a fault message it has read but not served.
+
+use std::ops::Range;
+use std::sync::atomic::Ordering;
+
+use crate::error::{Error, Result};
+use crate::mapping::Staging;
+
+use super::options::{Writeout, inc};
+use super::state::{Block, State};
+use super::{FileH, Shared};
+
+impl FileH {
+    /// Load blocks `blocks` (block numbers) that are not resident, on the
+    /// calling thread, write-protected. Blocks that failed before are retried.
+    /// Returns the first load error as a value (the failed block is also
+    /// poisoned and recorded, as for a fault).
+    pub fn prefetch(&self, blocks: Range<u64>) -> Result<()> {
+        let sh = &*self.sh;
+        let mut staging: Option<Staging> = None;
+        let mut first_err = None;
+        if blocks.end > sh.nblocks && blocks.start < blocks.end {
+            return Err(Error::BlockOutOfRange {
+                blk: blocks.start.max(sh.nblocks),
+                nblocks: sh.nblocks,
+            });
+        }
+        for blk in blocks {
+            let retry = {
+                let mut st = sh.st.lock();
+                while let Some(Block::Loading { .. } | Block::Evicting { .. }) = st.blocks.get(&blk)
+                {
+                    sh.idle.wait(&mut st);
+                }
+                match st.blocks.get(&blk) {
+                    None => {
+                        st.begin_load(blk, false, false);
+                        Some(false)
+                    }
+                    Some(Block::Poisoned) => {
+                        st.begin_load(blk, false, false);
+                        st.errors.remove(&blk);
+                        Some(true)
+                    }
+                    _ => None,
+                }
+            };
+            let Some(retry) = retry else { continue };
+            if retry {
+                let (off, len) = sh.block_range(blk);
+                // SAFETY: a poisoned block (accesses get SIGBUS, nobody read
+                // content), now Loading under this thread.
+                if let Err(source) = unsafe { sh.map.dontneed(off, len) } {
+                    sh.finish_failed_raw(blk);
+                    return Err(Error::Os {
+                        op: "madvise(MADV_DONTNEED)",
+                        source,
+                    });
+                }
+            }
+            inc(&sh.counters.loads);
+            if let Err(e) = sh.load_and_map(blk, None, &mut staging)
+                && first_err.is_none()
+            {
+                first_err = Some(e);
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Write out dirty blocks: [`Writeout::STORE`] stores them in ascending
+    /// order (stopping at the first error; all stay dirty then),
+    /// [`Writeout::MARKSTORED`] makes them clean and write-protected.
+    pub fn writeout(&mut self, how: Writeout) -> Result<()> {
+        let sh = &*self.sh;
+        let mut st = sh.quiesce();
+        let dirty: Vec<u64> = st.dirty.iter().copied().collect();
+        vtrace!("T writeout {how:?} dirty {dirty:?}");
+        let r = (|| {
+            if how.has(Writeout::STORE) {
+                for &blk in &dirty {
+                    let (off, len) = sh.block_range(blk);
+                    // SAFETY: a block's range (in bounds, bytes); `&mut self`:
+                    // no mutable view is alive.
+                    let data: &[u8] = unsafe { sh.map.slice(off, len) };
+                    sh.file
+                        .store_block(blk, data)
+                        .map_err(|source| Error::Store {
+                            blk,
+                            file: sh.name.clone(),
+                            source,
+                        })?;
+                }
+            }
+            if how.has(Writeout::MARKSTORED) {
+                for &blk in &dirty {
+                    let (off, len) = sh.block_range(blk);
+                    sh.uffd
+                        .writeprotect(sh.map.addr() + off, len, true, false)
+                        .map_err(|source| Error::Os {
+                            op: "UFFDIO_WRITEPROTECT",
+                            source,
+                        })?;
+                    st.insert_clean(blk);
+                    st.dirty.remove(&blk);
+                    sh.budget.add(sh.bs as u64);
+                }
+            }
+            Ok(())
+        })();
+        st.paused = false;
+        drop(st);
+        sh.evict_over_budget();
+        r
+    }
+
+    /// Drop every dirty block: the next touch reloads it from the file.
+    pub fn discard(&mut self) -> Result<()> {
+        let sh = &*self.sh;
+        let mut st = sh.quiesce();
+        let dirty: Vec<u64> = st.dirty.iter().copied().collect();
+        vtrace!("T discard dirty {dirty:?}");
+        let mut r = Ok(());
+        for blk in dirty {
+            let (off, len) = sh.block_range(blk);
+            // SAFETY: a block's range; `&mut self`: no view is alive.
+            if let Err(source) = unsafe { sh.map.dontneed(off, len) } {
+                r = Err(Error::Os {
+                    op: "madvise(MADV_DONTNEED)",
+                    source,
+                });
+                break;
+            }
+            st.dirty.remove(&blk);
+            st.blocks.remove(&blk);
+        }
+        st.paused = false;
+        r
+    }
+
+    /// Drop block `blk` whatever its state (clean, dirty, failed): the next
+    /// touch reloads it from the file.
+    pub fn invalidate(&mut self, blk: u64) -> Result<()> {
+        let sh = &*self.sh;
+        if blk >= sh.nblocks {
+            return Err(Error::BlockOutOfRange {
+                blk,
+                nblocks: sh.nblocks,
+            });
+        }
+        let mut st = sh.quiesce();
+        vtrace!(
+            "T invalidate blk {blk} state {}",
+            st.blocks.get(&blk).map_or("absent", Block::name)
+        );
+        let r = (|| {
+            // Drop the range even for an absent block: no page may survive
+            // an invalidation, whatever the bookkeeping says.
+            let (off, len) = sh.block_range(blk);
+            // SAFETY: a block's range; `&mut self`: no view is alive.
+            unsafe { sh.map.dontneed(off, len) }.map_err(|source| Error::Os {
+                op: "madvise(MADV_DONTNEED)",
+                source,
+            })?;
+            let Some(b) = st.blocks.get(&blk) else {
+                return Ok(());
+            };
+            if let Block::Clean { tick, hole, .. } = b {
+                let (tick, hole) = (*tick, *hole);
+                st.lru.remove(&tick);
+                if !hole {
+                    sh.budget.sub(sh.bs as u64);
+                }
+            }
+            st.blocks.remove(&blk);
+            st.dirty.remove(&blk);
+            st.errors.remove(&blk);
+            Ok(())
+        })();
+        st.paused = false;
+        r
+    }
+}
+
+impl Shared {
+    /// Stop read-ahead and wait until no block is being loaded or evicted.
+    /// The caller must clear `paused` when done.
+    ///
+    /// Also waits until no handler thread holds a fault message it has read
+    /// but not yet served: with `&mut FileH` no access is running, so any such
+    /// message is stale, and serving it after (say) MARKSTORED could dirty a
+    /// block that was not written since.
+    pub(super) fn quiesce(&self) -> parking_lot::MutexGuard<'_, State> {
+        self.ra.queue.lock().clear();
+        {
+            let mut st = self.st.lock();
+            st.paused = true;
+            st.streams.clear();
+        }
+        loop {
+            while self.handlers.in_flight.load(Ordering::SeqCst) > 0 {
+                std::thread::yield_now();
+            }
+            let mut st = self.st.lock();
+            while st.busy > 0 {
+                self.idle.wait(&mut st);
+            }
+            if self.handlers.in_flight.load(Ordering::SeqCst) == 0 {
+                return st;
+            }
+        }
+    }
+}

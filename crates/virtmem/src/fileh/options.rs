@@ -1,0 +1,137 @@
+//! What a handle is opened with ([`Options`]), what [`FileH::writeout`]
+//! does ([`Writeout`]), and what it counts ([`Stats`]).
+//!
+//! The counters are atomics bumped by the handler threads without a lock
+//! ([`Counters`]); [`FileH::stats`] reads a snapshot. They are monotonic since
+//! open and only for observation: no decision of the engine reads them (the
+//! zero-copy give-up counters live with the zero-copy state).
+//!
+//! [`FileH::writeout`]: super::FileH::writeout
+//! [`FileH::stats`]: super::FileH::stats
+
+use std::ops::BitOr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Options of [`FileH::open`].
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Bytes of address space to reserve (rounded up to whole blocks). Views
+    /// may cover any part of it. Default 1 TiB.
+    pub reserve: u64,
+    /// A budget of this handle's own (bytes of clean resident blocks), instead
+    /// of the process-wide one.
+    pub budget: Option<u64>,
+    /// Load blocks ahead of sequential fault patterns. Default on.
+    pub readahead: bool,
+    /// Read-ahead window in blocks (also capped to a quarter of the budget).
+    /// Default 8.
+    pub readahead_window: u64,
+    /// Number of handler threads. Default: number of CPUs (at least 2) plus
+    /// one; all but one of them also run read-ahead.
+    pub threads: usize,
+    /// Map holes with the shared zero page, so they cost no memory until
+    /// written (needs PAGEMAP_SCAN, Linux >= 6.7, to stay exact; without it
+    /// this is ignored). `false`: holes are mapped as zero-filled data.
+    /// Default `true`.
+    pub zero_page_holes: bool,
+    /// Install loaded blocks without a second copy when the kernel allows it
+    /// (`UFFDIO_MOVE`, Linux >= 6.8, blocks a multiple of 2 MiB, transparent
+    /// huge pages not disabled): the block is loaded into fresh huge pages
+    /// that are then moved into place. Falls back to `UFFDIO_COPY` otherwise.
+    /// Default `true`.
+    pub zero_copy: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        let ncpu = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Options {
+            reserve: 1 << 40,
+            budget: None,
+            readahead: true,
+            readahead_window: 8,
+            threads: ncpu.max(2) + 1,
+            zero_page_holes: true,
+            zero_copy: true,
+        }
+    }
+}
+
+/// What [`FileH::writeout`](super::FileH::writeout) does; combine with `|`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Writeout(u8);
+
+impl Writeout {
+    /// Store every dirty block with [`BigFile::store_block`](crate::BigFile::store_block), ascending.
+    pub const STORE: Writeout = Writeout(1);
+    /// Mark dirty blocks clean and write-protect them again.
+    pub const MARKSTORED: Writeout = Writeout(2);
+
+    pub(super) fn has(self, f: Writeout) -> bool {
+        self.0 & f.0 != 0
+    }
+}
+
+impl BitOr for Writeout {
+    type Output = Writeout;
+    fn bitor(self, o: Writeout) -> Writeout {
+        Writeout(self.0 | o.0)
+    }
+}
+
+/// Counters of a handle (monotonic since open).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Fault messages received.
+    pub faults: u64,
+    /// Blocks loaded on demand (fault or prefetch).
+    pub loads: u64,
+    /// Blocks loaded by read-ahead.
+    pub readahead_loads: u64,
+    /// Read-ahead markers the reader reached.
+    pub marker_hits: u64,
+    /// Clean blocks dropped to respect the budget.
+    pub evictions: u64,
+    /// Blocks that failed to load (and were poisoned).
+    pub load_failures: u64,
+    /// Loaded blocks installed by moving their pages (no second copy).
+    pub moved_loads: u64,
+    /// Evictions that kept the block's pages for a later load instead of
+    /// freeing them (zero-copy mode).
+    pub recycled: u64,
+}
+
+/// The live counters behind [`Stats`].
+#[derive(Default)]
+pub(super) struct Counters {
+    pub(super) faults: AtomicU64,
+    pub(super) loads: AtomicU64,
+    pub(super) readahead_loads: AtomicU64,
+    pub(super) marker_hits: AtomicU64,
+    pub(super) evictions: AtomicU64,
+    pub(super) load_failures: AtomicU64,
+    pub(super) moved_loads: AtomicU64,
+    pub(super) recycled: AtomicU64,
+}
+
+impl Counters {
+    /// A snapshot of the counters.
+    pub(super) fn snapshot(&self) -> Stats {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Stats {
+            faults: l(&self.faults),
+            loads: l(&self.loads),
+            readahead_loads: l(&self.readahead_loads),
+            marker_hits: l(&self.marker_hits),
+            evictions: l(&self.evictions),
+            load_failures: l(&self.load_failures),
+            moved_loads: l(&self.moved_loads),
+            recycled: l(&self.recycled),
+        }
+    }
+}
+
+/// Count one event.
+pub(super) fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}

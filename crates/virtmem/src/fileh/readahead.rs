@@ -1,0 +1,159 @@
+//! Read-ahead: detecting sequential streams of faults and loading a bounded
+//! window of blocks ahead of them on idle handler threads.
+//!
+//! Every access the engine sees (a demand fault, a read-ahead marker
+//! reached) is matched against up to [`STREAMS`] streams, so several threads
+//! scanning different parts of a handle each get read-ahead. Once a stream's
+//! direction is known, the blocks up to the window past it are queued as
+//! jobs; the handler threads that run read-ahead (all but one) take them
+//! from a queue counted by an eventfd semaphore. Each read-ahead block keeps
+//! its first page in scan direction back as a *marker* (see
+//! [`super::state::Marker`]): the reader's first touch of it installs the
+//! page and tells the engine the reader arrived, which moves the window on
+//! without a fault per block.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::sync::atomic::Ordering;
+
+use nix::sys::eventfd::EventFd;
+use parking_lot::Mutex;
+
+use crate::mapping::Staging;
+
+use super::Shared;
+use super::options::inc;
+use super::state::{Block, State};
+
+/// One sequential access stream (a reader walking blocks).
+pub(super) struct Seq {
+    last: u64,
+    /// +1 forward, -1 backward, 0 not yet known.
+    dir: i8,
+    /// Next block not yet scheduled for read-ahead in direction `dir`.
+    next: Option<u64>,
+    /// Tick of the last access, to replace the least recently used stream.
+    used: u64,
+}
+
+/// How many concurrent streams read-ahead tracks per handle.
+const STREAMS: usize = 4;
+
+/// The read-ahead settings and job queue of a handle (the streams live in
+/// [`State`], under the state lock).
+pub(super) struct Readahead {
+    /// Read-ahead is on.
+    pub(super) enabled: bool,
+    /// Window in blocks.
+    pub(super) window: u64,
+    /// Jobs: (block, direction), in the order to load them.
+    pub(super) queue: Mutex<VecDeque<(u64, i8)>>,
+    /// Read-ahead jobs queued (semaphore counter).
+    pub(super) wakeup: EventFd,
+}
+
+impl Shared {
+    /// Note an access to `blk` seen by the engine (a demand fault or a
+    /// read-ahead marker) for sequential detection; returns the read-ahead
+    /// jobs to queue.
+    ///
+    /// Up to [`STREAMS`] streams are tracked, so several threads scanning
+    /// different parts of a handle each get read-ahead. An access continues a
+    /// stream if it is the next block in the stream's direction, or (once the
+    /// direction is known) lands within the read-ahead window past the
+    /// stream's last access (blocks in between were read ahead and reached
+    /// without faults).
+    pub(super) fn note_access(&self, st: &mut State, blk: u64) -> Option<(Range<u64>, i8)> {
+        if !self.ra.enabled || st.paused {
+            return None;
+        }
+        let tick = st.next_tick();
+        let w = self.ra.window;
+        let mut found = None;
+        for (i, s) in st.streams.iter().enumerate() {
+            let l = s.last;
+            let fwd = blk > l && (blk == l + 1 || (s.dir > 0 && blk - l <= w + 1));
+            let bwd = blk < l && (blk + 1 == l || (s.dir < 0 && l - blk <= w + 1));
+            if blk == l {
+                found = Some((i, 0));
+                break;
+            }
+            if (fwd && s.dir >= 0) || (bwd && s.dir <= 0) {
+                found = Some((i, if fwd { 1 } else { -1 }));
+                break;
+            }
+        }
+        let Some((i, dir)) = found else {
+            let new = Seq {
+                last: blk,
+                dir: 0,
+                next: None,
+                used: tick,
+            };
+            if st.streams.len() < STREAMS {
+                st.streams.push(new);
+            } else if let Some(old) = st.streams.iter_mut().min_by_key(|s| s.used) {
+                *old = new;
+            }
+            return None;
+        };
+        let nblocks = self.nblocks;
+        let s = &mut st.streams[i];
+        s.used = tick;
+        if dir == 0 {
+            return None;
+        }
+        s.last = blk;
+        s.dir = dir;
+        if dir > 0 {
+            let from = s.next.unwrap_or(blk + 1).max(blk + 1);
+            let to = (blk + 1 + w).min(nblocks);
+            if from >= to {
+                return None;
+            }
+            s.next = Some(to);
+            Some((from..to, 1))
+        } else {
+            let top = s.next.unwrap_or(blk).min(blk); // exclusive upper bound
+            let low = blk.saturating_sub(w);
+            if low >= top {
+                return None;
+            }
+            s.next = Some(low);
+            Some((low..top, -1))
+        }
+    }
+
+    pub(super) fn queue_readahead(&self, jobs: Range<u64>, dir: i8) {
+        let n = jobs.end - jobs.start;
+        {
+            let mut q = self.ra.queue.lock();
+            if dir > 0 {
+                q.extend(jobs.map(|b| (b, 1)));
+            } else {
+                q.extend(jobs.rev().map(|b| (b, -1)));
+            }
+        }
+        let _ = self.ra.wakeup.write(n);
+    }
+
+    pub(super) fn readahead_job(&self, blk: u64, dir: i8, staging: &mut Option<Staging>) {
+        {
+            let mut st = self.st.lock();
+            vtrace!(
+                "T readahead blk {blk} paused {} state {}",
+                st.paused,
+                st.blocks.get(&blk).map_or("absent", Block::name)
+            );
+            if st.paused
+                || st.blocks.contains_key(&blk)
+                || self.handlers.shutdown.load(Ordering::Relaxed)
+            {
+                return;
+            }
+            st.begin_load(blk, false, false);
+        }
+        inc(&self.counters.readahead_loads);
+        let _ = self.load_and_map(blk, Some(dir), staging);
+    }
+}

@@ -1,0 +1,131 @@
+//! The block state machine: what the engine knows about each block of a
+//! handle, kept under one lock ([`State`]) that is held for bookkeeping only,
+//! never across I/O or a fault.
+//!
+//! Block state machine (absent from the table = not resident, no pages):
+//!
+//! ```text
+//!  absent --fault/prefetch/read-ahead--> Loading --ok--> Clean (write-protected)
+//!                                          |  \--write fault / write seen--> Dirty
+//!                                          \--error--> Poisoned (pages poisoned)
+//!  Clean --write-protect fault--> Dirty --MARKSTORED--> Clean
+//!  Clean --over budget--> Evicting --MADV_DONTNEED--> absent
+//!  Dirty --discard/invalidate--> absent;  Clean/Poisoned --invalidate--> absent
+//! ```
+//!
+//! Invariants: a Clean or Dirty block has all its pages present except a
+//! Clean block's held-back read-ahead marker page; a Dirty block is fully
+//! present and writable, so writeout reads it without faulting. State
+//! changes are made under the state lock *before* the waiting accesses are
+//! woken, so an access that returned is already accounted (e.g. dirty).
+//!
+//! Loading and Evicting are *busy* states owned by one thread (which does
+//! the I/O with the lock released); [`State::busy`] counts them so that
+//! exclusive operations can wait until none is in progress.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::error::SharedError;
+
+use super::readahead::Seq;
+
+/// A read-ahead block's first page in scan direction, held back.
+pub(super) struct Marker {
+    /// Page index in the block.
+    pub(super) page: usize,
+    /// The page's bytes.
+    pub(super) data: Box<[u8]>,
+}
+
+/// The state of one block present in [`State::blocks`].
+pub(super) enum Block {
+    /// A thread is loading the block. `demanded`: some access waits for it;
+    /// `write`: some access wants to write it.
+    Loading { demanded: bool, write: bool },
+    /// Loaded, write-protected. `hole`: zero pages, not accounted.
+    Clean {
+        tick: u64,
+        hole: bool,
+        marker: Option<Marker>,
+    },
+    /// Written since load or last MARKSTORED; fully present and writable.
+    Dirty,
+    /// Being dropped to respect the budget.
+    Evicting { demanded: bool },
+    /// Failed to load; its pages are poisoned.
+    Poisoned,
+}
+
+impl Block {
+    /// The state's name, for trace lines.
+    pub(super) fn name(&self) -> &'static str {
+        match self {
+            Block::Loading { write: true, .. } => "Loading(w)",
+            Block::Loading { .. } => "Loading",
+            Block::Clean {
+                marker: Some(_), ..
+            } => "Clean(marker)",
+            Block::Clean { hole: true, .. } => "Clean(hole)",
+            Block::Clean { .. } => "Clean",
+            Block::Dirty => "Dirty",
+            Block::Evicting { .. } => "Evicting",
+            Block::Poisoned => "Poisoned",
+        }
+    }
+}
+
+/// The bookkeeping of a handle, under its state lock.
+#[derive(Default)]
+pub(super) struct State {
+    /// Every block that is not absent.
+    pub(super) blocks: HashMap<u64, Block>,
+    /// tick -> blk for clean, non-hole blocks: eviction order.
+    pub(super) lru: BTreeMap<u64, u64>,
+    /// Logical clock for LRU order and stream use.
+    pub(super) tick: u64,
+    /// The Dirty blocks, ascending (writeout order).
+    pub(super) dirty: BTreeSet<u64>,
+    /// Blocks in Loading or Evicting state.
+    pub(super) busy: usize,
+    /// No read-ahead may start (an exclusive operation runs).
+    pub(super) paused: bool,
+    /// Why Poisoned blocks failed to load.
+    pub(super) errors: BTreeMap<u64, SharedError>,
+    /// Sequential streams seen (read-ahead).
+    pub(super) streams: Vec<Seq>,
+}
+
+impl State {
+    /// Advance the clock.
+    pub(super) fn next_tick(&mut self) -> u64 {
+        self.tick += 1;
+        self.tick
+    }
+
+    /// -> Loading (a busy state), owned by the caller.
+    pub(super) fn begin_load(&mut self, blk: u64, demanded: bool, write: bool) {
+        self.blocks.insert(blk, Block::Loading { demanded, write });
+        self.busy += 1;
+    }
+
+    /// -> Clean with a fresh tick, data (not a hole) without marker, in the
+    /// LRU. The caller accounts the block in the budget.
+    pub(super) fn insert_clean(&mut self, blk: u64) {
+        let tick = self.next_tick();
+        self.blocks.insert(
+            blk,
+            Block::Clean {
+                tick,
+                hole: false,
+                marker: None,
+            },
+        );
+        self.lru.insert(tick, blk);
+    }
+
+    /// -> Dirty.
+    pub(super) fn insert_dirty(&mut self, blk: u64) {
+        self.blocks.insert(blk, Block::Dirty);
+        self.dirty.insert(blk);
+    }
+}

@@ -1,0 +1,296 @@
+//! Zero-copy loads: a block that is whole huge pages is loaded into fresh
+//! huge pages and moved into place (`UFFDIO_MOVE`, Linux >= 6.8), then
+//! write-protected, instead of being copied; and evicted blocks' pages are
+//! recycled into a few buffers that the next loads read into.
+//!
+//! Moved pages arrive writable; they are write-protected right after the
+//! move, before anyone is woken. A write by a thread that did not fault (its
+//! page became present in between) would not be seen, so moves happen only
+//! while no mutable view can exist: [`FileH::view_mut`] / `bytes_mut` switch
+//! loads to copying (after waiting for moves in progress), and the next
+//! shared view ([`FileH::view`] / `bytes`, whose `&self` proves no mutable
+//! slice is alive) switches them back. Evicted blocks that are whole huge
+//! pages are moved into a few per-handle buffers instead of being freed, and
+//! the next loads read into those and move them back (no freeing, allocating
+//! or zeroing of pages). Without `UFFDIO_MOVE`, with blocks that are not
+//! multiples of 2 MiB, when transparent huge pages are disabled, or after
+//! repeated misses (no huge page to be had, failed moves), every load copies.
+//!
+//! [`FileH::view_mut`]: super::FileH::view_mut
+//! [`FileH::view`]: super::FileH::view
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::error::Result;
+use crate::mapping::{PAGE, Pagemap, Staging};
+use crate::uffd;
+
+use super::Shared;
+use super::options::inc;
+use super::state::Marker;
+
+/// Huge page size (x86-64): blocks that are multiples of it can be moved in
+/// as whole huge pages.
+pub(super) const HUGE: usize = 2 << 20;
+/// Zero-copy installs are given up for the handle (loads copy) after this
+/// many staging buffers in a row without huge pages, or this many failed
+/// moves.
+const MAX_MOVE_MISSES: u64 = 16;
+/// Buffers per handle that keep evicted blocks' pages for the next loads
+/// (memory outside the budget: this many blocks at most).
+const RECYCLED_BUFFERS: usize = 4;
+
+/// The zero-copy state of a handle.
+#[derive(Default)]
+pub(super) struct ZeroCopy {
+    /// Zero-copy installs (`UFFDIO_MOVE`) are possible: the pagemap used to
+    /// check that a staging buffer got huge pages. `None`: always copy.
+    pub(super) pagemap: Option<Pagemap>,
+    /// A mutable view may exist (set by `view_mut`, cleared by `view`: with
+    /// `&self` no `&mut` borrow, hence no mutable slice, is alive). Moved
+    /// pages are writable until write-protected right after the move; a
+    /// write in between would not be seen, so loads copy while this is set.
+    writers: AtomicBool,
+    /// Held (shared) by a load from the check of `writers` to the end of the
+    /// write-protection of moved pages; `view_mut` takes it exclusively to
+    /// set `writers`, so no move is between the two when it returns.
+    gate: RwLock<()>,
+    /// Buffers holding the pages of evicted blocks, moved out instead of
+    /// freed: a load reads into one of them and moves the pages back in,
+    /// so they are neither freed, allocated nor zeroed again.
+    recycled: Mutex<Recycled>,
+    /// Staging buffers found without huge pages, in a row.
+    thp_misses: AtomicU64,
+    /// `UFFDIO_MOVE` failures other than a present destination page.
+    move_errors: AtomicU64,
+}
+
+/// Buffers for recycling evicted blocks' pages (zero-copy mode only). They
+/// are registered (write-protect mode only, so they fault like plain
+/// memory) with the handle's userfaultfd, as `UFFDIO_MOVE` requires of its
+/// destination.
+#[derive(Default)]
+struct Recycled {
+    /// Buffers with every page present (an evicted block's), to load into.
+    full: Vec<Staging>,
+    /// Buffers whose pages were moved away, to move an evicted block into.
+    empty: Vec<Staging>,
+    /// Buffers created so far (at most [`RECYCLED_BUFFERS`]).
+    created: usize,
+}
+
+impl ZeroCopy {
+    /// Zero-copy state with `pagemap` (`None`: loads always copy).
+    pub(super) fn new(pagemap: Option<Pagemap>) -> ZeroCopy {
+        ZeroCopy {
+            pagemap,
+            ..ZeroCopy::default()
+        }
+    }
+
+    /// Loads move pages (possible, and not given up after repeated misses).
+    pub(super) fn on(&self) -> bool {
+        self.pagemap.is_some()
+            && self.thp_misses.load(Ordering::Relaxed) < MAX_MOVE_MISSES
+            && self.move_errors.load(Ordering::Relaxed) < MAX_MOVE_MISSES
+    }
+
+    /// A shared view is being made: with `&FileH` no mutable view is alive,
+    /// so loads may move pages again.
+    pub(super) fn no_writers(&self) {
+        if self.writers.load(Ordering::Relaxed) {
+            self.writers.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// A mutable view is being made: wait for moves being write-protected
+    /// (read-ahead may run), then make later loads copy.
+    pub(super) fn writer_coming(&self) {
+        if self.pagemap.is_some() && !self.writers.load(Ordering::Relaxed) {
+            let _gate = self.gate.write();
+            self.writers.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Shared {
+    /// Loads move pages (not given up after repeated misses).
+    pub(super) fn zero_copy_on(&self) -> bool {
+        self.zc.on()
+    }
+
+    /// A buffer holding an evicted block's pages to load into, if zero-copy
+    /// is on and one is kept.
+    pub(super) fn take_recycled(&self) -> Option<Staging> {
+        if self.zero_copy_on() {
+            self.zc.recycled.lock().full.pop()
+        } else {
+            None
+        }
+    }
+
+    /// Give back a buffer after a load into it (or a move of an evicted
+    /// block's pages into it): to the full ones if it still has every page.
+    pub(super) fn return_recycled(&self, b: Staging) {
+        let mut pool = self.zc.recycled.lock();
+        if b.moved_out {
+            pool.empty.push(b);
+        } else {
+            pool.full.push(b);
+        }
+    }
+
+    /// Whether a load into the staging buffer `buf` may be moved into place:
+    /// the buffer must consist of fresh huge pages (its previous pages were
+    /// moved away); populating them first also makes every page present
+    /// whatever the loader writes.
+    pub(super) fn movable(&self, buf: &mut Staging) -> bool {
+        let len = buf.as_slice().len();
+        match &self.zc.pagemap {
+            Some(pm) if self.zero_copy_on() => {
+                let huge = buf.populate().and_then(|()| pm.all_huge(buf.addr(), len));
+                if matches!(huge, Ok(true)) {
+                    self.zc.thp_misses.store(0, Ordering::Relaxed);
+                } else {
+                    // No huge page (fragmented memory, or the last move had
+                    // to split it): copy, try a new buffer next time, give
+                    // up after many misses in a row.
+                    inc(&self.zc.thp_misses);
+                    buf.small_pages = true;
+                    vtrace!("T staging without huge pages: {huge:?}");
+                }
+                matches!(huge, Ok(true))
+            }
+            _ => false,
+        }
+    }
+
+    /// After a zero-copy load the staging buffer has no pages left: give it
+    /// fresh (zeroed) ones now, while the woken accesses run, rather than on
+    /// the next load, which may be a demand fault someone waits for. (A
+    /// no-op walk when the buffer still has its pages.)
+    pub(super) fn refill_staging(&self, staging: &mut Option<Staging>) {
+        if self.zero_copy_on()
+            && let Some(b) = staging.as_mut()
+            && !b.small_pages
+        {
+            let _ = b.populate();
+        }
+    }
+
+    /// Install the loaded block in `buf` at `addr` by moving its (huge)
+    /// pages, write-protected, without waking; the marker page, if any, is
+    /// dropped again to be installed on the reader's first touch. Returns
+    /// false (nothing done) when a mutable view may exist: then the caller
+    /// copies. A partial move is completed by copying the rest.
+    pub(super) fn move_into_place(
+        &self,
+        addr: usize,
+        buf: &mut Staging,
+        marker: Option<&Marker>,
+    ) -> Result<bool> {
+        let len = buf.as_slice().len();
+        let _gate = self.zc.gate.read();
+        if self.zc.writers.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        // A fault on the block allocated a page table for it (even though
+        // no page is mapped); the kernel then moves the huge page 4 KiB at
+        // a time, splitting it. The block has no page while it loads, and
+        // dropping its (empty) range frees that table (Linux >= 6.14 with
+        // CONFIG_PT_RECLAIM; otherwise this costs a few microseconds).
+        // SAFETY: the block's range, Loading under this thread: no page, no
+        // access has seen content.
+        unsafe { self.map.dontneed(addr - self.map.addr(), len) }
+            .map_err(Self::os("madvise(MADV_DONTNEED)"))?;
+        // SAFETY: `buf` is borrowed exclusively and was loaded for this
+        // block only; the destination is the Loading block (registered, no
+        // page, waiters asleep until the state changes).
+        let (moved, why) = unsafe { self.uffd.move_pages(addr, buf.addr(), len) };
+        buf.moved_out |= moved > 0;
+        if let Some(e) = why {
+            // E.g. EEXIST (a page is already there) or EBUSY: copy the rest,
+            // which skips existing pages like any other load.
+            vtrace!("T UFFDIO_MOVE stopped after {moved} of {len} bytes: {e}");
+            if e.raw_os_error() != Some(libc::EEXIST) {
+                // Not a race with a present page: after a few of these the
+                // handle stops trying.
+                inc(&self.zc.move_errors);
+            }
+            self.copy_all(addr + moved, &buf.as_slice()[moved..], true)
+                .map_err(Self::os("UFFDIO_COPY"))?;
+        }
+        if moved > 0 {
+            self.uffd
+                .writeprotect(addr, moved, true, false)
+                .map_err(Self::os("UFFDIO_WRITEPROTECT"))?;
+        }
+        if let Some(mk) = marker {
+            // The block is clean and its waiters still sleep: dropping the
+            // page loses nothing (the marker holds its bytes).
+            let off = addr - self.map.addr() + mk.page * PAGE;
+            // SAFETY: a page of the block, whose waiters still sleep and
+            // whose next access is served the marker's identical bytes.
+            unsafe { self.map.dontneed(off, PAGE) }
+                .map_err(Self::os("madvise(MADV_DONTNEED) of a marker page"))?;
+        }
+        Ok(true)
+    }
+
+    /// Evict the block at `addr` by moving its pages into a recycling
+    /// buffer (see [`Recycled`]). False if not done (zero-copy off, no free
+    /// buffer, or the block is not made of whole huge pages, e.g. a marker
+    /// page was installed): then the caller drops the block's pages, which
+    /// also removes any page moved before the move stopped.
+    pub(super) fn recycle(&self, addr: usize, len: usize) -> bool {
+        let Some(pm) = self.zc.pagemap.as_ref().filter(|_| self.zero_copy_on()) else {
+            return false;
+        };
+        if !matches!(pm.all_huge(addr, len), Ok(true)) {
+            return false;
+        }
+        let mut b = {
+            let mut pool = self.zc.recycled.lock();
+            if pool.full.len() >= RECYCLED_BUFFERS {
+                return false;
+            }
+            match pool.empty.pop() {
+                Some(b) => b,
+                None if pool.created < RECYCLED_BUFFERS => {
+                    let Ok(b) = Staging::new(len) else {
+                        return false;
+                    };
+                    // SAFETY: a fresh buffer owned by the pool: registered
+                    // for write-protection only, never filled, only moved
+                    // into while borrowed exclusively and emptied.
+                    if unsafe { self.uffd.register(b.addr(), len, uffd::REGISTER_MODE_WP) }.is_err()
+                    {
+                        return false;
+                    }
+                    pool.created += 1;
+                    b
+                }
+                None => return false,
+            }
+        };
+        // Empty, page table freed: the block's huge page moves in whole.
+        let ok = b.clear().is_ok() && {
+            // SAFETY: `b` is borrowed exclusively and was just emptied; the
+            // source is a clean block being evicted (Evicting: accesses wait,
+            // then reload the same bytes).
+            let (moved, why) = unsafe { self.uffd.move_pages(b.addr(), addr, len) };
+            if let Some(e) = &why {
+                vtrace!("T recycling: UFFDIO_MOVE stopped after {moved} of {len} bytes: {e}");
+            }
+            moved == len
+        };
+        b.moved_out = !ok;
+        if ok {
+            inc(&self.counters.recycled);
+        }
+        self.return_recycled(b);
+        ok
+    }
+}
