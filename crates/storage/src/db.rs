@@ -30,7 +30,7 @@ use crate::ids::{Oid, Tid};
 use crate::pickle::{self, Dialect};
 use crate::snapshot::Snapshot;
 use crate::storage::{ConflictResolver, Storage, StorageTxn, TxnMeta};
-use crate::transaction::{DataManager, Synchronizer, TransactionManager};
+use crate::transaction::{CommitPhase, DataManager, SortKey, Synchronizer, TransactionManager};
 use crate::value::Value;
 use parking_lot::{MappedMutexGuard, Mutex, MutexGuard};
 use std::any::Any;
@@ -134,6 +134,9 @@ struct ConnState {
     resolved: Vec<Oid>,
     /// (tid, oids) of this connection's last commit, not yet synced past.
     own_commit: Option<Tid>,
+    /// The connection wrote its modified objects in the current commit
+    /// (data managers of an earlier [`CommitPhase`] must be done by then).
+    objects_written: bool,
 }
 
 /// An invalidation subscriber.
@@ -186,6 +189,7 @@ impl Connection {
                 stored: Vec::new(),
                 resolved: Vec::new(),
                 own_commit: None,
+                objects_written: false,
             }),
             subscribers: Mutex::new(Vec::new()),
         });
@@ -196,6 +200,13 @@ impl Connection {
     /// past it (for data managers that must know what they just committed).
     pub fn last_commit(&self) -> Option<Tid> {
         self.shared.state.lock().own_commit
+    }
+
+    /// Has this connection already written its modified objects in the
+    /// commit under way? Data managers that store through it check this
+    /// (they must commit in an earlier [`CommitPhase`]).
+    pub fn objects_written(&self) -> bool {
+        self.shared.state.lock().objects_written
     }
 
     /// An identifier of this connection, equal for all its clones.
@@ -516,6 +527,7 @@ impl Shared {
     /// Drop uncommitted changes: modified objects reload from the snapshot.
     fn discard(&self) {
         let mut st = self.state.lock();
+        st.objects_written = false;
         let changed: Vec<Oid> = st.modified.iter().chain(st.added.iter()).copied().collect();
         for o in changed {
             st.cache.remove(&o);
@@ -557,8 +569,15 @@ impl Synchronizer for Shared {
 }
 
 impl DataManager for Shared {
-    fn sort_key(&self) -> String {
-        format!("connection:{}:{:p}", self.storage.name(), self as *const _)
+    fn sort_key(&self) -> SortKey {
+        SortKey {
+            phase: CommitPhase::Connection,
+            id: format!("{}:{:p}", self.storage.name(), self as *const _),
+        }
+    }
+
+    fn committed_tid(&self) -> Option<Tid> {
+        self.state.lock().own_commit
     }
 
     fn abort(&self, _txn: &TxnMeta) -> Result<()> {
@@ -567,13 +586,16 @@ impl DataManager for Shared {
     }
 
     fn tpc_begin(&self, txn: &TxnMeta) -> Result<()> {
-        self.state.lock().pending = Some(txn.clone());
+        let mut st = self.state.lock();
+        st.pending = Some(txn.clone());
+        st.objects_written = false;
         Ok(())
     }
 
     fn commit(&self, _txn: &TxnMeta) -> Result<()> {
         let mut st = self.state.lock();
         let st = &mut *st;
+        st.objects_written = true;
         let oids: Vec<Oid> = st.modified.union(&st.added).copied().collect();
         if oids.is_empty() && st.read_current.is_empty() && st.txn.is_none() {
             return Ok(()); // nothing to write: no storage transaction at all
@@ -621,6 +643,7 @@ impl DataManager for Shared {
     fn tpc_finish(&self, _txn: &TxnMeta) -> Result<()> {
         let mut st = self.state.lock();
         st.pending = None;
+        st.objects_written = false;
         let Some(t) = st.txn.take() else {
             // Nothing was stored: no transaction record.
             st.modified.clear();

@@ -80,5 +80,7 @@ pub use snapshot::Snapshot;
 pub use storage::{
     ConflictResolver, DataRecord, LoadedRecord, RangeLoad, Storage, StorageTxn, TxnInfo, TxnMeta,
 };
-pub use transaction::{DataManager, Synchronizer, TransactionManager, WeakTransactionManager};
+pub use transaction::{
+    CommitPhase, DataManager, SortKey, Synchronizer, TransactionManager, WeakTransactionManager,
+};
 pub use value::Value;

@@ -3,7 +3,8 @@
 //!
 //! Order of a commit: before-commit hooks run (they may change objects and
 //! join more data managers), then every data manager, sorted by
-//! [`DataManager::sort_key`], gets `tpc_begin`, `commit`, `tpc_vote` and
+//! [`DataManager::sort_key`] (an explicit [`CommitPhase`] first, then an
+//! id), gets `tpc_begin`, `commit`, `tpc_vote` and
 //! finally `tpc_finish`. A failure in any phase before finish calls
 //! `tpc_abort` on every joined data manager and returns the error. After
 //! every commit or abort the registered [`Synchronizer`]s are told, which is
@@ -14,12 +15,38 @@ use crate::storage::TxnMeta;
 use parking_lot::Mutex;
 use std::sync::{Arc, Weak};
 
+/// Where a data manager commits among the others of one transaction. The
+/// order is explicit rather than an accident of key spelling: a data
+/// manager that stores records through a connection's storage transaction
+/// (a ZBigFile handle storing its blocks, and the blktab nodes it changes)
+/// must run its `commit` before that connection writes its modified objects
+/// and votes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CommitPhase {
+    /// Stores through a connection (file handles): before connections.
+    BeforeConnection,
+    /// Connections: write modified objects, vote, finish.
+    Connection,
+    /// Anything else (after the connections).
+    Other,
+}
+
+/// The order of a data manager in a commit: by phase, then by id (which
+/// makes the order deterministic among equals, as ZODB's sortKey does).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SortKey {
+    /// The phase.
+    pub phase: CommitPhase,
+    /// A stable id within the phase.
+    pub id: String,
+}
+
 /// A participant in two-phase commit (ZODB's `IDataManager`). Methods take
 /// `&self`: implementations use interior mutability, so that hooks and other
 /// code may reach them while the manager drives a commit.
 pub trait DataManager: Send + Sync {
     /// Data managers commit in ascending order of this key.
-    fn sort_key(&self) -> String;
+    fn sort_key(&self) -> SortKey;
     /// Abort outside two-phase commit: drop uncommitted changes.
     fn abort(&self, txn: &TxnMeta) -> Result<()>;
     /// Start two-phase commit.
@@ -32,6 +59,11 @@ pub trait DataManager: Send + Sync {
     fn tpc_finish(&self, txn: &TxnMeta) -> Result<()>;
     /// Undo everything done since `tpc_begin` (also called if it failed).
     fn tpc_abort(&self, txn: &TxnMeta);
+    /// After `tpc_finish`: the tid this data manager's storage committed
+    /// the transaction as (None if it wrote nothing).
+    fn committed_tid(&self) -> Option<crate::Tid> {
+        None
+    }
 }
 
 /// Told about transaction boundaries (ZODB's `ISynchronizer`).
@@ -47,6 +79,8 @@ struct State {
     meta: TxnMeta,
     resources: Vec<Arc<dyn DataManager>>,
     hooks: Vec<Hook>,
+    /// The tid of the last successful commit that wrote something.
+    last_committed: Option<crate::Tid>,
 }
 
 /// Drives transactions for a set of data managers. Cheap to clone (a handle).
@@ -180,6 +214,7 @@ impl TransactionManager {
         let State {
             meta, resources, ..
         } = std::mem::take(&mut *self.state.lock());
+        self.state.lock().last_committed = None;
         let mut rs = resources;
         rs.sort_by_key(|r| r.sort_key());
         let two_phase = || -> Result<()> {
@@ -207,6 +242,7 @@ impl TransactionManager {
                 first_err.get_or_insert(e);
             }
         }
+        self.state.lock().last_committed = rs.iter().find_map(|r| r.committed_tid());
         match first_err {
             None => Ok(()),
             Some(e) => Err(Error::Protocol(format!(
@@ -224,6 +260,12 @@ impl TransactionManager {
                 tracing::warn!(error = %e, "data manager failed to abort");
             }
         }
+    }
+
+    /// The tid of the last commit through this manager that wrote
+    /// something (None after an empty commit or before any).
+    pub fn last_committed(&self) -> Option<crate::Tid> {
+        self.state.lock().last_committed
     }
 
     /// Abort the current transaction: every joined data manager drops its
@@ -257,8 +299,18 @@ mod tests {
     }
 
     impl DataManager for Rec {
-        fn sort_key(&self) -> String {
-            self.key.into()
+        fn sort_key(&self) -> SortKey {
+            let phase = if self.key.starts_with("file") {
+                CommitPhase::BeforeConnection
+            } else if self.key.starts_with("conn") {
+                CommitPhase::Connection
+            } else {
+                CommitPhase::Other
+            };
+            SortKey {
+                phase,
+                id: self.key.into(),
+            }
         }
         fn abort(&self, _: &TxnMeta) -> Result<()> {
             self.call("abort")
@@ -356,5 +408,29 @@ mod tests {
         tm.add_before_commit_hook(|| Err(Error::Protocol("hook failed".into())));
         assert!(tm.commit().is_err());
         assert_eq!(*log.lock(), ["c:abort"]);
+    }
+
+    #[test]
+    fn commit_order_is_the_phase_then_the_id() {
+        let tm = TransactionManager::new();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        // Alphabetically "a-other" < "conn" < "file"; by phase the file
+        // handle commits first, then the connection, then the others.
+        for key in ["a-other", "conn", "file"] {
+            tm.join(Arc::new(Rec {
+                key,
+                log: log.clone(),
+                fail_in: None,
+            }));
+        }
+        tm.note("hello\nworld");
+        tm.commit().expect("commit");
+        let commits: Vec<String> = log
+            .lock()
+            .iter()
+            .filter(|l| l.ends_with(":commit"))
+            .cloned()
+            .collect();
+        assert_eq!(commits, ["file:commit", "conn:commit", "a-other:commit"]);
     }
 }

@@ -15,7 +15,7 @@ use crate::Error;
 use crate::reader::SnapshotFile;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use storage::{DataManager, Synchronizer, Tid, TxnMeta};
+use storage::{CommitPhase, DataManager, SortKey, Synchronizer, Tid, TxnMeta};
 use virtmem::Writeout;
 
 impl Shared {
@@ -33,6 +33,13 @@ impl Shared {
 
     /// STORE: write every spilled and dirty block into ZBlk objects.
     pub(super) fn store_dirty(&self) -> Result<(), Error> {
+        if self.conn.objects_written() {
+            // The order comes from CommitPhase; this guards it.
+            return Err(Error::Usage(format!(
+                "ZBigFile {}: commit order violated: the connection wrote its objects before the file handle stored its blocks",
+                self.backend.file
+            )));
+        }
         let mut access = self.fileh.exclusive("commit")?;
         let fh = &mut *access.guard;
         let dirty = fh.dirty_blocks();
@@ -162,10 +169,13 @@ impl Shared {
 }
 
 impl DataManager for Shared {
-    fn sort_key(&self) -> String {
-        // before "connection:...": blocks are stored before the connection
-        // stores its modified objects (blktab nodes) and votes
-        format!("bigfileh:{}:{:p}", self.backend.file, self as *const _)
+    fn sort_key(&self) -> SortKey {
+        // Blocks are stored before the connection stores its modified
+        // objects (the blktab nodes the writer changed) and votes.
+        SortKey {
+            phase: CommitPhase::BeforeConnection,
+            id: format!("{}:{:p}", self.backend.file, self as *const _),
+        }
     }
 
     fn abort(&self, _txn: &TxnMeta) -> storage::Result<()> {
