@@ -16,41 +16,20 @@ fn e<E: std::fmt::Display>(x: E) -> String {
 
 /// Parse a size like `512MiB`, `4GiB`, `1000000`, `2G`.
 pub fn parse_size(s: &str) -> R<u64> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("bad size {s:?}"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        "t" | "tb" | "tib" => 1 << 40,
-        u => {
-            return Err(format!(
-                "bad size unit {u:?} in {s:?} (use B, KiB, MiB, GiB, TiB)"
-            ));
-        }
-    };
-    Ok((n * mult as f64) as u64)
+    virtmem::budget::parse_size(s).map_err(e)
 }
 
 /// The RAM budget: `--ram-budget`, else `$WENDELIN_RAM_BUDGET`, else half of
-/// physical RAM (virtmem's default). Applied process-wide.
+/// physical RAM (virtmem's default, computed in one place). Applied
+/// process-wide.
 pub fn apply_ram_budget(flag: Option<&str>) -> R<u64> {
-    let spec = flag
-        .map(str::to_owned)
-        .or_else(|| std::env::var("WENDELIN_RAM_BUDGET").ok());
-    if let Some(s) = spec {
-        let b = parse_size(&s)?;
-        if b < 8 << 20 {
-            return Err(format!("RAM budget {s:?} is too small (at least 8MiB)"));
-        }
-        virtmem::set_process_budget(b);
+    let limit = match flag {
+        Some(spec) => virtmem::budget::parse_budget(spec),
+        None => virtmem::budget::default_budget(),
     }
-    Ok(virtmem::process_budget().limit())
+    .map_err(e)?;
+    virtmem::set_process_budget(limit);
+    Ok(limit)
 }
 
 fn opts() -> HandleOptions {

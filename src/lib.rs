@@ -1,7 +1,22 @@
 #![doc = include_str!("../README.md")]
 //!
-//! This crate re-exports the layers (`storage`, `virtmem`, `bigfile`,
-//! `bigarray`) and holds the code of the `wendelin` command.
+//! # The crate
+//!
+//! The front door ([`open`], [`Db`], [`Connection`], [`ZBigArray`]) is all
+//! most users need; `ndarray` is re-exported so that its version always
+//! matches. The layers underneath are re-exported for advanced use
+//! ([`storage`], [`virtmem`], [`bigfile`], [`bigarray`]), and the modules
+//! of the `wendelin` command live here too.
+
+#![forbid(unsafe_code)]
+
+mod api;
+
+pub use api::{Connection, Db, Error, Options, open, open_with};
+pub use bigarray::{B1, DType, Element, Order, Real, Stats, ZBigArray};
+pub use bigfile::ZBlkFormat;
+pub use ndarray;
+pub use storage::{Oid, Tid};
 
 pub use bigarray;
 pub use bigfile;

@@ -107,6 +107,14 @@ pub enum Error {
         /// The file's error.
         source: BoxError,
     },
+    /// A size (e.g. a RAM budget) that cannot be used.
+    #[error("bad size {spec:?}: {msg}")]
+    BadSize {
+        /// The text given.
+        spec: String,
+        /// What is wrong.
+        msg: String,
+    },
     /// A block number beyond the handle's mapping.
     #[error("block {blk} is beyond the handle's mapping of {nblocks} blocks")]
     BlockOutOfRange {

@@ -133,7 +133,7 @@
 #![warn(missing_docs)]
 
 mod backends;
-mod budget;
+pub mod budget;
 mod error;
 mod fileh;
 mod mapping;

@@ -6,7 +6,7 @@ use crate::Error;
 use crate::zblk::ZBlkFormat;
 
 /// Options of a [`ZBigFileH`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct HandleOptions {
     /// Format for blocks written through this handle (default: from
     /// `$WENDELIN_CORE_ZBLK_FMT`, else ZBlk0).
