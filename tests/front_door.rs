@@ -309,8 +309,8 @@ fn errors_name_what_they_concern() {
         .expect("exists");
     assert!(e.to_string().contains("exists"), "{e}");
     let old = db.open_at(db.last_tid()).expect("old");
-    assert!(old.remove("A").err().expect("ro").is_read_only());
-    assert!(old.commit().err().expect("ro").is_read_only());
+    assert!(old.remove("A").expect_err("ro").is_read_only());
+    assert!(old.commit().expect_err("ro").is_read_only());
     assert!(
         old.array::<f64>("A")
             .expect("A")

@@ -118,14 +118,44 @@ pub fn run(cfg: &Config, report: &mut Report) -> Result<(), String> {
         base,
     );
     let (_, warm) = timed(|| a.stats());
-    let (_, base2) = timed(|| map.par_chunks(8 << 20).map(|c| c.len()).sum::<usize>());
-    let _ = base2;
     report.throughput(
         &format!("bigarray: stat (sum) of {} MiB f64, resident", total >> 20),
         total,
         warm,
         "parallel sum over mmap of raw file",
         base,
+    );
+    // Shared views: two threads each summing half of the (resident) array
+    // through `with_view` at once, beside one thread summing all of it.
+    let n = a.len();
+    let half_sum = |lo: usize, hi: usize| {
+        a.with_view(|v| v.slice(ndarray::s![lo..hi]).sum())
+            .map_err(e)
+    };
+    let (one, t_one) = timed(|| half_sum(0, n));
+    let (two, t_two) = timed(|| {
+        std::thread::scope(|sc| {
+            let h1 = sc.spawn(|| half_sum(0, n / 2));
+            let h2 = sc.spawn(|| half_sum(n / 2, n));
+            match (h1.join(), h2.join()) {
+                (Ok(Ok(x)), Ok(Ok(y))) => Ok(x + y),
+                _ => Err("a reader thread failed".to_string()),
+            }
+        })
+    });
+    let (one, two) = (one?, two?);
+    if (one - two).abs() > 1e-6 * one.abs() {
+        return Err(format!("two-thread sum {two} differs from {one}"));
+    }
+    report.throughput(
+        &format!(
+            "bigarray: 2 threads each sum half of {} MiB f64 via with_view",
+            total >> 20
+        ),
+        total,
+        t_two,
+        "1 thread sums all of it via with_view",
+        t_one,
     );
     Ok(())
 }
