@@ -16,11 +16,13 @@
 //! load on first touch, at the handle's connection snapshot, in virtmem's
 //! handler threads, which read the storage directly (no lock shared with user
 //! threads). The handle joins every transaction of its connection's
-//! [`storage::TransactionManager`]: a before-commit hook writes the dirty
-//! blocks into ZBlk objects of the connection (in the handle's format; a block
-//! whose bytes did not change is not written, a changed block always
-//! re-stores its ZBlk); after `tpc_finish` the blocks are marked stored
-//! (clean, write-protected); an abort or a failed commit discards them.
+//! [`storage::TransactionManager`] as a data manager that commits before the
+//! connection (an explicit [`storage::CommitPhase`]): in the commit phase it
+//! writes the dirty blocks into ZBlk objects straight into the storage
+//! transaction (in the handle's format; a block whose bytes did not change is
+//! not written, a changed block always re-stores its ZBlk); once the
+//! transaction is durable the blocks are marked stored (clean,
+//! write-protected); an abort or a failed commit discards them.
 //!
 //! At each transaction boundary the connection moves to the newest snapshot
 //! and reports the changed oids; the handle turns them into the exact set of

@@ -5,7 +5,7 @@
 use crate::Error;
 use crate::zblk::ZBlkFormat;
 
-/// Options of a [`ZBigFileH`].
+/// Options of a [`ZBigFileH`](super::ZBigFileH).
 #[derive(Debug, Clone, Default)]
 pub struct HandleOptions {
     /// Format for blocks written through this handle (default: from

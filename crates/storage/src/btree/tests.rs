@@ -6,11 +6,8 @@ use crate::persistent::Persistent;
 use crate::pickle::{self, Dialect};
 use crate::transaction::TransactionManager;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
-fn testdata() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata")
-}
+use testsupport::testdata;
 
 fn new_db() -> (tempfile::TempDir, DB) {
     let dir = tempfile::tempdir().expect("tmp");

@@ -2,11 +2,8 @@ use super::*;
 use crate::ids::Oid;
 use serde_json::Value as J;
 use sha2::{Digest, Sha256};
-use std::path::PathBuf;
 
-fn testdata() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata")
-}
+use testsupport::testdata;
 
 const FILES: &[&str] = &[
     "formats/tiny",

@@ -12,7 +12,7 @@
 use std::ops::BitOr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Options of [`FileH::open`].
+/// Options of [`FileH::open`](super::FileH::open).
 #[derive(Debug, Clone)]
 pub struct Options {
     /// Bytes of address space to reserve (rounded up to whole blocks). Views
