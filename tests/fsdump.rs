@@ -17,17 +17,7 @@ fn fsdump(path: &Path, json: bool) -> std::process::Output {
     c.output().expect("run wendelin")
 }
 
-const FILES: &[&str] = &[
-    "zblk/py3_pickle3/zblk",
-    "zblk/py2_pickle3/zblk",
-    "formats/tiny",
-    "formats/history",
-    "formats/history_packed",
-    "formats/refs",
-    "formats/legacy_py2",
-    "formats/zbigarray_py3_pickle3",
-    "formats/zbigarray_py2_pickle2",
-];
+const FILES: &[&str] = testsupport::PYTHON_DATABASES;
 
 #[test]
 fn fsdump_json_agrees_with_vector_descriptions() {

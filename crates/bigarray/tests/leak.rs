@@ -7,16 +7,7 @@ use ndarray::{ArrayD, IxDyn};
 use storage::{DB, TransactionManager};
 
 fn virtmem_threads() -> usize {
-    std::fs::read_dir("/proc/self/task")
-        .map(|d| {
-            d.filter_map(|t| t.ok())
-                .filter(|t| {
-                    std::fs::read_to_string(t.path().join("comm"))
-                        .is_ok_and(|c| c.starts_with("virtmem"))
-                })
-                .count()
-        })
-        .unwrap_or(0)
+    testsupport::threads_named("virtmem")
 }
 
 #[test]

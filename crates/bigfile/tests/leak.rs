@@ -10,16 +10,7 @@ mod common;
 use common::{new_db, opts, with_file};
 
 fn virtmem_threads() -> usize {
-    std::fs::read_dir("/proc/self/task")
-        .map(|d| {
-            d.filter_map(|t| t.ok())
-                .filter(|t| {
-                    std::fs::read_to_string(t.path().join("comm"))
-                        .is_ok_and(|c| c.starts_with("virtmem"))
-                })
-                .count()
-        })
-        .unwrap_or(0)
+    testsupport::threads_named("virtmem")
 }
 
 /// A handle joined to its manager's transactions does not keep itself

@@ -26,3 +26,32 @@ pub fn workspace_root() -> PathBuf {
 pub fn testdata() -> PathBuf {
     workspace_root().join("testdata")
 }
+
+/// The databases under `testdata/` written by Python ZODB / wendelin.core
+/// (each `NAME.fs` with its `NAME.json` description).
+pub const PYTHON_DATABASES: &[&str] = &[
+    "formats/tiny",
+    "formats/history",
+    "formats/history_packed",
+    "formats/refs",
+    "formats/legacy_py2",
+    "formats/zbigarray_py3_pickle3",
+    "formats/zbigarray_py2_pickle2",
+    "zblk/py3_pickle3/zblk",
+    "zblk/py2_pickle3/zblk",
+];
+
+/// Threads of this process whose name starts with `prefix` (e.g.
+/// `virtmem`: the handler threads of open handles).
+pub fn threads_named(prefix: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| {
+            d.filter_map(|t| t.ok())
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.starts_with(prefix))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}

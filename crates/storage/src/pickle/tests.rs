@@ -5,17 +5,7 @@ use sha2::{Digest, Sha256};
 
 use testsupport::testdata;
 
-const FILES: &[&str] = &[
-    "formats/tiny",
-    "formats/history",
-    "formats/history_packed",
-    "formats/refs",
-    "formats/legacy_py2",
-    "formats/zbigarray_py3_pickle3",
-    "formats/zbigarray_py2_pickle2",
-    "zblk/py3_pickle3/zblk",
-    "zblk/py2_pickle3/zblk",
-];
+const FILES: &[&str] = testsupport::PYTHON_DATABASES;
 
 /// Does the decoded `v` match the generic description `g` of the test vectors?
 fn matches(v: &Value, g: &J) -> bool {
