@@ -63,8 +63,10 @@ pub mod ids;
 pub mod open;
 pub mod persistent;
 pub mod pickle;
+pub mod refs;
 pub mod snapshot;
 pub mod storage;
+pub mod timespec;
 pub mod transaction;
 pub mod value;
 
