@@ -75,7 +75,7 @@ pub use db::{
     Connection, DB, GenericObject, Invalidation, Persistent, PersistentClass, PersistentMapping,
 };
 pub use error::{Error, Result};
-pub use filestorage::FileStorage;
+pub use filestorage::{FileStorage, PackStats};
 pub use ids::{Oid, Tid, TidTime};
 pub use open::{open_storage, open_storage_with};
 pub use snapshot::Snapshot;
