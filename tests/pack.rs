@@ -350,6 +350,7 @@ fn crash_during_pack_loses_nothing() {
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     let mut kills = 0;
     let mut completed = 0;
+    let mut pack_time = std::time::Duration::from_millis(300);
     while t0.elapsed() < std::time::Duration::from_secs(12) {
         seed ^= seed << 13;
         seed ^= seed >> 7;
@@ -360,9 +361,16 @@ fn crash_during_pack_loses_nothing() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("spawn");
-        std::thread::sleep(std::time::Duration::from_micros(seed % 60_000));
+        // Kill points spread uniformly over a whole pack's run (as long as
+        // the last complete one took), so some land in the swap.
+        let started = std::time::Instant::now();
+        let window = (pack_time.as_micros() as u64 * 5 / 4).max(1000);
+        std::thread::sleep(std::time::Duration::from_micros(seed % window));
         match child.try_wait().expect("wait") {
-            Some(_) => completed += 1,
+            Some(_) => {
+                completed += 1;
+                pack_time = started.elapsed();
+            }
             None => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -376,6 +384,7 @@ fn crash_during_pack_loses_nothing() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let done = committer.join().expect("committer");
     assert!(kills > 0, "no pack was killed");
+    assert!(completed > 0, "no pack completed");
     let fs = FileStorage::open_read_only(&db).expect("open");
     let last = done.last().expect("commits");
     let rec = fs.load(oid).expect("load");
