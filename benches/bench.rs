@@ -11,6 +11,8 @@ mod bigfile_bench;
 #[path = "bench/common.rs"]
 #[allow(dead_code)] // shared helpers; not every group uses every one
 mod common;
+#[path = "bench/pack_bench.rs"]
+mod pack_bench;
 #[path = "bench/storage_bench.rs"]
 mod storage_bench;
 #[path = "bench/virtmem_bench.rs"]
@@ -30,11 +32,12 @@ fn main() {
         }
     };
     let mut report = Report::default();
-    let groups: [(&str, Group); 4] = [
+    let groups: [(&str, Group); 5] = [
         ("storage", storage_bench::run),
         ("virtmem", virtmem_bench::run),
         ("bigfile", bigfile_bench::run),
         ("bigarray", bigarray_bench::run),
+        ("pack", pack_bench::run),
     ];
     for (name, run) in groups {
         if !cfg.selects(name) {

@@ -1,5 +1,9 @@
 //! The `wendelin` command-line tool.
 
+mod logcmd;
+mod packcmd;
+mod rmcmd;
+
 use clap::{Parser, Subcommand};
 use std::io::Write;
 use std::path::PathBuf;
@@ -127,6 +131,36 @@ enum Cmd {
         #[command(subcommand)]
         cmd: FileCmd,
     },
+    /// Drop history nobody can reach (ZODB's pack); the previous file is kept as DB.old.
+    Pack {
+        /// The database (a FileStorage path or file:// URL).
+        db: String,
+        /// Pack time, a tid or an ISO-8601 time (UTC unless it names a zone): the
+        /// database as of then and everything after stays. Default: now.
+        #[arg(long)]
+        before: Option<String>,
+        /// Pack time N days ago.
+        #[arg(long)]
+        days: Option<f64>,
+    },
+    /// Transactions, newest first: tid, time, user, description, size, root entries changed.
+    Log {
+        /// The database (a FileStorage path or file:// URL).
+        db: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// At most N transactions.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Remove a root entry in a new transaction (pack reclaims its data).
+    Rm {
+        /// The database.
+        db: String,
+        /// The root entry.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -249,6 +283,21 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             Ok(())
         }
+        Cmd::Pack { db, before, days } => packcmd::run(&db, before.as_deref(), days).map(|_| ()),
+        Cmd::Log { db, json, limit } => {
+            let entries = logcmd::log(&db, limit)?;
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let r = if json {
+                serde_json::to_writer_pretty(&mut out, &entries)
+                    .map_err(std::io::Error::other)
+                    .and_then(|()| writeln!(out))
+            } else {
+                logcmd::print_text(&entries, &mut out)
+            };
+            broken_pipe_ok(r.and_then(|()| out.flush()))
+        }
+        Cmd::Rm { db, name } => rmcmd::rm(&db, &name),
         Cmd::Fsdump { file, json } => {
             let d = wendelin::fsdump::dump(&file).map_err(|e| e.to_string())?;
             let stdout = std::io::stdout();

@@ -63,8 +63,10 @@ pub mod ids;
 pub mod open;
 pub mod persistent;
 pub mod pickle;
+pub mod refs;
 pub mod snapshot;
 pub mod storage;
+pub mod timespec;
 pub mod transaction;
 pub mod value;
 
@@ -73,7 +75,7 @@ pub use db::{
     Connection, DB, GenericObject, Invalidation, Persistent, PersistentClass, PersistentMapping,
 };
 pub use error::{Error, Result};
-pub use filestorage::FileStorage;
+pub use filestorage::{FileStorage, PackStats};
 pub use ids::{Oid, Tid, TidTime};
 pub use open::{open_storage, open_storage_with};
 pub use snapshot::Snapshot;

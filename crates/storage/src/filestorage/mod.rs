@@ -15,6 +15,8 @@
 //! - `lock`: the commit lock (an in-process slot plus the `<name>.lock`
 //!   `flock` Python's `zc.lockfile` takes);
 //! - `commit`: the two-phase-commit writer, appending in place;
+//! - `pack`: dropping unreachable history into `<name>.pack`, swapped in
+//!   atomically (`<name>.old` keeps the previous file);
 //! - `recovery`: the torn tail a dead committer leaves, cut off (and saved
 //!   to `<name>.trN`) by the next writer.
 //!
@@ -28,6 +30,7 @@ mod commit;
 mod format;
 mod index;
 mod lock;
+mod pack;
 mod read;
 mod recovery;
 
@@ -36,6 +39,7 @@ pub use format::{
     STATUS_PACKED, STATUS_UNDONE, TXN_HDR_LEN, TxnHeader,
 };
 pub use index::{ScanInfo, Tail};
+pub use pack::PackStats;
 pub use read::{RawRecord, RawTxn};
 
 use crate::error::{Error, Result};
