@@ -160,6 +160,14 @@ pub trait Storage: Send + Sync {
     /// duplicates, in ascending order.
     fn changed_oids(&self, after: Tid, upto: Tid) -> Result<Vec<Oid>>;
 
+    /// Pack as of `at` (ZODB's pack: history before `at` that is not
+    /// reachable from the root at `at` is dropped); `progress(done, total)`
+    /// in bytes. Storages that cannot pack say so.
+    fn pack(&self, at: Tid, progress: &mut dyn FnMut(u64, u64)) -> Result<crate::PackStats> {
+        let _ = (at, progress);
+        Err(crate::Error::Protocol(format!("{}: this storage cannot pack", self.name())))
+    }
+
     /// Committed transactions with `start <= tid < stop`, oldest first.
     fn iter_txns(
         &self,

@@ -274,6 +274,10 @@ impl Storage for FileStorage {
         self.inner.path.display().to_string()
     }
 
+    fn pack(&self, at: Tid, progress: &mut dyn FnMut(u64, u64)) -> Result<crate::PackStats> {
+        FileStorage::pack(self, at, progress)
+    }
+
     fn is_read_only(&self) -> bool {
         self.inner.read_only
     }
