@@ -24,25 +24,40 @@ print("OK", type(root["x"]).__module__)
 PY_WRITE = r'''
 import sys
 import numpy as np
+from BTrees.IOBTree import IOBTree
 from ZODB.FileStorage import FileStorage
 from ZODB import DB
 import transaction
-from wendelin.bigfile.file_zodb import ZBigFile, ZBlk0
+from wendelin.bigfile.file_zodb import ZBigFile, ZBlk0, ZBlk1, ZData
 from wendelin.bigarray.array_zodb import ZBigArray
+CHUNK = 4096
+def zblk(data, fmt):
+    """One block as wendelin.core stores it: ZBlk0 whole, ZBlk1 in chunks
+    (zero chunks left out)."""
+    if fmt == 0:
+        z = ZBlk0(); z.blkdata = data.rstrip(b"\0")
+        return z
+    z = ZBlk1(); z.chunktab = IOBTree()
+    for off in range(0, len(data), CHUNK):
+        part = data[off:off + CHUNK]
+        if part.strip(b"\0"):
+            d = ZData(); d.data = part; z.chunktab[off] = d
+    return z
 db = DB(FileStorage(sys.argv[1]))
 root = db.open().root()
-def store(name, arr, order):
-    bs = 2 * 1024 * 1024
+for name, arr, order, fmt in [
+        ("x", np.arange(600000, dtype="<f8").reshape(1200, 500) * 0.5, "C", 0),
+        ("y", (np.arange(77 * 3, dtype="<i4") - 100).reshape(77, 3), "F", 1)]:
+    bs = 2 << 20
     f = ZBigFile(bs)
     raw = arr.tobytes(order=order)
-    for blk in range(0, (len(raw) + bs - 1) // bs):
-        z = ZBlk0(); z.blkdata = raw[blk*bs:(blk+1)*bs].rstrip(b'\0'); f.blktab[blk] = z
+    for blk in range(-(-len(raw) // bs)):
+        f.blktab[blk] = zblk(raw[blk * bs:(blk + 1) * bs], fmt)
     a = ZBigArray()
-    strides = arr.strides if order == 'C' else np.asfortranarray(arr).strides
-    a.state = ({'_dtype': arr.dtype, '_shape': arr.shape, '_order': order, '_stridev': strides}, {'zfile': f})
+    strides = np.asarray(arr, order=order).strides
+    a.state = ({"_dtype": arr.dtype, "_shape": arr.shape, "_order": order, "_stridev": strides},
+               {"zfile": f})
     root[name] = a
-store('x', np.arange(600000, dtype='<f8').reshape(1200, 500) * 0.5, 'C')
-store('y', (np.arange(77 * 3, dtype='<i4') - 100).reshape(77, 3), 'F')
 transaction.commit()
 db.close()
 print("OK")
