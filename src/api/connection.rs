@@ -200,6 +200,13 @@ impl Connection {
         &self.conn
     }
 
+    /// The options arrays opened from now on get (block format, virtmem
+    /// options such as zero-copy loads): for bindings that lend the mapping
+    /// to code outside Rust's borrow rules.
+    pub fn handle_options_mut(&mut self) -> &mut bigfile::HandleOptions {
+        &mut self.handle
+    }
+
     /// The transaction manager of this connection (None when read-only).
     pub fn transaction_manager(&self) -> Option<&TransactionManager> {
         self.tm.as_ref()

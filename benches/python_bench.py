@@ -1,0 +1,121 @@
+"""Python bench: np.asarray(A).sum() over a 2 GiB f8 array through
+wendelin_rs vs numpy.memmap(...).sum() over the same values in an .npy,
+each in a fresh process with the page cache warm (every figure is the
+best of a few runs of a fresh process). Real wendelin.core `A[:].sum()`
+when WENDELIN_CORE_PYTHON names a Python with it installed (see
+../shared/tools/build-wendelin-core-peer.sh); skipped otherwise.
+
+    .venv/bin/python benches/python_bench.py [--gib 2] [--dir /tmp/wr-bench] [--budget 512MiB]
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+GEN = r'''
+import sys, numpy as np, wendelin_rs as wr
+d, n, budget = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+rows = n // 1024
+db = wr.DB(d + "/data.fs", ram_budget=budget)
+c = db.open()
+A = c.create_array("A", (rows, 1024), "f8")
+c.commit()
+step = max(1, (256 << 20) // 8192)
+mm = np.lib.format.open_memmap(d + "/data.npy", mode="w+", dtype="f8", shape=(rows, 1024))
+for lo in range(0, rows, step):
+    hi = min(rows, lo + step)
+    chunk = np.arange(lo * 1024, hi * 1024, dtype="f8").reshape(-1, 1024) * 0.5
+    A[lo:hi] = chunk
+    mm[lo:hi] = chunk
+    c.commit()
+mm.flush()
+del mm
+print("generated")
+'''
+
+WR = r'''
+import sys, time, numpy as np, wendelin_rs as wr
+db = wr.DB(sys.argv[1] + "/data.fs", ram_budget=sys.argv[2])
+c = db.open(at=db.last_tid()) if sys.argv[3] == "snapshot" else db.open()
+A = c.root["A"]
+t = time.perf_counter(); s = np.asarray(A).sum(); dt = time.perf_counter() - t
+print(dt, s)
+'''
+
+MM = r'''
+import sys, time, numpy as np
+a = np.load(sys.argv[1] + "/data.npy", mmap_mode="r")
+t = time.perf_counter(); s = a.sum(); dt = time.perf_counter() - t
+print(dt, s)
+'''
+
+WC = r'''
+import sys, time
+from ZODB.FileStorage import FileStorage
+from ZODB import DB
+st = FileStorage(sys.argv[1] + "/data.fs", read_only=True)
+root = DB(st).open().root()
+A = root["A"]
+t = time.perf_counter(); s = A[:].sum(); dt = time.perf_counter() - t
+print(dt, s)
+'''
+
+
+def run(py, code, *args):
+    out = subprocess.run([py, "-c", code, *map(str, args)], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"child failed:\n{out.stdout}\n{out.stderr}")
+    dt, s = out.stdout.split()[-2:]
+    return float(dt), float(s)
+
+
+def best(py, code, *args, reps=3):
+    runs = [run(py, code, *args) for _ in range(reps)]
+    return min(r[0] for r in runs), runs[0][1]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--gib", type=float, default=2.0)
+    ap.add_argument("--dir", default="/tmp/wr-python-bench")
+    ap.add_argument("--budget", default="512MiB")
+    ap.add_argument("--reps", type=int, default=3)
+    a = ap.parse_args()
+    os.makedirs(a.dir, exist_ok=True)
+    n = int(a.gib * (1 << 30)) // 8 // 1024 * 1024
+    nbytes = n * 8
+    if not os.path.exists(a.dir + "/data.npy") or os.path.getsize(a.dir + "/data.npy") < nbytes:
+        for f in ("data.fs", "data.fs.index", "data.fs.lock", "data.fs.tmp", "data.npy"):
+            if os.path.exists(os.path.join(a.dir, f)):
+                os.remove(os.path.join(a.dir, f))
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", GEN, a.dir, str(n), a.budget], check=True)
+        print(f"generated {nbytes / 2**30:.2f} GiB in {time.perf_counter() - t:.1f}s")
+    want = 0.5 * n * (n - 1) / 2
+    # warm the page cache for both files
+    for f in ("data.fs", "data.npy"):
+        with open(os.path.join(a.dir, f), "rb") as fh:
+            while fh.read(64 << 20):
+                pass
+    res = {}
+    res["memmap"] = best(sys.executable, MM, a.dir, reps=a.reps)
+    res["wendelin_rs"] = best(sys.executable, WR, a.dir, a.budget, "conn", reps=a.reps)
+    res["wendelin_rs_snapshot"] = best(sys.executable, WR, a.dir, a.budget, "snapshot", reps=a.reps)
+    wc = os.environ.get("WENDELIN_CORE_PYTHON")
+    if wc:
+        res["wendelin.core"] = best(wc, WC, a.dir, reps=a.reps)
+    gib = nbytes / 2**30
+    for k, (dt, s) in res.items():
+        ok = "ok" if s == want else f"WRONG sum {s} != {want}"
+        print(f"{k:22s} {dt:7.3f}s  {gib / dt:6.2f} GiB/s  {ok}")
+    base = res["memmap"][0]
+    for k in res:
+        if k != "memmap":
+            print(f"ratio {k} / memmap (throughput): {base / res[k][0]:.2f}x")
+    print(json.dumps({k: v[0] for k, v in res.items()}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""Transactions between connections: isolation, invalidation at every
+boundary, abort, conflicts, time travel, db.transaction()."""
+import numpy as np
+import pytest
+
+import wendelin_rs as wr
+
+
+def _committed(db, shape=(600, 1000), dtype="f8"):
+    with db.transaction() as c:
+        c.create_array("A", shape, dtype)[:] = 1
+    return db.last_tid()
+
+
+def test_isolation_and_invalidation_between_two_connections(db):
+    _committed(db)
+    c1, c2 = db.open(), db.open()
+    A1, A2 = c1.root["A"], c2.root["A"]
+    v2 = np.asarray(A2)
+    assert v2[0, 0] == 1 and v2[599, 999] == 1  # loaded before the change
+    A1[0, 0] = 5
+    A1[599, 999] = 6
+    assert v2[0, 0] == 1  # uncommitted: invisible
+    c1.commit()
+    assert v2[0, 0] == 1 and v2[599, 999] == 1  # c2's snapshot: unchanged
+    c2.sync()
+    assert v2[0, 0] == 5 and v2[599, 999] == 6  # the same view reads the new data
+    assert A2[1, 1] == 1
+
+
+def test_invalidation_at_commit_and_abort_boundaries(db):
+    _committed(db)
+    c1, c2 = db.open(), db.open()
+    v2 = c2.root["A"][:]
+    assert v2[10, 10] == 1
+    with db.transaction() as c:
+        c.root["A"][10, 10] = 3
+    c2.root["A"][500, 0] = 2  # another block: no conflict
+    c2.commit()
+    assert v2[10, 10] == 3  # commit is a boundary too
+    with db.transaction() as c:
+        c.root["A"][10, 10] = 4
+    c2.abort()
+    assert v2[10, 10] == 4
+    assert c1.root["A"][500, 0] == 1
+    c1.sync()
+    assert c1.root["A"][500, 0] == 2
+
+
+def test_another_transaction_resizing_shows_after_sync(db):
+    _committed(db, (10, 3))
+    c1, c2 = db.open(), db.open()
+    A2 = c2.root["A"]
+    with db.transaction() as c:
+        c.root["A"].append(np.full((5, 3), 9.0))
+    assert A2.shape == (10, 3)
+    c2.sync()
+    assert A2.shape == (15, 3) and (A2[10:] == 9).all()
+
+
+def test_abort_discards_every_change(db):
+    _committed(db)
+    c = db.open()
+    A = c.root["A"]
+    a = A[:2]
+    a[:] = 8
+    A.resize((700, 1000))
+    c.create_array("B", (3,), "f8")
+    c.abort()
+    assert A.shape == (600, 1000) and (a == 1).all() and "B" not in c.root
+    assert c.commit() == db.last_tid()  # nothing to store
+
+
+def test_a_conflict_raises_and_the_connection_stays_usable(db):
+    _committed(db)
+    c1, c2 = db.open(), db.open()
+    c1.root["A"][0, 0] = 2
+    c2.root["A"][0, 1] = 3  # same block
+    c1.commit()
+    with pytest.raises(wr.ConflictError) as e:
+        c2.commit()
+    assert "conflict" in str(e.value)
+    assert isinstance(e.value, wr.Error)
+    # the transaction was aborted: c2 sees c1's commit and retries
+    A2 = c2.root["A"]
+    assert A2[0, 0] == 2 and A2[0, 1] == 1
+    A2[0, 1] = 3
+    c2.commit()
+    assert db.open().root["A"][0, :2].tolist() == [2, 3]
+
+
+def test_time_travel_gives_read_only_snapshots(db):
+    t1 = _committed(db, (4, 4))
+    with db.transaction() as c:
+        c.root["A"][:] = 2
+    t2 = db.last_tid()
+    with db.transaction() as c:
+        c.root["A"].resize((2, 4))
+    old1, old2 = db.open(at=t1), db.open(at=t2)
+    assert old1.read_only and old1.at == t1
+    B1, B2 = old1.root["A"], old2.root["A"]
+    assert (B1[:] == 1).all() and (B2[:] == 2).all() and B2.shape == (4, 4)
+    assert db.open().root["A"].shape == (2, 4)
+    v = np.asarray(B1)
+    assert not v.flags.writeable
+    with pytest.raises(ValueError):
+        v[0, 0] = 3  # numpy refuses: read-only memory
+    with pytest.raises(wr.ReadOnlyError):
+        B1.view(writable=True)
+    for op in (lambda: B1.__setitem__(0, 1), lambda: B1.resize((1, 4)), old1.commit,
+               lambda: old1.root.__delitem__("A"), lambda: old1.note("x")):
+        with pytest.raises(wr.ReadOnlyError):
+            op()
+    assert B1.stats()["sum"] == 16
+
+
+def test_transaction_context_manager(db):
+    _committed(db, (3,))
+    with pytest.raises(ZeroDivisionError):
+        with db.transaction() as c:
+            c.root["A"][0] = 7
+            1 / 0
+    assert db.open().root["A"][0] == 1  # aborted
+    with db.transaction() as c:
+        c.root["A"][0] = 7
+    assert c.closed
+    assert db.open().root["A"][0] == 7  # committed
