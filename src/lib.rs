@@ -12,7 +12,7 @@
 
 mod api;
 
-pub use api::{Connection, Db, Error, Options, open, open_with};
+pub use api::{Connection, Db, Error, Options, history, open, open_with};
 pub use bigarray::{B1, DType, Element, Order, Real, Stats, ZBigArray};
 pub use bigfile::ZBlkFormat;
 pub use ndarray;

@@ -369,3 +369,76 @@ fn two_threads_read_one_array_at_once() {
         assert!(best < 0.85, "two threads took {best:.2}x the time of one");
     }
 }
+
+#[test]
+fn the_shape_follows_abort_and_other_transactions() {
+    let (_d, db) = small_db();
+    let c1 = db.open().expect("c1");
+    let c2 = db.open().expect("c2");
+    let a1 = c1.array::<f64>("A").expect("a1");
+    let a2 = c2.array::<f64>("A").expect("a2");
+    a1.resize(&[128, 1024]).expect("grow");
+    assert_eq!(a1.shape(), vec![128, 1024]);
+    c1.abort();
+    assert_eq!(a1.shape(), vec![64, 1024], "abort drops the resize");
+    a1.append(wendelin::ndarray::ArrayD::from_elem(vec![2, 1024], 3.0).view())
+        .expect("append");
+    c1.commit().expect("commit");
+    assert_eq!(a2.shape(), vec![64, 1024], "isolation until the boundary");
+    c2.sync().expect("sync");
+    assert_eq!(
+        a2.shape(),
+        vec![66, 1024],
+        "the other transaction's append after sync"
+    );
+    assert_eq!(a2.with_view(|v| v[[65, 1023]]).expect("read"), 3.0);
+}
+
+#[test]
+fn pack_log_and_time_travel_from_the_front_door() {
+    let (dir, db) = small_db();
+    let conn = db.open().expect("conn");
+    let a = conn.array::<f64>("A").expect("A");
+    let mut tids = vec![db.last_tid()];
+    for k in 2..5 {
+        a.with_view_mut(|mut v| v.fill(f64::from(k)))
+            .expect("write");
+        conn.note(&format!("fill {k}")).expect("note");
+        tids.push(conn.commit().expect("commit"));
+    }
+    let log = db.log(Some(2)).expect("log");
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[0].tid, tids[3].to_string());
+    assert_eq!(log[0].description, "fill 4");
+    // Time travel: each snapshot shows what was committed then.
+    for (k, t) in tids.iter().enumerate() {
+        let old = db.open_at(*t).expect("open_at");
+        let v = old
+            .array::<f64>("A")
+            .expect("A")
+            .with_view(|v| v[[3, 3]])
+            .expect("read");
+        assert_eq!(v, (k + 1) as f64);
+    }
+    let size = |p: &str| std::fs::metadata(dir.path().join(p)).expect("size").len();
+    let before = size("d.fs");
+    let st = db.pack(tids[3]).expect("pack");
+    assert!(st.packed);
+    assert!(size("d.fs") < before, "pack reclaims the replaced blocks");
+    assert!(dir.path().join("d.fs.old").exists());
+    // Before the pack time: a clear error, not partial data.
+    let e = db.open_at(tids[1]).err().expect("before pack");
+    assert!(matches!(e, wendelin::Error::BeforePack { .. }), "{e}");
+    assert!(e.to_string().contains("packed"), "{e}");
+    let now = db.open_at(tids[3]).expect("at the pack time");
+    assert_eq!(
+        now.array::<f64>("A")
+            .expect("A")
+            .with_view(|v| v[[0, 0]])
+            .expect("read"),
+        4.0
+    );
+    // The connection goes on after the pack.
+    a.with_view_mut(|mut v| v[[0, 0]] = 9.0).expect("write");
+    conn.commit().expect("commit after pack");
+}

@@ -89,6 +89,14 @@ impl Db {
     /// transaction `at`): arrays open with nothing else, and any write
     /// fails at once.
     pub fn open_at(&self, at: Tid) -> Result<Connection, Error> {
+        let horizon = self.db.storage().pack_horizon()?;
+        if at < horizon {
+            return Err(Error::BeforePack {
+                db: self.url.clone(),
+                at,
+                horizon,
+            });
+        }
         let conn = self.db.open_historical(at)?;
         Ok(Connection::new(
             conn,
@@ -106,6 +114,31 @@ impl Db {
     /// The URL or path it was opened with.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The transactions, newest first (at most `limit`), with what each did
+    /// to the root's entries (a FileStorage database).
+    pub fn log(&self, limit: Option<usize>) -> Result<Vec<super::history::LogEntry>, Error> {
+        let path = self.url.strip_prefix("file://").unwrap_or(&self.url);
+        let fs = storage::FileStorage::open_read_only(std::path::Path::new(path))?;
+        super::history::log_of(&fs, limit).map_err(|msg| Error::History {
+            db: self.url.clone(),
+            msg,
+        })
+    }
+
+    /// Pack the database as of `at` (ZODB's pack: every revision current at
+    /// `at` and reachable from the root then, and everything after, stays;
+    /// the rest is dropped; the previous file is kept as `NAME.old`).
+    /// Connections opened at a tid before `at` afterwards get an error.
+    pub fn pack(&self, at: Tid) -> Result<storage::PackStats, Error> {
+        if self.read_only {
+            return Err(Error::ReadOnly {
+                what: "pack".into(),
+                at: self.last_tid(),
+            });
+        }
+        Ok(self.db.storage().pack(at, &mut |_, _| {})?)
     }
 
     /// The object database underneath (for the per-crate API).

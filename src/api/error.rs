@@ -65,6 +65,24 @@ pub enum Error {
         /// The snapshot.
         at: Tid,
     },
+    /// A snapshot older than what a pack kept complete.
+    #[error("{db}: the database was packed: snapshots before {horizon} ({}) are incomplete; {at} ({}) is older", horizon.time_string(), at.time_string())]
+    BeforePack {
+        /// The database.
+        db: String,
+        /// The snapshot asked for.
+        at: Tid,
+        /// The oldest complete snapshot.
+        horizon: Tid,
+    },
+    /// Reading the history failed.
+    #[error("{db}: reading the history: {msg}")]
+    History {
+        /// The database.
+        db: String,
+        /// What went wrong.
+        msg: String,
+    },
     /// A transaction boundary asked for inside a view.
     #[error("{what} inside a view: end the view (return from with_view/with_view_mut) first")]
     InsideView {

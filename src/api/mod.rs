@@ -29,6 +29,7 @@
 mod connection;
 mod db;
 mod error;
+pub mod history;
 
 pub use connection::Connection;
 pub use db::{Db, Options, open, open_with};

@@ -165,7 +165,16 @@ pub trait Storage: Send + Sync {
     /// in bytes. Storages that cannot pack say so.
     fn pack(&self, at: Tid, progress: &mut dyn FnMut(u64, u64)) -> Result<crate::PackStats> {
         let _ = (at, progress);
-        Err(crate::Error::Protocol(format!("{}: this storage cannot pack", self.name())))
+        Err(crate::Error::Protocol(format!(
+            "{}: this storage cannot pack",
+            self.name()
+        )))
+    }
+
+    /// The oldest snapshot that is complete: snapshots before it lost
+    /// revisions to a pack (`Tid::ZERO` when nothing was ever packed).
+    fn pack_horizon(&self) -> Result<Tid> {
+        Ok(Tid::ZERO)
     }
 
     /// Committed transactions with `start <= tid < stop`, oldest first.

@@ -25,6 +25,9 @@ use storage::{Connection, Oid, TransactionManager};
 pub struct ZBigArray<T: Element> {
     conn: Connection,
     oid: Oid,
+    /// The last state read from the connection (the connection's object
+    /// is the truth: it follows resizes in this transaction, aborts and
+    /// other transactions' changes at boundaries).
     state: RwLock<ArrayState>,
     fh: ZBigFileH,
     _t: PhantomData<fn() -> T>,
@@ -108,6 +111,20 @@ impl<T: Element> ZBigArray<T> {
         }
     }
 
+    /// The array's state as the connection sees it now (after an abort or
+    /// a sync it may differ from what the array was opened with).
+    fn current(&self) -> Result<ArrayState, Error> {
+        let st = self.conn.get::<ArrayState>(self.oid)?.clone();
+        *self.state.write() = st.clone();
+        Ok(st)
+    }
+
+    /// The current state, or the last one read if the connection cannot
+    /// give it now (the next view or operation reports why).
+    fn current_or_last(&self) -> ArrayState {
+        self.current().unwrap_or_else(|_| self.state.read().clone())
+    }
+
     /// The array object's oid.
     pub fn oid(&self) -> Oid {
         self.oid
@@ -115,12 +132,12 @@ impl<T: Element> ZBigArray<T> {
 
     /// Shape.
     pub fn shape(&self) -> Vec<usize> {
-        self.state.read().shape.clone()
+        self.current_or_last().shape
     }
 
     /// Number of elements.
     pub fn len(&self) -> usize {
-        self.state.read().len()
+        self.current_or_last().len()
     }
 
     /// True if the array has no elements.
@@ -130,12 +147,12 @@ impl<T: Element> ZBigArray<T> {
 
     /// Memory order.
     pub fn order(&self) -> Order {
-        self.state.read().order
+        self.current_or_last().order
     }
 
     /// The stored state (dtype, shape, order, file).
     pub fn state(&self) -> ArrayState {
-        self.state.read().clone()
+        self.current_or_last()
     }
 
     /// The file handle underneath.
@@ -150,7 +167,7 @@ impl<T: Element> ZBigArray<T> {
 
     /// The index of the major axis: 0 for C order, the last for F order.
     pub fn major_axis(&self) -> usize {
-        let st = self.state.read();
+        let st = self.current_or_last();
         match st.order {
             Order::C => 0,
             Order::F => st.shape.len().saturating_sub(1),
@@ -168,7 +185,7 @@ impl<T: Element> ZBigArray<T> {
     /// loaded is wendelin's SIGBUS behind a raw view: check a range first
     /// with [`Self::check_readable`], or use the reductions, which do.
     pub fn with_view<R>(&self, f: impl FnOnce(ArrayViewD<'_, T>) -> R) -> Result<R, Error> {
-        let st = self.state.read().clone();
+        let st = self.current()?;
         let h = self.fh.fileh_read()?;
         let v = h.view::<T>(0, st.len())?;
         let a = ArrayViewD::from_shape(Self::shape_of(&st), &v)
@@ -181,7 +198,7 @@ impl<T: Element> ZBigArray<T> {
     /// other threads' views (bounded), and fails at once inside a view of
     /// the same array or on a read-only array.
     pub fn with_view_mut<R>(&self, f: impl FnOnce(ArrayViewMutD<'_, T>) -> R) -> Result<R, Error> {
-        let st = self.state.read().clone();
+        let st = self.current()?;
         let mut h = self.fh.fileh()?;
         let mut v = h.view_mut::<T>(0, st.len())?;
         let a = ArrayViewMutD::from_shape(Self::shape_of(&st), &mut v)
@@ -215,13 +232,14 @@ impl<T: Element> ZBigArray<T> {
     pub fn resize(&self, shape: &[usize]) -> Result<(), Error> {
         self.fh.check_writable("resize")?;
         let new_bytes = check_shape(shape, T::dtype().size)?;
-        let mut st = self.state.write();
+        let mut st = self.current()?;
         let old_bytes = st.nbytes();
         if new_bytes < old_bytes {
             self.truncate_bytes(new_bytes, old_bytes)?;
         }
         st.shape = shape.to_vec();
         *self.conn.get_mut::<ArrayState>(self.oid)? = st.clone();
+        *self.state.write() = st;
         Ok(())
     }
 

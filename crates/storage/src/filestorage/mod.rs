@@ -278,6 +278,21 @@ impl Storage for FileStorage {
         FileStorage::pack(self, at, progress)
     }
 
+    /// A pack keeps the revisions current at its pack time in transactions
+    /// marked `'p'`; every snapshot from the newest of them on is complete
+    /// (a revision current then and replaced before the pack time would
+    /// have left a newer `'p'` transaction), and older ones are not.
+    fn pack_horizon(&self) -> Result<Tid> {
+        let mut horizon = Tid::ZERO;
+        for t in self.raw_transactions() {
+            let t = t?;
+            if t.header.status == b'p' {
+                horizon = t.header.tid;
+            }
+        }
+        Ok(horizon)
+    }
+
     fn is_read_only(&self) -> bool {
         self.inner.read_only
     }
