@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use nix::fcntl::{Flock, FlockArg};
 use parking_lot::{Condvar, Mutex};
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -73,6 +73,7 @@ impl CommitLock {
             .write(true)
             .create(true)
             .truncate(false)
+            .custom_flags(super::oids::libc_o_nofollow())
             .open(&self.path)
             .map_err(|e| Error::io(&self.path, "open", e))
     }

@@ -15,6 +15,10 @@
 //! - `lock`: the commit lock (an in-process slot plus the `<name>.lock`
 //!   `flock` Python's `zc.lockfile` takes);
 //! - `commit`: the two-phase-commit writer, appending in place;
+//! - `oids`: new oids, reserved in batches under the lock so that they are
+//!   unique across processes;
+//! - `damage`: telling a damaged transaction in the middle of the file
+//!   from a torn tail (committed transactions follow it);
 //! - `recovery`: the torn tail a dead committer leaves, cut off (and saved
 //!   to `<name>.trN`) by the next writer.
 //!
@@ -25,9 +29,11 @@
 //! every transaction boundary).
 
 mod commit;
+mod damage;
 mod format;
 mod index;
 mod lock;
+mod oids;
 mod read;
 mod recovery;
 
@@ -87,8 +93,8 @@ struct Shared {
     magic: [u8; 4],
     file: RwLock<Arc<File>>,
     index: RwLock<Index>,
-    /// Highest oid handed out by `new_oid` in this process.
-    oid_alloc: Mutex<u64>,
+    /// This process's reserved oids (see `oids`).
+    oids: Mutex<oids::OidReserve>,
     lock: CommitLock,
 }
 
@@ -178,7 +184,7 @@ impl FileStorage {
             magic,
             file: RwLock::new(Arc::new(file)),
             index: RwLock::new(Index::empty()),
-            oid_alloc: Mutex::new(0),
+            oids: Mutex::new(oids::OidReserve::default()),
         };
         {
             let file = inner.current_file();
@@ -305,11 +311,7 @@ impl Storage for FileStorage {
     }
 
     fn new_oid(&self) -> Result<Oid> {
-        let max = self.inner.index.read().max_oid.map_or(0, |o| o.0);
-        let mut a = self.inner.oid_alloc.lock();
-        let next = (*a).max(max) + 1;
-        *a = next;
-        Ok(Oid(next))
+        self.inner.new_oid()
     }
 
     fn tpc_begin(
