@@ -1,5 +1,7 @@
 //! The `wendelin` command-line tool.
 
+mod fsrecover;
+
 use clap::{Parser, Subcommand};
 use std::io::Write;
 use std::path::PathBuf;
@@ -127,6 +129,16 @@ enum Cmd {
         #[command(subcommand)]
         cmd: FileCmd,
     },
+    /// Copy every intact transaction of a damaged FileStorage into a new
+    /// file, skipping (and naming) the damaged ones (like ZODB's fsrecover).
+    ///
+    /// Example: wendelin fsrecover damaged.fs recovered.fs
+    Fsrecover {
+        /// The damaged FileStorage (only read).
+        file: PathBuf,
+        /// The new file (must not exist).
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -201,6 +213,11 @@ fn run(cli: Cli) -> Result<(), String> {
                 );
             } else {
                 for en in es {
+                    if let Some(err) = &en.error {
+                        let class = if en.class.is_empty() { "?" } else { &en.class };
+                        println!("{}\t{class}\terror: {err}", en.name);
+                        continue;
+                    }
                     match (&en.shape, &en.dtype) {
                         (Some(sh), Some(dt)) => println!(
                             "{}\t{}\tshape={:?} dtype={} order={} disk={}",
@@ -249,6 +266,7 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             Ok(())
         }
+        Cmd::Fsrecover { file, out } => fsrecover::run(&file, &out),
         Cmd::Fsdump { file, json } => {
             let d = wendelin::fsdump::dump(&file).map_err(|e| e.to_string())?;
             let stdout = std::io::stdout();
@@ -298,8 +316,13 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("WENDELIN_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                // A block that fails to load is reported by the command's own
+                // error line; virtmem's log of it would repeat it.
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new("warn,virtmem::fileh::load=off")
+                }),
         )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     match run(Cli::parse()) {

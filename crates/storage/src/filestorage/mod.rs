@@ -19,6 +19,8 @@
 //!   unique across processes;
 //! - `damage`: telling a damaged transaction in the middle of the file
 //!   from a torn tail (committed transactions follow it);
+//! - `salvage`: copying the intact transactions of a damaged file into a
+//!   new one (`wendelin fsrecover`);
 //! - `recovery`: the torn tail a dead committer leaves, cut off (and saved
 //!   to `<name>.trN`) by the next writer.
 //!
@@ -36,6 +38,7 @@ mod lock;
 mod oids;
 mod read;
 mod recovery;
+mod salvage;
 
 pub use format::{
     DATA_HDR_LEN, DataHeader, MAGIC_FS21, MAGIC_FS30, STATUS_CHECKPOINT, STATUS_COMMITTED,
@@ -43,6 +46,7 @@ pub use format::{
 };
 pub use index::{ScanInfo, Tail};
 pub use read::{RawRecord, RawTxn};
+pub use salvage::{Salvaged, Skipped, salvage};
 
 use crate::error::{Error, Result};
 use crate::ids::{Oid, Tid};
