@@ -19,7 +19,8 @@
 //! [`crate::Error::Corrupt`] at the suspect position, and nothing is cut.
 //! A genuine torn tail (or a commit of another process in progress) has no
 //! valid committed transaction after it: its last bytes are not a trailer
-//! that leads back to a committed header beyond it.
+//! that leads back to a committed header beyond it. A file that shrinks
+//! while we look (another process aborting its commit) is not damage either.
 
 use super::format::{STATUS_COMMITTED, STATUS_PACKED, STATUS_UNDONE, TXN_HDR_LEN, TxnHeader};
 use crate::error::{Error, Result};
@@ -39,7 +40,9 @@ pub(super) fn committed_after(
         return Ok(None);
     }
     let mut b = [0u8; 8];
-    read_at(file, path, &mut b, size - 8)?;
+    if !read_at(file, path, &mut b, size - 8)? {
+        return Ok(None);
+    }
     let tlen = u64::from_be_bytes(b);
     let Some(start) = (size - 8).checked_sub(tlen) else {
         return Ok(None);
@@ -48,7 +51,9 @@ pub(super) fn committed_after(
         return Ok(None);
     }
     let mut hb = [0u8; 23];
-    read_at(file, path, &mut hb, start)?;
+    if !read_at(file, path, &mut hb, start)? {
+        return Ok(None);
+    }
     let h = TxnHeader::parse(start, &hb);
     let valid = h.tlen == tlen
         && [STATUS_COMMITTED, STATUS_PACKED, STATUS_UNDONE].contains(&h.status)
@@ -56,7 +61,12 @@ pub(super) fn committed_after(
     Ok(valid.then_some(start))
 }
 
-fn read_at(file: &File, path: &Path, buf: &mut [u8], at: u64) -> Result<()> {
-    file.read_exact_at(buf, at)
-        .map_err(|e| Error::io(path, "read", e))
+/// Read `buf` at `at`; false if the file is now shorter (another process
+/// aborting its commit truncated it while we scanned: not damage).
+fn read_at(file: &File, path: &Path, buf: &mut [u8], at: u64) -> Result<bool> {
+    match file.read_exact_at(buf, at) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(Error::io(path, "read", e)),
+    }
 }
