@@ -1,4 +1,13 @@
 //! Array commands of the `wendelin` tool: ls, create, import, export, stat.
+//!
+//! Commands that write a database leave nothing behind when they fail: a
+//! database file they created at a new path is removed again
+//! ([`NewDbGuard`]), an export writes a temporary file beside its target
+//! and renames it at the end, and an output path that is one of the files
+//! the command reads is refused before anything is opened for writing.
+
+mod pyrepr;
+pub use pyrepr::py_repr;
 
 use bigarray::{ArrayState, DType, Order, ZBigArray};
 use bigfile::{HandleOptions, ZBlkFormat};
@@ -85,6 +94,9 @@ pub struct Entry {
     /// For arrays: bytes of stored block records.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disk_bytes: Option<u64>,
+    /// Why the entry could not be read (the others are still listed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// `wendelin ls DB`.
@@ -107,24 +119,34 @@ pub fn ls(db_path: &str) -> R<Vec<Entry>> {
             dtype: None,
             order: None,
             disk_bytes: None,
+            error: None,
         };
         match v.ref_oid() {
             Some(oid) => {
-                let (m, n) = c.class_of(oid).map_err(e)?;
-                en.class = format!("{m}.{n}");
-                if en.class == "wendelin.bigarray.array_zodb.ZBigArray" {
-                    let st = bigarray::open_untyped(&c, oid).map_err(e)?;
-                    en.shape = Some(st.shape.clone());
-                    en.dtype = Some(st.dtype.str());
-                    en.order = Some(if st.order == Order::C { "C" } else { "F" }.into());
-                    en.disk_bytes = Some(disk_bytes(&c, &st)?);
+                if let Err(x) = describe(&c, oid, &mut en) {
+                    en.error = Some(x);
                 }
             }
-            None => en.class = format!("{v:?}").chars().take(40).collect(),
+            None => en.class = py_repr(&v, 40),
         }
         out.push(en);
     }
     Ok(out)
+}
+
+/// Class, and for arrays shape, dtype, order and size on disk, of the
+/// object `oid` (an unreadable entry fills what it can).
+fn describe(c: &Connection, oid: Oid, en: &mut Entry) -> R<()> {
+    let (m, n) = c.class_of(oid).map_err(e)?;
+    en.class = format!("{m}.{n}");
+    if en.class == "wendelin.bigarray.array_zodb.ZBigArray" {
+        let st = bigarray::open_untyped(c, oid).map_err(e)?;
+        en.shape = Some(st.shape.clone());
+        en.dtype = Some(st.dtype.str());
+        en.order = Some(if st.order == Order::C { "C" } else { "F" }.into());
+        en.disk_bytes = Some(disk_bytes(c, &st)?);
+    }
+    Ok(())
 }
 
 /// Bytes of the array's stored block records (ZBlk0, or ZBlk1 + its
@@ -235,6 +257,39 @@ fn parse_shape(s: &str) -> R<Vec<usize>> {
         .collect()
 }
 
+/// Removes a database file (and its side files) that the command created
+/// at a path where none existed, unless [`NewDbGuard::keep`] is called.
+pub struct NewDbGuard {
+    created: Option<std::path::PathBuf>,
+}
+
+impl NewDbGuard {
+    /// Note whether `db` (a path or file:// URL) exists before opening it.
+    pub fn before_open(db: &str) -> NewDbGuard {
+        let p = std::path::PathBuf::from(db.strip_prefix("file://").unwrap_or(db));
+        NewDbGuard {
+            created: (std::fs::symlink_metadata(&p).is_err()).then_some(p),
+        }
+    }
+
+    /// The command succeeded: keep the new database.
+    pub fn keep(mut self) {
+        self.created = None;
+    }
+}
+
+impl Drop for NewDbGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.created.take() {
+            for suffix in ["", ".lock", ".oids"] {
+                let mut name = p.as_os_str().to_owned();
+                name.push(suffix);
+                let _ = std::fs::remove_file(std::path::PathBuf::from(name));
+            }
+        }
+    }
+}
+
 fn check_new(c: &Connection, name: &str, replace: bool) -> R<()> {
     if c.root().map_err(e)?.get(name).is_some() && !replace {
         return Err(format!("{name:?} exists in the database (use --replace)"));
@@ -258,6 +313,8 @@ pub fn create(
         "F" | "f" => Order::F,
         o => return Err(format!("order must be C or F, not {o:?}")),
     };
+    bigarray::check_shape(&shape, dt.size).map_err(e)?;
+    let guard = NewDbGuard::before_open(db_path);
     let db = DB::open(db_path).map_err(e)?;
     let tm = TransactionManager::new();
     let c = db.open_connection(&tm).map_err(e)?;
@@ -265,10 +322,64 @@ pub fn create(
     let oid = with_type!(dt, T => {
         ZBigArray::<T>::create(&c, &tm, &shape, order, opts()).map(|a| a.oid()).map_err(e)
     })?;
-    let r = c.ref_to(oid).map_err(e)?;
-    c.root_mut().map_err(e)?.insert(name, r);
-    tm.note(&format!("wendelin create {name}"));
-    tm.commit().map_err(e)
+    link(
+        &c,
+        &tm,
+        name,
+        oid,
+        replace,
+        &format!("wendelin create {name}"),
+    )?;
+    guard.keep();
+    Ok(())
+}
+
+/// Link `oid` under root[`name`] and commit. A conflict on the root (another
+/// process linked another name meanwhile) is retried while `name` is still
+/// free (or `replace`); the error of the commit is shown with what happened
+/// first.
+fn link(
+    c: &Connection,
+    tm: &TransactionManager,
+    name: &str,
+    oid: Oid,
+    replace: bool,
+    note: &str,
+) -> R<()> {
+    let mut tries = 0;
+    loop {
+        check_new(c, name, replace)?;
+        let r = c.ref_to(oid).map_err(e)?;
+        c.root_mut().map_err(e)?.insert(name, r);
+        tm.note(note);
+        match tm.commit() {
+            Ok(()) => return Ok(()),
+            Err(storage::Error::Conflict { oid: o, .. }) if o == Oid::ROOT && tries < 20 => {
+                tries += 1;
+                tracing::info!(
+                    name,
+                    tries,
+                    "root changed by another process: linking again"
+                );
+            }
+            Err(x) => return Err(format!("committing {note:?}: {}", first_cause(&x))),
+        }
+    }
+}
+
+/// An error and its sources, outermost first, without repeats.
+pub fn first_cause(x: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = x.to_string();
+    let mut src = x.source();
+    while let Some(c) = src {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = c.source();
+    }
+    s
 }
 
 /// An .npy header.
@@ -312,6 +423,7 @@ pub fn read_npy_header(r: &mut impl Read) -> R<Npy> {
     r.read_exact(&mut h)
         .map_err(|x| format!(".npy header truncated: {x}"))?;
     let h = String::from_utf8(h).map_err(|_| ".npy header is not text".to_string())?;
+    check_npy_keys(&h)?;
     let field = |k: &str| -> R<String> {
         let i = h
             .find(&format!("'{k}'"))
@@ -328,7 +440,17 @@ pub fn read_npy_header(r: &mut impl Read) -> R<Npy> {
         .and_then(|d| d.split('\'').next())
         .ok_or_else(|| "bad descr in .npy header".to_string())?
         .to_owned();
-    let fortran = field("fortran_order")?.starts_with("True");
+    let fo = field("fortran_order")?;
+    let fortran = if fo.starts_with("True") {
+        true
+    } else if fo.starts_with("False") {
+        false
+    } else {
+        return Err(format!(
+            "bad fortran_order in .npy header (must be True or False): {}",
+            fo.chars().take(20).collect::<String>()
+        ));
+    };
     let sh = field("shape")?;
     let inner = sh
         .strip_prefix('(')
@@ -349,6 +471,59 @@ pub fn read_npy_header(r: &mut impl Read) -> R<Npy> {
         shape,
         data_offset: off + hlen,
     })
+}
+
+/// The header dict must have exactly the keys numpy writes: `descr`,
+/// `fortran_order`, `shape` (numpy refuses others too).
+fn check_npy_keys(h: &str) -> R<()> {
+    let body = h.trim();
+    let body = body
+        .strip_prefix('{')
+        .and_then(|b| b.rfind('}').map(|i| &b[..i]))
+        .ok_or_else(|| ".npy header is not a dict".to_string())?;
+    // Keys are the quoted strings directly after `{` or a top-level `,`.
+    let mut depth = 0i32;
+    let mut in_str: Option<char> = None;
+    let mut at_key = true;
+    let mut keys = Vec::new();
+    let mut cur = String::new();
+    for ch in body.chars() {
+        if let Some(q) = in_str {
+            if ch == q {
+                in_str = None;
+                if at_key && depth == 0 {
+                    keys.push(std::mem::take(&mut cur));
+                    at_key = false;
+                }
+            } else if at_key && depth == 0 {
+                cur.push(ch);
+            }
+            continue;
+        }
+        match ch {
+            '\'' | '"' => in_str = Some(ch),
+            '(' | '[' | '{' => depth += 1,
+            ')' | ']' | '}' => depth -= 1,
+            ',' if depth == 0 => at_key = true,
+            ':' if depth == 0 => at_key = false,
+            c if c.is_whitespace() => {}
+            _ if at_key && depth == 0 => {
+                return Err(".npy header: a key is not a string".into());
+            }
+            _ => {}
+        }
+    }
+    for k in &keys {
+        if !["descr", "fortran_order", "shape"].contains(&k.as_str()) {
+            return Err(format!(".npy header has an unknown key {k:?}"));
+        }
+    }
+    if keys.len() != 3 {
+        return Err(format!(
+            ".npy header must have descr, fortran_order and shape, has {keys:?}"
+        ));
+    }
+    Ok(())
 }
 
 fn npy_header(descr: &str, fortran: bool, shape: &[usize]) -> Vec<u8> {
@@ -390,13 +565,19 @@ pub fn import(db_path: &str, name: &str, npy: &Path, replace: bool, budget: u64)
         .try_fold(dt.size as u64, |a, &x| a.checked_mul(x as u64))
         .ok_or_else(|| format!("{}: shape {:?} overflows", npy.display(), h.shape))?;
     let flen = f.metadata().map_err(e)?.len();
-    if flen < h.data_offset + nbytes {
+    let need = h
+        .data_offset
+        .checked_add(nbytes)
+        .ok_or_else(|| format!("{}: data size {nbytes} overflows", npy.display()))?;
+    bigarray::check_shape(&h.shape, dt.size).map_err(|x| format!("{}: {x}", npy.display()))?;
+    if flen < need {
         return Err(format!(
             "{}: truncated: {} data bytes, the header says {nbytes}",
             npy.display(),
             flen.saturating_sub(h.data_offset)
         ));
     }
+    let guard = NewDbGuard::before_open(db_path);
     let db = DB::open(db_path).map_err(e)?;
     let tm = TransactionManager::new();
     let c = db.open_connection(&tm).map_err(e)?;
@@ -424,16 +605,22 @@ pub fn import(db_path: &str, name: &str, npy: &Path, replace: bool, budget: u64)
                     }
                 }
                 done = end;
-                tm.note(&format!("wendelin import {name}: {done}/{nbytes} bytes"));
-                tm.commit().map_err(e)?;
+                let note = format!("wendelin import {name}: {done}/{nbytes} bytes");
+                tm.note(&note);
+                tm.commit().map_err(|x| format!("committing {note:?}: {}", first_cause(&x)))?;
             }
             Ok(a.oid())
         })()
     })?;
-    let r = c.ref_to(oid).map_err(e)?;
-    c.root_mut().map_err(e)?.insert(name, r);
-    tm.note(&format!("wendelin import {name}: link"));
-    tm.commit().map_err(e)?;
+    link(
+        &c,
+        &tm,
+        name,
+        oid,
+        replace,
+        &format!("wendelin import {name}: link"),
+    )?;
+    guard.keep();
     pb.finish_and_clear();
     Ok(nbytes)
 }
@@ -441,6 +628,7 @@ pub fn import(db_path: &str, name: &str, npy: &Path, replace: bool, budget: u64)
 /// `wendelin export DB NAME FILE.npy [--slice A:B]` (major-axis slice),
 /// streamed from the stored blocks.
 pub fn export(db_path: &str, name: &str, out: &Path, slice: Option<&str>) -> R<u64> {
+    refuse_output_onto_input(out, db_path)?;
     let db = DB::open_read_only(db_path).map_err(e)?;
     let c = db.open_historical(db.storage().last_tid()).map_err(e)?;
     let oid = root_ref(&c, name)?;
@@ -481,22 +669,103 @@ pub fn export(db_path: &str, name: &str, out: &Path, slice: Option<&str>) -> R<u
     }
     let (from, to) = (start as u64 * per_major, stop as u64 * per_major);
     let sf = bigfile::SnapshotFile::open(c.storage().as_ref(), c.at(), st.zfile).map_err(e)?;
-    let mut w = std::io::BufWriter::with_capacity(
-        4 << 20,
-        std::fs::File::create(out).map_err(|x| format!("{}: {x}", out.display()))?,
-    );
+    let tmp = TmpOut::beside(out)?;
+    let mut w = std::io::BufWriter::with_capacity(4 << 20, &tmp.file);
+    let werr = |x: std::io::Error| format!("{}: writing: {x}", tmp.path.display());
     w.write_all(&npy_header(&st.dtype.str(), st.order == Order::F, &shape))
-        .map_err(e)?;
+        .map_err(werr)?;
     let pb = progress(to - from, &format!("export {name}"));
     sf.read_range(from..to, |chunk| {
         w.write_all(chunk)?;
         pb.inc(chunk.len() as u64);
         Ok(())
     })
-    .map_err(e)?;
-    w.flush().map_err(e)?;
+    .map_err(|x| format!("export {name}: {}", first_cause(&x)))?;
+    w.flush().map_err(werr)?;
+    drop(w);
+    tmp.persist(out)?;
     pb.finish_and_clear();
     Ok(to - from)
+}
+
+/// A temporary output file beside its target, removed unless persisted.
+struct TmpOut {
+    path: std::path::PathBuf,
+    file: std::fs::File,
+    kept: bool,
+}
+
+impl TmpOut {
+    /// `.<name>.<pid>.<n>.tmp` in the target's directory, created exclusively.
+    fn beside(out: &Path) -> R<TmpOut> {
+        let dir = match out.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let base = out
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "out".into());
+        for n in 0..100 {
+            let path = dir.join(format!(".{base}.{}.{n}.tmp", std::process::id()));
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(file) => {
+                    return Ok(TmpOut {
+                        path,
+                        file,
+                        kept: false,
+                    });
+                }
+                Err(x) if x.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(x) => return Err(format!("{}: {x}", path.display())),
+            }
+        }
+        Err(format!("{}: no free temporary name", dir.display()))
+    }
+
+    /// Flush to disk and rename onto `out`.
+    fn persist(mut self, out: &Path) -> R<()> {
+        self.file
+            .sync_all()
+            .map_err(|x| format!("{}: fsync: {x}", self.path.display()))?;
+        std::fs::rename(&self.path, out).map_err(|x| format!("{}: {x}", out.display()))?;
+        self.kept = true;
+        Ok(())
+    }
+}
+
+impl Drop for TmpOut {
+    fn drop(&mut self) {
+        if !self.kept {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Refuse to write `out` when it is the database (or one of its side files):
+/// compared by device and inode, so links and other spellings are caught.
+pub fn refuse_output_onto_input(out: &Path, db_path: &str) -> R<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(o) = std::fs::metadata(out) else {
+        return Ok(());
+    };
+    let db = db_path.strip_prefix("file://").unwrap_or(db_path);
+    for suffix in ["", ".lock", ".oids", ".index"] {
+        let p = format!("{db}{suffix}");
+        if let Ok(m) = std::fs::metadata(&p)
+            && (m.dev(), m.ino()) == (o.dev(), o.ino())
+        {
+            return Err(format!(
+                "{}: refusing to write onto {p}, which this command reads",
+                out.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `wendelin stat DB NAME`: count, sum, mean, min, max out of core.
@@ -528,7 +797,7 @@ pub fn stat(db_path: &str, name: &str) -> R<bigarray::Stats> {
             || bigarray::stats_of::<T>(&[]),
             bigarray::Stats::merge,
         )
-        .map_err(e)
+        .map_err(|x| format!("stat {name}: {x}"))
     })?;
     pb.finish_and_clear();
     Ok(r)

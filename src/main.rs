@@ -1,5 +1,6 @@
 //! The `wendelin` command-line tool.
 
+mod fsrecover;
 mod logcmd;
 mod packcmd;
 mod rmcmd;
@@ -161,6 +162,16 @@ enum Cmd {
         /// The root entry.
         name: String,
     },
+    /// Copy every intact transaction of a damaged FileStorage into a new
+    /// file, skipping (and naming) the damaged ones (like ZODB's fsrecover).
+    ///
+    /// Example: wendelin fsrecover damaged.fs recovered.fs
+    Fsrecover {
+        /// The damaged FileStorage (only read).
+        file: PathBuf,
+        /// The new file (must not exist).
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -235,6 +246,11 @@ fn run(cli: Cli) -> Result<(), String> {
                 );
             } else {
                 for en in es {
+                    if let Some(err) = &en.error {
+                        let class = if en.class.is_empty() { "?" } else { &en.class };
+                        println!("{}\t{class}\terror: {err}", en.name);
+                        continue;
+                    }
                     match (&en.shape, &en.dtype) {
                         (Some(sh), Some(dt)) => println!(
                             "{}\t{}\tshape={:?} dtype={} order={} disk={}",
@@ -298,6 +314,7 @@ fn run(cli: Cli) -> Result<(), String> {
             broken_pipe_ok(r.and_then(|()| out.flush()))
         }
         Cmd::Rm { db, name } => rmcmd::rm(&db, &name),
+        Cmd::Fsrecover { file, out } => fsrecover::run(&file, &out),
         Cmd::Fsdump { file, json } => {
             let d = wendelin::fsdump::dump(&file).map_err(|e| e.to_string())?;
             let stdout = std::io::stdout();
@@ -347,8 +364,13 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("WENDELIN_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                // A block that fails to load is reported by the command's own
+                // error line; virtmem's log of it would repeat it.
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new("warn,virtmem::fileh::load=off")
+                }),
         )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     match run(Cli::parse()) {

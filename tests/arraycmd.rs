@@ -3,25 +3,10 @@
 
 mod common;
 
+use common::{ok, wendelin};
+
 use std::path::Path;
 use std::process::Command;
-
-fn wendelin(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_wendelin"))
-        .args(args)
-        .output()
-        .expect("run")
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = wendelin(args);
-    assert!(
-        o.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 fn py(dir: &Path, code: &str) -> String {
     common::run_python(dir, code, &[])

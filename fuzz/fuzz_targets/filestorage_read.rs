@@ -3,22 +3,13 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+
+#[path = "fs_input.rs"]
+mod fs_input;
 use storage::{FileStorage, Oid, Storage, Tid};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(dir) = tempfile::tempdir() else { return };
-    let path = dir.path().join("f.fs");
-    // Seeds are real files; give the fuzzer the magic for free half the time.
-    let mut bytes = Vec::with_capacity(data.len() + 4);
-    if data.first().is_some_and(|b| b & 1 == 1) {
-        bytes.extend_from_slice(b"FS30");
-        bytes.extend_from_slice(&data[1..]);
-    } else {
-        bytes.extend_from_slice(data);
-    }
-    if std::fs::write(&path, &bytes).is_err() {
-        return;
-    }
+    let Some((_dir, path)) = fs_input::write_fs(data) else { return };
     let Ok(fs) = FileStorage::open_read_only(&path) else { return };
     if let Ok(it) = fs.iter_txns(Tid::ZERO, Tid::MAX) {
         for t in it {

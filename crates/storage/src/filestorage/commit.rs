@@ -87,10 +87,11 @@ impl Shared {
             return Err(Error::io(&self.path, "write", e));
         }
         slot.0 = None;
+        self.oids.lock().held = true;
         Ok(Box::new(FsTxn {
             fs: Arc::clone(self),
             file,
-            _lock: lock,
+            lock: Some(lock),
             header,
             write_pos: txn_pos + hdr.len() as u64,
             records: Vec::new(),
@@ -106,7 +107,8 @@ impl Shared {
 struct FsTxn {
     fs: Arc<Shared>,
     file: Arc<File>,
-    _lock: FileLock,
+    /// The inter-process lock, released in `drop` (see `oids`).
+    lock: Option<FileLock>,
     header: TxnHeader,
     write_pos: u64,
     /// (oid, record offset) in write order.
@@ -265,6 +267,13 @@ impl Drop for FsTxn {
     fn drop(&mut self) {
         if !self.done {
             self.rollback();
+        }
+        {
+            // Release the file lock together with the `held` flag, so that
+            // no oid reservation of this process runs without the lock.
+            let mut r = self.fs.oids.lock();
+            r.held = false;
+            self.lock = None;
         }
         self.fs.lock.release_slot();
     }

@@ -176,6 +176,17 @@ pub(super) fn scan(file: &File, path: &Path, mut pos: u64, idx: &mut Index) -> R
             tracing::warn!(path = %path.display(), pos, tid = %h.tid, last = %idx.last_tid, "time-stamp reduction");
         }
         if h.status == STATUS_CHECKPOINT || h.tlen > size - pos || size - pos - h.tlen < 8 {
+            if let Some(next) = super::damage::committed_after(file, path, pos, size)? {
+                return Err(corrupt(
+                    path,
+                    pos,
+                    format!(
+                        "damaged transaction header (status {:?}, length {}): not a torn tail, a committed transaction follows at byte {next}",
+                        char::from(h.status),
+                        h.tlen
+                    ),
+                ));
+            }
             idx.max_tid_seen = idx.max_tid_seen.max(h.tid);
             break Tail::Incomplete;
         }

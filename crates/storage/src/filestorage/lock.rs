@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use nix::fcntl::{Flock, FlockArg};
 use parking_lot::{Condvar, Mutex};
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -73,6 +73,7 @@ impl CommitLock {
             .write(true)
             .create(true)
             .truncate(false)
+            .custom_flags(super::oids::libc_o_nofollow())
             .open(&self.path)
             .map_err(|e| Error::io(&self.path, "open", e))
     }
@@ -97,6 +98,20 @@ impl CommitLock {
             return Ok(l);
         }
         let f = self.open()?;
+        // Say once that (and for whom) we wait: the wait can be long.
+        let mut b = [0u8; 32];
+        let n = f.read_at(&mut b, 0).unwrap_or(0);
+        let holder = String::from_utf8_lossy(&b[..n]).trim().to_owned();
+        let holder = if holder.is_empty() {
+            "another process".to_owned()
+        } else {
+            format!("pid {holder}")
+        };
+        tracing::warn!(
+            "waiting up to {}s for the commit lock {} (held by {holder})",
+            self.timeout.as_secs(),
+            self.path.display()
+        );
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         std::thread::Builder::new()
             .name("fs-lock-wait".into())

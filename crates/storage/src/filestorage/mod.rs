@@ -17,6 +17,12 @@
 //! - `commit`: the two-phase-commit writer, appending in place;
 //! - `pack`: dropping unreachable history into `<name>.pack`, swapped in
 //!   atomically (`<name>.old` keeps the previous file);
+//! - `oids`: new oids, reserved in batches under the lock so that they are
+//!   unique across processes;
+//! - `damage`: telling a damaged transaction in the middle of the file
+//!   from a torn tail (committed transactions follow it);
+//! - `salvage`: copying the intact transactions of a damaged file into a
+//!   new one (`wendelin fsrecover`);
 //! - `recovery`: the torn tail a dead committer leaves, cut off (and saved
 //!   to `<name>.trN`) by the next writer.
 //!
@@ -27,12 +33,15 @@
 //! every transaction boundary).
 
 mod commit;
+mod damage;
 mod format;
 mod index;
 mod lock;
+mod oids;
 mod pack;
 mod read;
 mod recovery;
+mod salvage;
 
 pub use format::{
     DATA_HDR_LEN, DataHeader, MAGIC_FS21, MAGIC_FS30, STATUS_CHECKPOINT, STATUS_COMMITTED,
@@ -41,6 +50,7 @@ pub use format::{
 pub use index::{ScanInfo, Tail};
 pub use pack::PackStats;
 pub use read::{RawRecord, RawTxn};
+pub use salvage::{Salvaged, Skipped, salvage};
 
 use crate::error::{Error, Result};
 use crate::ids::{Oid, Tid};
@@ -91,8 +101,8 @@ struct Shared {
     magic: [u8; 4],
     file: RwLock<Arc<File>>,
     index: RwLock<Index>,
-    /// Highest oid handed out by `new_oid` in this process.
-    oid_alloc: Mutex<u64>,
+    /// This process's reserved oids (see `oids`).
+    oids: Mutex<oids::OidReserve>,
     lock: CommitLock,
 }
 
@@ -182,7 +192,7 @@ impl FileStorage {
             magic,
             file: RwLock::new(Arc::new(file)),
             index: RwLock::new(Index::empty()),
-            oid_alloc: Mutex::new(0),
+            oids: Mutex::new(oids::OidReserve::default()),
         };
         {
             let file = inner.current_file();
@@ -328,11 +338,7 @@ impl Storage for FileStorage {
     }
 
     fn new_oid(&self) -> Result<Oid> {
-        let max = self.inner.index.read().max_oid.map_or(0, |o| o.0);
-        let mut a = self.inner.oid_alloc.lock();
-        let next = (*a).max(max) + 1;
-        *a = next;
-        Ok(Oid(next))
+        self.inner.new_oid()
     }
 
     fn tpc_begin(

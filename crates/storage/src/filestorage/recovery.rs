@@ -18,8 +18,9 @@ use super::Shared;
 use super::index::Tail;
 use super::read::read_exact_at;
 use crate::error::{Error, Result};
-use std::fs::File;
+use std::fs::OpenOptions;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 impl Shared {
@@ -35,17 +36,24 @@ impl Shared {
             .map_err(|e| Error::io(&self.path, "stat", e))?
             .len();
         if tail == Tail::Incomplete && size > pos {
+            // The first free `.trN`, created exclusively and never through
+            // a symlink (an existing name, link or not, is skipped).
             let mut n = 0;
-            let tr = loop {
+            let (tr, mut out) = loop {
                 let mut name = self.path.as_os_str().to_owned();
                 name.push(format!(".tr{n}"));
                 let p = PathBuf::from(name);
-                if !p.exists() {
-                    break p;
+                match OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .custom_flags(super::oids::libc_o_nofollow())
+                    .open(&p)
+                {
+                    Ok(f) => break (p, f),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => n += 1,
+                    Err(e) => return Err(Error::io(&p, "create", e)),
                 }
-                n += 1;
             };
-            let mut out = File::create(&tr).map_err(|e| Error::io(&tr, "create", e))?;
             let mut buf = vec![0u8; 1 << 20];
             let mut at = pos;
             while at < size {
