@@ -67,6 +67,7 @@ pub mod snapshot;
 pub mod storage;
 pub mod transaction;
 pub mod value;
+pub mod zeo;
 
 pub use btree::BTree;
 pub use db::{
@@ -84,3 +85,4 @@ pub use transaction::{
     CommitPhase, DataManager, SortKey, Synchronizer, TransactionManager, WeakTransactionManager,
 };
 pub use value::Value;
+pub use zeo::ZeoStorage;
