@@ -45,11 +45,7 @@ fn commit(s: &dyn Storage, stores: &[(Oid, Tid, Vec<u8>)]) -> storage::Result<Ti
 fn load_store_and_new_oids_over_tcp_and_unix() {
     for unix in [false, true] {
         let dir = tempfile::tempdir().expect("tmp");
-        let srv = if unix {
-            ZeoServer::start_unix(dir.path())
-        } else {
-            ZeoServer::start(dir.path())
-        };
+        let srv = ZeoServer::start_on(dir.path(), unix);
         let s = open(&srv.url());
         assert!(s.name().starts_with("zeo://"), "{}", s.name());
         let a = s.new_oid().expect("oid");

@@ -57,6 +57,16 @@ impl ZeoServer {
         ZeoServer::start_at(dir, addr, zeo_options)
     }
 
+    /// [`ZeoServer::start_unix`] if `unix`, else [`ZeoServer::start`]: for
+    /// tests that run once over each transport.
+    pub fn start_on(dir: &Path, unix: bool) -> ZeoServer {
+        if unix {
+            ZeoServer::start_unix(dir)
+        } else {
+            ZeoServer::start(dir)
+        }
+    }
+
     /// Serve `dir/Data.fs` on the unix socket `dir/zeo.sock`.
     pub fn start_unix(dir: &Path) -> ZeoServer {
         let sock = dir.join("zeo.sock");
