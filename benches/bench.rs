@@ -15,6 +15,8 @@ mod common;
 mod storage_bench;
 #[path = "bench/virtmem_bench.rs"]
 mod virtmem_bench;
+#[path = "bench/zeo_bench.rs"]
+mod zeo_bench;
 
 use common::{Config, Report};
 
@@ -30,11 +32,12 @@ fn main() {
         }
     };
     let mut report = Report::default();
-    let groups: [(&str, Group); 4] = [
+    let groups: [(&str, Group); 5] = [
         ("storage", storage_bench::run),
         ("virtmem", virtmem_bench::run),
         ("bigfile", bigfile_bench::run),
         ("bigarray", bigarray_bench::run),
+        ("zeo", zeo_bench::run),
     ];
     for (name, run) in groups {
         if !cfg.selects(name) {
