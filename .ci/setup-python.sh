@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates .venv with the Python packages the tests use (Python ZODB,
-# BTrees, numpy, pytest, maturin) so tests can prove Python reads what we
+# BTrees, numpy, pytest, maturin, ZEO for runzeo) so tests can prove Python reads what we
 # write and vice versa, then builds the wendelin_rs package (crates/python,
 # pyproject.toml) and installs it into .venv.
 # Idempotent: re-running with the venv present only checks the imports and
@@ -13,9 +13,9 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c 'import ZODB, BTrees, numpy, persistent, transaction, pytest, maturin' 2>/dev/null; then
+if ! .venv/bin/python -c 'import ZODB, BTrees, numpy, persistent, transaction, pytest, maturin, ZEO' 2>/dev/null; then
     .venv/bin/python -m pip install --quiet --upgrade pip
-    .venv/bin/python -m pip install --quiet 'ZODB>=5.8' 'BTrees>=4.11' 'numpy>=1.24' pytest 'maturin>=1.5,<2'
+    .venv/bin/python -m pip install --quiet 'ZODB>=5.8' 'BTrees>=4.11' 'numpy>=1.24' pytest 'maturin>=1.5,<2' 'ZEO>=5.4'
 fi
 .venv/bin/python -c 'import ZODB, BTrees, numpy; print("python interop venv:", ZODB.__name__, numpy.__version__)'
 

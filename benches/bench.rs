@@ -17,6 +17,8 @@ mod pack_bench;
 mod storage_bench;
 #[path = "bench/virtmem_bench.rs"]
 mod virtmem_bench;
+#[path = "bench/zeo_bench.rs"]
+mod zeo_bench;
 
 use common::{Config, Report};
 
@@ -38,6 +40,7 @@ fn main() {
         ("bigfile", bigfile_bench::run),
         ("bigarray", bigarray_bench::run),
         ("pack", pack_bench::run),
+        ("zeo", zeo_bench::run),
     ];
     for (name, run) in groups {
         if !cfg.selects(name) {

@@ -69,6 +69,7 @@ pub mod storage;
 pub mod timespec;
 pub mod transaction;
 pub mod value;
+pub mod zeo;
 
 pub use btree::BTree;
 pub use db::{
@@ -86,3 +87,4 @@ pub use transaction::{
     CommitPhase, DataManager, SortKey, Synchronizer, TransactionManager, WeakTransactionManager,
 };
 pub use value::Value;
+pub use zeo::ZeoStorage;

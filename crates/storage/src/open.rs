@@ -9,8 +9,8 @@
 //!
 //! - [`open_storage`] maps a URL to a storage through [`SCHEMES`], a table of
 //!   `(scheme, opener)`. A plain path (no `://`) is a FileStorage, as is
-//!   `file://`. Adding a storage (say `zeo://`) is one new module with an
-//!   opener and one entry in the table; nothing else changes. An unknown
+//!   `file://`; `zeo://` is a ZEO client ([`crate::zeo`]). Adding a storage is
+//!   one new module with an opener and one entry in the table; nothing else changes. An unknown
 //!   scheme is an error naming it and the known ones.
 //! - [`DB::new`] gives a database the standard conflict resolution (Python
 //!   BTrees' bucket merge, [`BTreeResolver`]); [`DB::open`] is
@@ -21,6 +21,7 @@ use crate::db::DB;
 use crate::error::{Error, Result};
 use crate::filestorage::FileStorage;
 use crate::storage::{ConflictResolver, Storage};
+use crate::zeo::ZeoStorage;
 use std::sync::Arc;
 
 /// How to open a storage: read-only or not.
@@ -35,7 +36,11 @@ pub struct OpenMode {
 pub type Opener = fn(rest: &str, mode: OpenMode) -> Result<Arc<dyn Storage>>;
 
 /// The storage schemes: `(scheme, opener)`.
-pub const SCHEMES: &[(&str, Opener)] = &[("file", open_file)];
+pub const SCHEMES: &[(&str, Opener)] = &[("file", open_file), ("zeo", open_zeo)];
+
+fn open_zeo(rest: &str, mode: OpenMode) -> Result<Arc<dyn Storage>> {
+    Ok(Arc::new(ZeoStorage::open_url(rest, mode.read_only)?))
+}
 
 fn open_file(path: &str, mode: OpenMode) -> Result<Arc<dyn Storage>> {
     Ok(if mode.read_only {
@@ -101,11 +106,10 @@ mod tests {
 
     #[test]
     fn unknown_scheme_names_it_and_the_known_ones() {
-        let e = open_storage("zeo://localhost:8100")
-            .err()
-            .map(|e| e.to_string());
+        let e = open_storage("s3://bucket/db").err().map(|e| e.to_string());
         let e = e.unwrap_or_default();
-        assert!(e.contains("\"zeo\""), "{e}");
+        assert!(e.contains("\"s3\""), "{e}");
+        assert!(e.contains("zeo://"), "{e}");
         assert!(e.contains("file://"), "{e}");
     }
 

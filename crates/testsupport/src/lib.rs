@@ -8,12 +8,15 @@
 //!   made by `.ci/setup-python.sh`) with extra modules on `PYTHONPATH`;
 //! - [`standins`]: pure-Python stand-ins of wendelin.core's ZBigFile and
 //!   ZBigArray classes (same module and class names, same states), for
-//!   interop tests that run without a wendelin.core build.
+//!   interop tests that run without a wendelin.core build;
+//! - [`zeo`]: a real ZEO server (`runzeo`) on a free port or a unix socket,
+//!   killed on drop.
 
 #![forbid(unsafe_code)]
 
 pub mod python;
 pub mod standins;
+pub mod zeo;
 
 use std::path::PathBuf;
 
