@@ -34,7 +34,7 @@ fn main() {
         }
     };
     let mut report = Report::default();
-    let groups: [(&str, Group); 5] = [
+    let groups: [(&str, Group); 6] = [
         ("storage", storage_bench::run),
         ("virtmem", virtmem_bench::run),
         ("bigfile", bigfile_bench::run),
