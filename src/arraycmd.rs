@@ -99,10 +99,29 @@ pub struct Entry {
     pub error: Option<String>,
 }
 
-/// `wendelin ls DB`.
-pub fn ls(db_path: &str) -> R<Vec<Entry>> {
+/// The snapshot a read-only command works on: `--at TID|ISO-8601-TIME`
+/// (the database as of that transaction or instant), else the newest.
+/// A snapshot older than what a pack kept complete is refused.
+pub fn snapshot_tid(db: &DB, at: Option<&str>) -> R<storage::Tid> {
+    let Some(spec) = at else {
+        return Ok(db.storage().last_tid());
+    };
+    let tid =
+        storage::timespec::parse_tid_or_time(spec).map_err(|x| format!("--at {spec}: {x}"))?;
+    let horizon = db.storage().pack_horizon().map_err(e)?;
+    if tid < horizon {
+        return Err(format!(
+            "--at {spec}: the database was packed: snapshots before {horizon} ({}) are incomplete",
+            horizon.time_string()
+        ));
+    }
+    Ok(tid)
+}
+
+/// `wendelin ls DB [--at T]`.
+pub fn ls(db_path: &str, at: Option<&str>) -> R<Vec<Entry>> {
     let db = DB::open_read_only(db_path).map_err(e)?;
-    let c = db.open_historical(db.storage().last_tid()).map_err(e)?;
+    let c = db.open_historical(snapshot_tid(&db, at)?).map_err(e)?;
     let items: Vec<(String, Value)> = {
         let root = c.root().map_err(e)?;
         root.data
@@ -627,10 +646,16 @@ pub fn import(db_path: &str, name: &str, npy: &Path, replace: bool, budget: u64)
 
 /// `wendelin export DB NAME FILE.npy [--slice A:B]` (major-axis slice),
 /// streamed from the stored blocks.
-pub fn export(db_path: &str, name: &str, out: &Path, slice: Option<&str>) -> R<u64> {
+pub fn export(
+    db_path: &str,
+    name: &str,
+    out: &Path,
+    slice: Option<&str>,
+    at: Option<&str>,
+) -> R<u64> {
     refuse_output_onto_input(out, db_path)?;
     let db = DB::open_read_only(db_path).map_err(e)?;
-    let c = db.open_historical(db.storage().last_tid()).map_err(e)?;
+    let c = db.open_historical(snapshot_tid(&db, at)?).map_err(e)?;
     let oid = root_ref(&c, name)?;
     let st = bigarray::open_untyped(&c, oid).map_err(e)?;
     let n = st.shape.len();
@@ -769,16 +794,19 @@ pub fn refuse_output_onto_input(out: &Path, db_path: &str) -> R<()> {
 }
 
 /// `wendelin stat DB NAME`: count, sum, mean, min, max out of core.
-pub fn stat(db_path: &str, name: &str) -> R<bigarray::Stats> {
+pub fn stat(db_path: &str, name: &str, at: Option<&str>) -> R<bigarray::Stats> {
     let db = DB::open_read_only(db_path).map_err(e)?;
-    let tm = TransactionManager::new();
-    let c = db.open_connection(&tm).map_err(e)?;
+    let c = db.open_historical(snapshot_tid(&db, at)?).map_err(e)?;
     let oid = root_ref(&c, name)?;
     let st = bigarray::open_untyped(&c, oid).map_err(e)?;
+    if !st.dtype.is_native() {
+        // big-endian: streamed from the stored blocks, converted per chunk
+        return bigarray::stats_converted(&c, oid).map_err(|x| format!("stat {name}: {x}"));
+    }
     let pb = progress(st.nbytes(), &format!("stat {name}"));
     let done = AtomicU64::new(0);
     let r = with_real!(st.dtype, T => {
-        let a = ZBigArray::<T>::open(&c, &tm, oid, opts()).map_err(e)?;
+        let a = ZBigArray::<T>::open_read_only(&c, oid, opts()).map_err(e)?;
         // chunks of 1 Mi elements: each maps to partial statistics
         a.map_reduce(
             a.rows_per_chunk(8 << 20),

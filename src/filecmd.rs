@@ -43,9 +43,9 @@ pub struct FileInfo {
 }
 
 /// `wendelin file info`.
-pub fn info(db_path: &str, path: &str) -> Result<FileInfo, String> {
+pub fn info(db_path: &str, path: &str, at: Option<&str>) -> Result<FileInfo, String> {
     let db = DB::open_read_only(db_path).map_err(|e| e.to_string())?;
-    let at = db.storage().last_tid();
+    let at = crate::arraycmd::snapshot_tid(&db, at)?;
     let oid = resolve(&db, at, path)?;
     let sf = SnapshotFile::open(db.storage().as_ref(), at, oid).map_err(|e| e.to_string())?;
     let size = sf.size().map_err(|e| e.to_string())?;
@@ -70,9 +70,14 @@ pub fn info(db_path: &str, path: &str) -> Result<FileInfo, String> {
 }
 
 /// `wendelin file cat`: stream the file's bytes to `out`.
-pub fn cat(db_path: &str, path: &str, out: &mut impl Write) -> Result<u64, String> {
+pub fn cat(
+    db_path: &str,
+    path: &str,
+    at: Option<&str>,
+    out: &mut impl Write,
+) -> Result<u64, String> {
     let db = DB::open_read_only(db_path).map_err(|e| e.to_string())?;
-    let at = db.storage().last_tid();
+    let at = crate::arraycmd::snapshot_tid(&db, at)?;
     let oid = resolve(&db, at, path)?;
     let sf = SnapshotFile::open(db.storage().as_ref(), at, oid).map_err(|e| e.to_string())?;
     let size = sf.size().map_err(|e| e.to_string())?;

@@ -46,6 +46,10 @@ enum Cmd {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// The database as of a transaction: a tid (16 hex digits) or an
+        /// ISO-8601 time (UTC unless it names a zone). Read-only.
+        #[arg(long)]
+        at: Option<String>,
     },
     /// Create a zero-filled array under a root key.
     ///
@@ -95,6 +99,10 @@ enum Cmd {
         /// START:STOP along the major axis (axis 0 for C order, last for F).
         #[arg(long)]
         slice: Option<String>,
+        /// The database as of a transaction: a tid (16 hex digits) or an
+        /// ISO-8601 time (UTC unless it names a zone). Read-only.
+        #[arg(long)]
+        at: Option<String>,
     },
     /// count, sum, mean, min, max of an array, out of core and in parallel.
     ///
@@ -107,6 +115,10 @@ enum Cmd {
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
+        /// The database as of a transaction: a tid (16 hex digits) or an
+        /// ISO-8601 time (UTC unless it names a zone). Read-only.
+        #[arg(long)]
+        at: Option<String>,
     },
     /// The demo: a signal array bigger than the RAM budget, generated in
     /// bounded transactions, then read back out of core (mean, sum, RSS).
@@ -184,6 +196,10 @@ enum FileCmd {
         db: String,
         /// A root key, or oid:0x... of the ZBigFile.
         path: String,
+        /// The database as of a transaction: a tid (16 hex digits) or an
+        /// ISO-8601 time (UTC unless it names a zone). Read-only.
+        #[arg(long)]
+        at: Option<String>,
     },
     /// Print blksize, size, block count and per-format counts.
     ///
@@ -196,6 +212,10 @@ enum FileCmd {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// The database as of a transaction: a tid (16 hex digits) or an
+        /// ISO-8601 time (UTC unless it names a zone). Read-only.
+        #[arg(long)]
+        at: Option<String>,
     },
 }
 
@@ -237,8 +257,8 @@ fn run(cli: Cli) -> Result<(), String> {
                 Some(o) => Err(format!("--only must be gen or read, not {o:?}")),
             }
         }
-        Cmd::Ls { db, json } => {
-            let es = wendelin::arraycmd::ls(&db)?;
+        Cmd::Ls { db, json, at } => {
+            let es = wendelin::arraycmd::ls(&db, at.as_deref())?;
             if json {
                 println!(
                     "{}",
@@ -286,9 +306,11 @@ fn run(cli: Cli) -> Result<(), String> {
             name,
             file,
             slice,
-        } => wendelin::arraycmd::export(&db, &name, &file, slice.as_deref()).map(|_| ()),
-        Cmd::Stat { db, name, json } => {
-            let s = wendelin::arraycmd::stat(&db, &name)?;
+            at,
+        } => wendelin::arraycmd::export(&db, &name, &file, slice.as_deref(), at.as_deref())
+            .map(|_| ()),
+        Cmd::Stat { db, name, json, at } => {
+            let s = wendelin::arraycmd::stat(&db, &name, at.as_deref())?;
             if json {
                 println!("{}", serde_json::to_string(&s).map_err(|e| e.to_string())?);
             } else {
@@ -330,20 +352,20 @@ fn run(cli: Cli) -> Result<(), String> {
             broken_pipe_ok(r.and_then(|()| out.flush()))
         }
         Cmd::File {
-            cmd: FileCmd::Cat { db, path },
+            cmd: FileCmd::Cat { db, path, at },
         } => {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::with_capacity(4 << 20, stdout.lock());
-            match wendelin::filecmd::cat(&db, &path, &mut out) {
+            match wendelin::filecmd::cat(&db, &path, at.as_deref(), &mut out) {
                 Ok(_) => broken_pipe_ok(out.flush()),
                 Err(e) if e.contains("Broken pipe") => Ok(()),
                 Err(e) => Err(e),
             }
         }
         Cmd::File {
-            cmd: FileCmd::Info { db, path, json },
+            cmd: FileCmd::Info { db, path, json, at },
         } => {
-            let i = wendelin::filecmd::info(&db, &path)?;
+            let i = wendelin::filecmd::info(&db, &path, at.as_deref())?;
             if json {
                 println!(
                     "{}",

@@ -190,28 +190,23 @@ pub fn open_untyped(conn: &Connection, oid: Oid) -> Result<ArrayState, Error> {
     Ok(conn.get::<ArrayState>(oid)?.clone())
 }
 
-/// Read the elements of an array of any integer or float dtype (either byte
-/// order) converted to f64, in memory order; for tools and big-endian data.
-pub fn read_converted(conn: &Connection, oid: Oid) -> Result<Vec<f64>, Error> {
-    let st = open_untyped(conn, oid)?;
-    let sf = bigfile::SnapshotFile::open(conn.storage().as_ref(), conn.at(), st.zfile)?;
-    let n = st.nbytes();
-    let mut bytes =
-        Vec::with_capacity(usize::try_from(n).map_err(|_| Error::Usage("array too large".into()))?);
-    sf.read_range(0..n, |chunk| {
-        bytes.extend_from_slice(chunk);
-        Ok(())
-    })?;
-    let d = st.dtype;
+/// The converter of one element of `d` (any integer, float or bool dtype,
+/// either byte order) to f64, or None for dtypes that are not numbers.
+fn converter(d: DType) -> Option<impl Fn(&[u8]) -> f64> {
+    let known = matches!(
+        (d.kind, d.size),
+        ('u' | 'i' | 'b', 1) | ('u' | 'i', 2) | ('u' | 'i' | 'f', 4) | ('u' | 'i' | 'f', 8)
+    );
     let big = d.order == ByteOrder::Big;
-    let conv = |c: &[u8]| -> Option<f64> {
+    known.then_some(move |c: &[u8]| -> f64 {
         let mut b = [0u8; 8];
-        b[..c.len()].copy_from_slice(c);
+        let n = c.len().min(8);
+        b[..n].copy_from_slice(&c[..n]);
         if big {
-            b[..c.len()].reverse();
+            b[..n].reverse();
         }
-        Some(match (d.kind, d.size) {
-            ('u', 1) => f64::from(b[0]),
+        match (d.kind, d.size) {
+            ('u' | 'b', 1) => f64::from(b[0]),
             ('i', 1) => f64::from(b[0] as i8),
             ('u', 2) => f64::from(u16::from_le_bytes([b[0], b[1]])),
             ('i', 2) => f64::from(i16::from_le_bytes([b[0], b[1]])),
@@ -220,14 +215,59 @@ pub fn read_converted(conn: &Connection, oid: Oid) -> Result<Vec<f64>, Error> {
             ('f', 4) => f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
             ('u', 8) => u64::from_le_bytes(b) as f64,
             ('i', 8) => i64::from_le_bytes(b) as f64,
-            ('f', 8) => f64::from_le_bytes(b),
-            _ => return None,
-        })
-    };
-    bytes
-        .chunks(d.size)
-        .map(|c| {
-            conv(c).ok_or_else(|| Error::DType(format!("cannot convert {} to numbers", d.str())))
-        })
-        .collect()
+            _ => f64::from_le_bytes(b),
+        }
+    })
+}
+
+/// Stream the elements of an array of any numeric dtype (either byte order)
+/// from its stored blocks, converted to f64, `f(chunk)` a block at a time.
+fn for_each_converted(
+    conn: &Connection,
+    oid: Oid,
+    mut f: impl FnMut(&[f64]),
+) -> Result<ArrayState, Error> {
+    let st = open_untyped(conn, oid)?;
+    let d = st.dtype;
+    let conv = converter(d)
+        .ok_or_else(|| Error::DType(format!("cannot convert {} to numbers", d.str())))?;
+    let sf = bigfile::SnapshotFile::open(conn.storage().as_ref(), conn.at(), st.zfile)?;
+    let mut carry: Vec<u8> = Vec::with_capacity(d.size);
+    let mut out: Vec<f64> = Vec::new();
+    sf.read_range(0..st.nbytes(), |chunk| {
+        out.clear();
+        let mut rest = chunk;
+        if !carry.is_empty() {
+            let take = (d.size - carry.len()).min(rest.len());
+            carry.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if carry.len() == d.size {
+                out.push(conv(&carry));
+                carry.clear();
+            }
+        }
+        let whole = rest.len() / d.size * d.size;
+        out.extend(rest[..whole].chunks_exact(d.size).map(&conv));
+        carry.extend_from_slice(&rest[whole..]);
+        f(&out);
+        Ok(())
+    })?;
+    Ok(st)
+}
+
+/// Read the elements of an array of any integer or float dtype (either byte
+/// order) converted to f64, in memory order; for tools and big-endian data.
+pub fn read_converted(conn: &Connection, oid: Oid) -> Result<Vec<f64>, Error> {
+    let mut all = Vec::new();
+    for_each_converted(conn, oid, |c| all.extend_from_slice(c))?;
+    Ok(all)
+}
+
+/// Statistics of an array of any numeric dtype (either byte order: what
+/// the typed handle refuses, such as big-endian data), streamed from the
+/// stored blocks at the connection's snapshot with bounded memory.
+pub fn stats_converted(conn: &Connection, oid: Oid) -> Result<Stats, Error> {
+    let mut acc = stats_of::<f64>(&[]);
+    for_each_converted(conn, oid, |c| acc = Stats::merge(acc, stats_of(c)))?;
+    Ok(acc)
 }
