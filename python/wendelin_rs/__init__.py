@@ -99,6 +99,20 @@ class DB:
         finally:
             conn.close()
 
+    def pack(self, before=None):
+        """Pack as of `before` (a tid or an ISO-8601 time; default: now),
+        with ZODB's semantics; the previous file is kept as NAME.old.
+        Returns a dict: packed, size_before, size_after."""
+        d = dict(self._db.pack(before))
+        d["packed"] = bool(d["packed"])
+        return d
+
+    def log(self, limit=None):
+        """The transactions, newest first: a list of dicts with tid, time,
+        user, description, size, records and root (a list of (name,
+        change) pairs: added, removed, replaced, modified)."""
+        return [dict(e) for e in self._db.log(limit)]
+
     def last_tid(self):
         """The newest transaction's tid (16 hex digits)."""
         return self._db.last_tid()

@@ -22,6 +22,25 @@ use std::sync::{Arc, RwLock};
 use wendelin::bigarray::DType;
 use wendelin::{Order, Tid};
 
+/// A snapshot spec: a tid (16 hex digits) or an ISO-8601 time.
+fn parse_at(s: &str) -> PyResult<Tid> {
+    wendelin::storage::timespec::parse_tid_or_time(s).map_err(|e| {
+        crate::errors::Error::new_err(format!("at={s:?}: {e} (a tid of 16 hex digits or an ISO-8601 time)"))
+    })
+}
+
+/// One transaction of `DB.log()` (turned into a dict on the Python side).
+#[derive(IntoPyObject)]
+struct LogEntry {
+    tid: String,
+    time: String,
+    user: String,
+    description: String,
+    size: u64,
+    records: usize,
+    root: Vec<(String, String)>,
+}
+
 /// An open database.
 #[pyclass(frozen, module = "wendelin_rs._core", name = "_DB")]
 pub struct Db {
@@ -78,13 +97,7 @@ impl Db {
     #[pyo3(signature = (at=None))]
     fn open(&self, py: Python<'_>, at: Option<String>) -> PyResult<Connection> {
         let db = self.get()?;
-        let at = at
-            .map(|s| {
-                Tid::from_hex(&s).ok_or_else(|| {
-                    crate::errors::Error::new_err(format!("at={s:?}: not a tid (16 hex digits)"))
-                })
-            })
-            .transpose()?;
+        let at = at.map(|s| parse_at(&s)).transpose()?;
         let mut conn = py
             .detach(|| match at {
                 Some(t) => db.open_at(t),
@@ -97,6 +110,43 @@ impl Db {
         Ok(Connection {
             conn: RwLock::new(Some(Arc::new(conn))),
         })
+    }
+
+    /// Pack as of `before` (a tid or an ISO-8601 time; default: now):
+    /// ZODB's pack. Returns a dict: packed, size_before, size_after.
+    #[pyo3(signature = (before=None))]
+    fn pack(&self, py: Python<'_>, before: Option<String>) -> PyResult<Vec<(String, u64)>> {
+        let db = self.get()?;
+        let at = match before {
+            Some(s) => parse_at(&s)?,
+            None => db.last_tid(),
+        };
+        let st = py.detach(|| db.pack(at)).py()?;
+        Ok(vec![
+            ("packed".into(), u64::from(st.packed)),
+            ("size_before".into(), st.size_before),
+            ("size_after".into(), st.size_after),
+        ])
+    }
+
+    /// The transactions, newest first (at most `limit`): a list of dicts
+    /// (tid, time, user, description, size, records, root changes).
+    #[pyo3(signature = (limit=None))]
+    fn log(&self, py: Python<'_>, limit: Option<usize>) -> PyResult<Vec<LogEntry>> {
+        let db = self.get()?;
+        let entries = py.detach(|| db.log(limit)).py()?;
+        Ok(entries
+            .into_iter()
+            .map(|e| LogEntry {
+                tid: e.tid,
+                time: e.time,
+                user: e.user,
+                description: e.description,
+                size: e.size,
+                records: e.records,
+                root: e.root.into_iter().map(|c| (c.name, c.change.to_owned())).collect(),
+            })
+            .collect())
     }
 
     /// The newest transaction's tid.
