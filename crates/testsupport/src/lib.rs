@@ -8,12 +8,15 @@
 //!   made by `.ci/setup-python.sh`) with extra modules on `PYTHONPATH`;
 //! - [`standins`]: pure-Python stand-ins of wendelin.core's ZBigFile and
 //!   ZBigArray classes (same module and class names, same states), for
-//!   interop tests that run without a wendelin.core build.
+//!   interop tests that run without a wendelin.core build;
+//! - [`wendelin_core`]: the real wendelin.core 0.13 (built by
+//!   `.ci/build-wendelin-core.sh`), for interop with the real thing.
 
 #![forbid(unsafe_code)]
 
 pub mod python;
 pub mod standins;
+pub mod wendelin_core;
 
 use std::path::PathBuf;
 
