@@ -29,6 +29,15 @@ fn opts(format: ZBlkFormat) -> HandleOptions {
     }
 }
 
+/// The file at root["f"].
+fn root_f(c: &storage::Connection) -> storage::Oid {
+    c.root()
+        .expect("root")
+        .get("f")
+        .and_then(Value::ref_oid)
+        .expect("f")
+}
+
 fn pattern(seed: u8, len: usize) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1)
@@ -259,12 +268,7 @@ fn wendelin_core_written_reads_here(fmt: &str, kind: ZBlkKind) {
         assert_eq!(h["kinds"], json!([fmt]), "wendelin.core wrote {fmt}");
         let tid = storage::Tid::from_hex(h["tid"].as_str().expect("tid")).expect("tid hex");
         let c = db.open_historical(tid).expect("historical");
-        let f = c
-            .root()
-            .expect("root")
-            .get("f")
-            .and_then(Value::ref_oid)
-            .expect("f");
+        let f = root_f(&c);
         let fh = ZBigFileH::open_read_only(&c, f, opts(ZBlkFormat::ZBlk0)).expect("fh");
         let blocks = h["blocks"].as_array().expect("blocks");
         assert_eq!(fh.size().expect("size"), (blocks.len() * BS) as u64);
@@ -284,12 +288,7 @@ fn wendelin_core_written_reads_here(fmt: &str, kind: ZBlkKind) {
     // and the head takes a change made here, which wendelin.core then reads
     let tm = TransactionManager::new();
     let c = db.open_connection(&tm).expect("conn");
-    let f = c
-        .root()
-        .expect("root")
-        .get("f")
-        .and_then(Value::ref_oid)
-        .expect("f");
+    let f = root_f(&c);
     let fh = ZBigFileH::open(&c, &tm, f, opts(ZBlkFormat::ZBlk1)).expect("fh");
     fh.write(BS as u64 + 60, b"rust was here").expect("w");
     tm.commit().expect("commit");
