@@ -319,3 +319,62 @@ fn zblk0_files_written_by_wendelin_core_read_here_at_every_tid() {
 fn zblk1_files_written_by_wendelin_core_read_here_at_every_tid() {
     wendelin_core_written_reads_here("ZBlk1", ZBlkKind::ZBlk1);
 }
+
+const PY_WRITE_BLOCK: &str = r#"
+import sys, transaction
+from ZODB import DB
+from ZODB.FileStorage import FileStorage
+db = DB(FileStorage(sys.argv[1]))
+f = db.open().root()['f']
+m = memoryview(f.fileh_open().mmap(0, 4))
+blk = int(sys.argv[2])
+m[blk * 2097152 + 7:blk * 2097152 + 7 + len(sys.argv[3])] = sys.argv[3].encode()
+transaction.commit()
+db.close()
+print("OK")
+"#;
+
+/// A Rust writer and a real wendelin.core writer on one database: while a
+/// Rust transaction holds block 1 dirty, wendelin.core commits block 2:
+/// both commits stand. On the same block, exactly the later committer gets
+/// a conflict. The blocks exist beforehand: a Rust transaction that creates
+/// objects while another process commits new objects conflicts on the new
+/// oids ("object created concurrently": each process allocates from the
+/// file's last oid), so bucket resolution is not what this shows.
+#[test]
+fn rust_and_wendelin_core_writers_share_one_database() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("Data.fs");
+    let p = path.to_str().expect("utf8");
+    let db = DB::open(p).expect("db");
+    let tm = TransactionManager::new();
+    let c = db.open_connection(&tm).expect("conn");
+    let f = create_file(&c, BS as u64).expect("file");
+    let r = c.ref_to(f).expect("ref");
+    c.root_mut().expect("root").insert("f", r);
+    tm.commit().expect("commit");
+    let fh = ZBigFileH::open(&c, &tm, f, opts(ZBlkFormat::ZBlk0)).expect("fh");
+    for b in 0..4 {
+        fh.write((b * BS) as u64, b"base").expect("w");
+    }
+    tm.commit().expect("commit");
+    // different blocks at once
+    fh.write(BS as u64 + 7, b"rust").expect("w");
+    let py = |blk: &str, text: &str| {
+        testsupport::wendelin_core::run(dir.path(), PY_WRITE_BLOCK, &[p, blk, text], "ZBlk0")
+    };
+    if py("2", "python").is_none() {
+        return;
+    }
+    tm.commit().expect("different blocks: no conflict");
+    assert_eq!(fh.read(BS as u64 + 7, 4).expect("r"), b"rust");
+    assert_eq!(fh.read(2 * BS as u64 + 7, 6).expect("r"), b"python");
+    // the same block at once: the later commit conflicts, the earlier stands
+    fh.write(3 * BS as u64 + 7, b"rust again").expect("w");
+    py("3", "python again").expect("ran before");
+    let e = tm.commit().expect_err("same block: a conflict");
+    assert!(e.is_conflict(), "{e}");
+    tm.abort();
+    assert_eq!(fh.read(3 * BS as u64 + 7, 12).expect("r"), b"python again");
+    assert_eq!(fh.read(BS as u64 + 7, 4).expect("r"), b"rust");
+}
