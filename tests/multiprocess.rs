@@ -2,8 +2,9 @@
 //! lock (with cross-process conflicts detected and retried), and a crash test
 //! killing a committing child with SIGKILL at random points, 50 times.
 //!
-//! The children are this test binary re-executed with `WENDELIN_CHILD` set;
-//! the `child_*` functions do nothing in a normal run.
+//! The children are this test binary re-executed with `WENDELIN_CHILD` set
+//! and `--ignored --exact child_*`: the `child_*` entry points are
+//! `#[ignore]`d, so they never count as tests of their own.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -31,7 +32,13 @@ fn counter_value(data: &[u8]) -> i64 {
 
 fn spawn_child(name: &str, path: &Path, arg: &str) -> std::process::Child {
     Command::new(std::env::current_exe().expect("exe"))
-        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .args([
+            "--ignored",
+            "--exact",
+            name,
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("WENDELIN_CHILD", path)
         .env("WENDELIN_CHILD_ARG", arg)
         .stdout(Stdio::piped())
@@ -51,6 +58,7 @@ fn child_env() -> Option<(std::path::PathBuf, String)> {
 /// Child: increment the shared counter (oid 1) `n` times, each in its own
 /// transaction, retrying on conflicts; also create one object per commit.
 #[test]
+#[ignore = "child process entry point, started by two_processes_commit_to_one_file"]
 fn child_increment() {
     let Some((path, arg)) = child_env() else {
         return;
@@ -127,12 +135,26 @@ fn two_processes_commit_to_one_file() {
     let reader = FileStorage::open_read_only(&path).expect("reader");
     let t_before = reader.last_tid();
     std::fs::write(path.with_extension("go"), b"").expect("go");
+    let mut conflicts = 0;
     for k in kids {
         let out = k.wait_with_output().expect("wait");
         assert!(out.status.success(), "child failed");
         let s = String::from_utf8_lossy(&out.stdout);
-        assert!(s.contains("DONE"), "{s}");
+        let done = s
+            .lines()
+            .find_map(|l| l.find("DONE ").map(|i| &l[i + 5..]))
+            .expect("DONE line");
+        let field = |k: &str| {
+            done.split(' ')
+                .find_map(|f| f.strip_prefix(k))
+                .unwrap_or_else(|| panic!("{k} in {done}"))
+                .to_owned()
+        };
+        conflicts += field("conflicts=").parse::<usize>().expect("count");
     }
+    // the path this test exists for ran: a store against a serial the other
+    // process had made stale was refused as a conflict, and retried
+    assert!(conflicts >= 1, "no cross-process conflict was detected");
     let fs = FileStorage::open_read_only(&path).expect("open");
     // every increment of both processes is there: no lost update
     assert_eq!(
@@ -183,6 +205,7 @@ fn two_processes_commit_to_one_file() {
 /// that phase of its n-th commit (so every phase is hit, not only the ones a
 /// timer lands in most often).
 #[test]
+#[ignore = "child process entry point, started by crash_at_random_points_keeps_every_reported_commit"]
 fn child_commit_stream() {
     let Some((path, arg)) = child_env() else {
         return;
@@ -333,6 +356,7 @@ fn crash_at_random_points_keeps_every_reported_commit() {
 /// Child: through the object layer, change the objects named in the arg
 /// (`root` keys of PersistentMappings) in one transaction, print `DONE`.
 #[test]
+#[ignore = "child process entry point, started by invalidations_between_processes_are_exact"]
 fn child_change_objects() {
     let Some((path, arg)) = child_env() else {
         return;

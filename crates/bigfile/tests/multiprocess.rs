@@ -15,6 +15,7 @@ fn opts() -> HandleOptions {
 
 /// Child: write to blocks 1 and 3 of root['f'] and commit.
 #[test]
+#[ignore = "child process entry point, started by other_process_sees_exactly_the_changed_blocks"]
 fn child_writes_blocks() {
     let Some(path) = std::env::var_os("WENDELIN_BIGFILE_CHILD") else {
         return;
@@ -52,7 +53,7 @@ fn other_process_sees_exactly_the_changed_blocks() {
         .collect();
     let loads = fh.stats().expect("stats").loads;
     let out = Command::new(std::env::current_exe().expect("exe"))
-        .args(["--exact", "child_writes_blocks", "--nocapture"])
+        .args(["--ignored", "--exact", "child_writes_blocks", "--nocapture"])
         .env("WENDELIN_BIGFILE_CHILD", &path)
         .output()
         .expect("child");

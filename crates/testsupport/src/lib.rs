@@ -11,12 +11,15 @@
 //!   interop tests that run without a wendelin.core build;
 //! - [`zeo`]: a real ZEO server (`runzeo`) on a free port or a unix socket,
 //!   killed on drop.
+//! - [`wendelin_core`]: the real wendelin.core 0.13 (built by
+//!   `.ci/build-wendelin-core.sh`), for interop with the real thing.
 
 #![forbid(unsafe_code)]
 
 pub mod python;
 pub mod standins;
 pub mod zeo;
+pub mod wendelin_core;
 
 use std::path::PathBuf;
 
