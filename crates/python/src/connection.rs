@@ -25,7 +25,9 @@ use wendelin::{Order, Tid};
 /// A snapshot spec: a tid (16 hex digits) or an ISO-8601 time.
 fn parse_at(s: &str) -> PyResult<Tid> {
     wendelin::storage::timespec::parse_tid_or_time(s).map_err(|e| {
-        crate::errors::Error::new_err(format!("at={s:?}: {e} (a tid of 16 hex digits or an ISO-8601 time)"))
+        crate::errors::Error::new_err(format!(
+            "at={s:?}: {e} (a tid of 16 hex digits or an ISO-8601 time)"
+        ))
     })
 }
 
@@ -144,7 +146,11 @@ impl Db {
                 description: e.description,
                 size: e.size,
                 records: e.records,
-                root: e.root.into_iter().map(|c| (c.name, c.change.to_owned())).collect(),
+                root: e
+                    .root
+                    .into_iter()
+                    .map(|c| (c.name, c.change.to_owned()))
+                    .collect(),
             })
             .collect())
     }

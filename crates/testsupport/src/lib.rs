@@ -18,8 +18,8 @@
 
 pub mod python;
 pub mod standins;
-pub mod zeo;
 pub mod wendelin_core;
+pub mod zeo;
 
 use std::path::PathBuf;
 
