@@ -2,21 +2,9 @@ use super::*;
 use serde_json::Value as J;
 use sha2::{Digest, Sha256};
 
-fn testdata() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata")
-}
+use testsupport::testdata;
 
-const FILES: &[&str] = &[
-    "formats/tiny",
-    "formats/history",
-    "formats/history_packed",
-    "formats/refs",
-    "formats/legacy_py2",
-    "formats/zbigarray_py3_pickle3",
-    "formats/zbigarray_py2_pickle2",
-    "zblk/py3_pickle3/zblk",
-    "zblk/py2_pickle3/zblk",
-];
+const FILES: &[&str] = testsupport::PYTHON_DATABASES;
 
 fn json(f: &str) -> J {
     serde_json::from_slice(&std::fs::read(testdata().join(format!("{f}.json"))).expect("json"))
