@@ -81,7 +81,7 @@ pub fn generate(dir: &str, bytes: u64, txn_bytes: u64) -> R<()> {
     }
     pb.finish_and_clear();
     let el = t.elapsed().as_secs_f64();
-    println!(
+    crate::outln!(
         "gen: {} of f64 in {:.1} s ({:.2} GB/s, {} transactions), peak RSS {}, database {}",
         gib(n * 8),
         el,
@@ -127,7 +127,7 @@ pub fn read(dir: &str) -> R<()> {
         .map_err(e)?;
     pb.finish_and_clear();
     let el = t.elapsed().as_secs_f64();
-    println!(
+    crate::outln!(
         "read: {count} values, sum {sum:.6}, mean {:.9} in {:.1} s ({:.2} GB/s), peak RSS {} (budget {}), database {}",
         sum / count.max(1) as f64,
         el,

@@ -17,7 +17,7 @@ pub fn run(input: &Path, out: &Path) -> Result<(), String> {
     }
     let r = salvage(input, out).map_err(|e| e.to_string())?;
     for s in &r.skipped {
-        println!(
+        wendelin::outln!(
             "skipped bytes {}..{} ({} bytes) of {}: {}",
             s.start,
             s.end,
@@ -26,7 +26,7 @@ pub fn run(input: &Path, out: &Path) -> Result<(), String> {
             s.reason
         );
     }
-    println!(
+    wendelin::outln!(
         "copied {} transactions ({} records) to {}",
         r.copied,
         r.records,

@@ -27,3 +27,5 @@ pub mod arraycmd;
 pub mod demo;
 pub mod filecmd;
 pub mod fsdump;
+#[doc(hidden)]
+pub mod stdout;

@@ -260,7 +260,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Cmd::Ls { db, json, at } => {
             let es = wendelin::arraycmd::ls(&db, at.as_deref())?;
             if json {
-                println!(
+                wendelin::outln!(
                     "{}",
                     serde_json::to_string_pretty(&es).map_err(|e| e.to_string())?
                 );
@@ -268,11 +268,11 @@ fn run(cli: Cli) -> Result<(), String> {
                 for en in es {
                     if let Some(err) = &en.error {
                         let class = if en.class.is_empty() { "?" } else { &en.class };
-                        println!("{}\t{class}\terror: {err}", en.name);
+                        wendelin::outln!("{}\t{class}\terror: {err}", en.name);
                         continue;
                     }
                     match (&en.shape, &en.dtype) {
-                        (Some(sh), Some(dt)) => println!(
+                        (Some(sh), Some(dt)) => wendelin::outln!(
                             "{}\t{}\tshape={:?} dtype={} order={} disk={}",
                             en.name,
                             en.class,
@@ -281,7 +281,7 @@ fn run(cli: Cli) -> Result<(), String> {
                             en.order.as_deref().unwrap_or("C"),
                             en.disk_bytes.unwrap_or(0)
                         ),
-                        _ => println!("{}\t{}", en.name, en.class),
+                        _ => wendelin::outln!("{}\t{}", en.name, en.class),
                     }
                 }
             }
@@ -312,11 +312,15 @@ fn run(cli: Cli) -> Result<(), String> {
         Cmd::Stat { db, name, json, at } => {
             let s = wendelin::arraycmd::stat(&db, &name, at.as_deref())?;
             if json {
-                println!("{}", serde_json::to_string(&s).map_err(|e| e.to_string())?);
+                wendelin::outln!("{}", serde_json::to_string(&s).map_err(|e| e.to_string())?);
             } else {
-                println!(
+                wendelin::outln!(
                     "count {}\nsum {}\nmean {}\nmin {}\nmax {}",
-                    s.count, s.sum, s.mean, s.min, s.max
+                    s.count,
+                    s.sum,
+                    s.mean,
+                    s.min,
+                    s.max
                 );
             }
             Ok(())
@@ -367,14 +371,20 @@ fn run(cli: Cli) -> Result<(), String> {
         } => {
             let i = wendelin::filecmd::info(&db, &path, at.as_deref())?;
             if json {
-                println!(
+                wendelin::outln!(
                     "{}",
                     serde_json::to_string_pretty(&i).map_err(|e| e.to_string())?
                 );
             } else {
-                println!(
+                wendelin::outln!(
                     "oid {}\nblksize {}\nsize {}\nblocks {}\nZBlk0 {}\nZBlk1 {}\nholes {}",
-                    i.oid, i.blksize, i.size, i.blocks, i.zblk0, i.zblk1, i.holes
+                    i.oid,
+                    i.blksize,
+                    i.size,
+                    i.blocks,
+                    i.zblk0,
+                    i.zblk1,
+                    i.holes
                 );
             }
             Ok(())

@@ -57,7 +57,7 @@ pub fn run(db: &str, before: Option<&str>, days: Option<f64>) -> Result<PackStat
         .map_err(|e| e.to_string())?;
     pb.finish_and_clear();
     if stats.packed {
-        println!(
+        wendelin::outln!(
             "packed {} as of {} ({}): {} -> {} bytes ({} reclaimed; previous file kept as {}.old)",
             path.display(),
             at,
@@ -68,7 +68,7 @@ pub fn run(db: &str, before: Option<&str>, days: Option<f64>) -> Result<PackStat
             path.display()
         );
     } else {
-        println!(
+        wendelin::outln!(
             "nothing to pack in {} as of {} ({}): {} bytes",
             path.display(),
             at,
@@ -77,7 +77,7 @@ pub fn run(db: &str, before: Option<&str>, days: Option<f64>) -> Result<PackStat
         );
     }
     if stats.carried_over > 0 {
-        println!(
+        wendelin::outln!(
             "{} transactions committed during the pack were carried over",
             stats.carried_over
         );

@@ -403,3 +403,28 @@ fn side_files_do_not_follow_symlinks() {
     assert!(line.contains("db.fs.lock"), "{line}");
     assert_eq!(std::fs::read(&victim).expect("r"), b"precious");
 }
+
+#[test]
+fn a_closed_stdout_ends_the_command_quietly() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("d.fs");
+    ok(&["create", s(&db), "A", "--shape", "4", "--dtype", "f8"]);
+    for args in [
+        vec!["stat", s(&db), "A"],
+        vec!["ls", s(&db)],
+        vec!["log", s(&db)],
+    ] {
+        // The reader is gone before the command writes anything.
+        let (rd, wr) = std::io::pipe().expect("pipe");
+        drop(rd);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wendelin"))
+            .args(&args)
+            .stdout(wr)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(out.status.success(), "{args:?}: {:?} {err}", out.status);
+    }
+}

@@ -3,7 +3,7 @@
 //! An array far bigger than RAM is reduced in chunks of whole rows along
 //! its major axis (axis 0 for C order, the last for F order): such a chunk
 //! is one contiguous range of the file, so its blocks load once, in order,
-//! and the RAM budget evicts them behind the scan. Chunks run in parallel on
+//! and the scan drops the blocks it loaded behind itself (see `scan`). Chunks run in parallel on
 //! rayon's pool; each is handed its position (the first major-axis index)
 //! and a view of its rows, so position-dependent work (moving averages,
 //! writing results elsewhere) needs no bookkeeping. One unit throughout:
@@ -15,6 +15,7 @@
 //! computation. Sums accumulate in f64 whatever the element type (an f32
 //! accumulator was off by up to 8.75 on sums of values 20-83).
 
+use crate::scan::DropBehind;
 use crate::{Element, Error, Real, ZBigArray};
 use ndarray::{ArrayD, ArrayViewD, Axis, Slice};
 use rayon::prelude::*;
@@ -57,12 +58,16 @@ impl<T: Element> ZBigArray<T> {
             let n = v.len_of(Axis(axis));
             let row_elems = v.len() / n.max(1);
             let chunks = n.div_ceil(rows);
+            let elems = |i: usize| (i * rows * row_elems)..((i + 1) * rows).min(n) * row_elems;
+            let behind = DropBehind::new((0..chunks).map(|i| self.blocks_of(elems(i))));
             (0..chunks)
                 .into_par_iter()
                 .map(|i| -> Result<A, Error> {
                     let (s, e) = (i * rows, ((i + 1) * rows).min(n));
-                    self.check_readable(s * row_elems..e * row_elems)?;
-                    Ok(map(s, v.slice_axis(Axis(axis), Slice::from(s..e))))
+                    behind.loaded(&self.load_for_scan(elems(i))?);
+                    let r = map(s, v.slice_axis(Axis(axis), Slice::from(s..e)));
+                    self.drop_behind(&behind.done(self.blocks_of(elems(i))))?;
+                    Ok(r)
                 })
                 .try_reduce(&identity, |a, b| Ok(reduce(a, b)))
         })?

@@ -352,3 +352,51 @@ fn complex_arrays() {
     let f = ZBigArray::<Complex<f32>>::create(&c2, &tm2, &[3], Order::C, opts()).expect("c8");
     assert_eq!(f.state().dtype.str(), "<c8");
 }
+
+#[test]
+fn a_scan_drops_what_it_loaded_and_keeps_the_working_set() {
+    let (_d, db) = new_db();
+    let tm = TransactionManager::new();
+    let c = db.open_connection(&tm).expect("c");
+    // 2-D rows of 300 f8 (2400 bytes): chunks of rows straddle blocks.
+    let (rows, cols) = (10_000usize, 300usize); // 24 MB over 12 blocks
+    let a = ZBigArray::<f64>::create(&c, &tm, &[rows, cols], Order::C, opts()).expect("create");
+    a.with_view_mut(|mut v| {
+        v.iter_mut()
+            .enumerate()
+            .for_each(|(i, x)| *x = (i % 977) as f64)
+    })
+    .expect("w");
+    keep(&c, "A", a.oid());
+    tm.commit().expect("commit");
+    let oid = a.oid();
+    drop(a);
+    // A fresh handle: nothing resident; block 5 becomes the working set.
+    let tm2 = TransactionManager::new();
+    let c2 = db.open_connection(&tm2).expect("c2");
+    let a = ZBigArray::<f64>::open(&c2, &tm2, oid, opts()).expect("open");
+    let bs = a.file().blksize();
+    let in_block5 = 5 * bs / 8 + 1;
+    a.check_readable(in_block5..in_block5 + 1)
+        .expect("touch block 5");
+    let resident = || a.file().fileh_read().expect("h").resident_blocks();
+    assert_eq!(resident(), 1);
+    let n = rows * cols;
+    let direct: f64 = (0..n).map(|i| (i % 977) as f64).sum();
+    // Chunks of 1000 rows (2.4 MB): every chunk boundary is inside a block.
+    let sum = a
+        .map_reduce(1000, |_, v| v.sum(), || 0.0, |x, y| x + y)
+        .expect("scan");
+    assert_eq!(sum, direct);
+    assert_eq!(resident(), 1, "the scan left only the working set behind");
+    let st = a.file().fileh_read().expect("h").stats();
+    assert_eq!(
+        st.loads, 12,
+        "each block loaded once: a block shared by two chunks is dropped only after both"
+    );
+    assert_eq!(st.dropped_behind, 11);
+    // The stats reduction does the same.
+    let s = a.stats().expect("stats");
+    assert_eq!(s.sum, direct);
+    assert_eq!(resident(), 1);
+}

@@ -723,3 +723,84 @@ fn zero_copy_loads_keep_the_semantics() {
     assert_eq!(fh.dirty_blocks(), vec![2]);
     assert!(fh.load_errors().is_empty());
 }
+
+#[test]
+fn drop_behind_drops_only_the_clean_blocks_a_scan_loaded() {
+    let f = file_with(8, &[6]);
+    let mut fh = open(&f, 8, false, 1 << 30);
+    // Block 0 is resident before the scan (someone's working set).
+    fh.prefetch(0..1).unwrap();
+    let loaded = fh.prefetch_for_scan(0..8).unwrap();
+    assert_eq!(
+        loaded,
+        vec![1, 2, 3, 4, 5, 6, 7],
+        "only what this call loaded"
+    );
+    // Block 2 is written meanwhile: dirty blocks are never dropped.
+    fh.bytes_mut(off(2)..off(2) + 1).unwrap()[0] ^= 1;
+    assert_eq!(fh.resident_blocks(), 8);
+    fh.drop_behind(&loaded);
+    // Dropped: 1, 3, 4, 5, 7 (6 is a hole: no memory, left alone; 2 is dirty).
+    assert_eq!(fh.stats().dropped_behind, 5);
+    assert_eq!(
+        fh.resident_blocks(),
+        3,
+        "0 (resident before), 2 (dirty), 6 (hole)"
+    );
+    assert_eq!(
+        fh.budget().used(),
+        BS as u64,
+        "only block 0 stays accounted"
+    );
+    // A dropped block reads the same again (it reloads).
+    let before = f.total_loads();
+    assert_eq!(&fh.bytes(off(3)..off(4)).unwrap()[..], &pattern(3)[..]);
+    assert_eq!(f.total_loads(), before + 1);
+    let mut expect2 = pattern(2);
+    expect2[0] ^= 1;
+    assert_eq!(&fh.bytes(off(2)..off(3)).unwrap()[..], &expect2[..]);
+    fh.writeout(Writeout::STORE | Writeout::MARKSTORED).unwrap();
+    assert_eq!(f.take_stores(), vec![2]);
+}
+
+#[test]
+fn a_scan_with_drop_behind_reuses_its_pages() {
+    // 2 MiB blocks: whole huge pages, which drop-behind recycles.
+    const HBS: usize = 2 << 20;
+    let n = 24u64;
+    let f = Arc::new(MemBigFile::new(HBS));
+    for b in 0..n {
+        f.set_block(b, &vec![b as u8 + 1; HBS]);
+    }
+    let opts = Options {
+        reserve: n * HBS as u64,
+        budget: Some(1 << 30),
+        readahead: false,
+        ..Options::default()
+    };
+    let fh = FileH::open(f.clone() as Arc<dyn BigFile>, opts).unwrap();
+    let mut sum = 0u64;
+    for c in 0..n / 4 {
+        let loaded = fh.prefetch_for_scan(c * 4..c * 4 + 4).unwrap();
+        let v = fh
+            .bytes(c * 4 * HBS as u64..(c + 1) * 4 * HBS as u64)
+            .unwrap();
+        sum += v.iter().step_by(4096).map(|&x| x as u64).sum::<u64>();
+        fh.drop_behind(&loaded);
+    }
+    let expect: u64 = (0..n).map(|b| (b + 1) * (HBS / 4096) as u64).sum();
+    assert_eq!(sum, expect);
+    let st = fh.stats();
+    assert_eq!(st.dropped_behind, n);
+    assert_eq!(fh.resident_blocks(), 0);
+    if st.moved_loads > 0 {
+        // Zero-copy works here: after the first chunk every load reads into
+        // a dropped block's pages.
+        assert!(
+            st.recycled >= n - 4,
+            "dropped blocks' pages are recycled: {st:?}"
+        );
+    } else {
+        eprintln!("zero-copy unavailable here (no UFFDIO_MOVE or THP): recycling not checked");
+    }
+}

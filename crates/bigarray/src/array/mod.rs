@@ -210,20 +210,54 @@ impl<T: Element> ZBigArray<T> {
     /// load error (naming the block and file) instead of the SIGBUS a view
     /// would raise on touching a damaged block.
     pub fn check_readable(&self, range: std::ops::Range<usize>) -> Result<(), Error> {
+        let blocks = self.blocks_of(range.clone());
+        if blocks.is_empty() {
+            return Ok(());
+        }
+        let h = self.fh.fileh_read()?;
+        h.prefetch(blocks).map_err(|e| self.read_error(range, e))
+    }
+
+    /// [`check_readable`](Self::check_readable) for one pass of a scan:
+    /// also returns the blocks this call loaded, for
+    /// [`drop_behind`](Self::drop_behind) once the scan is done with them.
+    pub(crate) fn load_for_scan(&self, range: std::ops::Range<usize>) -> Result<Vec<u64>, Error> {
+        let blocks = self.blocks_of(range.clone());
+        if blocks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let h = self.fh.fileh_read()?;
+        h.prefetch_for_scan(blocks)
+            .map_err(|e| self.read_error(range, e))
+    }
+
+    /// A scan is done with `blocks` it loaded: drop them (see
+    /// `virtmem::FileH::drop_behind`).
+    pub(crate) fn drop_behind(&self, blocks: &[u64]) -> Result<(), Error> {
+        if !blocks.is_empty() {
+            self.fh.fileh_read()?.drop_behind(blocks);
+        }
+        Ok(())
+    }
+
+    /// The blocks of the file holding the elements `range` (memory order).
+    pub(crate) fn blocks_of(&self, range: std::ops::Range<usize>) -> std::ops::Range<u64> {
         let size = std::mem::size_of::<T>() as u64;
         let (start, end) = (range.start as u64 * size, range.end as u64 * size);
         if start >= end {
-            return Ok(());
+            return 0..0;
         }
         let bs = self.fh.blksize() as u64;
-        let h = self.fh.fileh_read()?;
-        h.prefetch(start / bs..end.div_ceil(bs))
-            .map_err(|e| Error::Read {
-                oid: self.oid,
-                start: range.start as u64,
-                end: range.end as u64,
-                source: Box::new(Error::Virtmem(e)),
-            })
+        start / bs..end.div_ceil(bs)
+    }
+
+    fn read_error(&self, range: std::ops::Range<usize>, e: virtmem::Error) -> Error {
+        Error::Read {
+            oid: self.oid,
+            start: range.start as u64,
+            end: range.end as u64,
+            source: Box::new(Error::Virtmem(e)),
+        }
     }
 
     /// Change the shape in O(1): only the metadata changes; growing reads

@@ -24,6 +24,33 @@ impl FileH {
     /// Returns the first load error as a value (the failed block is also
     /// poisoned and recorded, as for a fault).
     pub fn prefetch(&self, blocks: Range<u64>) -> Result<()> {
+        self.prefetch_into(blocks, &mut Vec::new())
+    }
+
+    /// [`prefetch`](Self::prefetch) for one pass of a scan: also returns the
+    /// blocks this call loaded (not those that were resident already), which
+    /// the scan hands to [`drop_behind`](Self::drop_behind) when done with
+    /// them. On error nothing is returned; the blocks loaded stay clean and
+    /// are evicted under the budget as usual.
+    pub fn prefetch_for_scan(&self, blocks: Range<u64>) -> Result<Vec<u64>> {
+        let mut loaded = Vec::new();
+        self.prefetch_into(blocks, &mut loaded)?;
+        Ok(loaded)
+    }
+
+    /// A scan is done with `blocks` (which it loaded itself, see
+    /// [`prefetch_for_scan`](Self::prefetch_for_scan)): drop those that are
+    /// still clean now, and keep their pages for the next loads. One pass
+    /// over an array far bigger than the budget then leaves the resident
+    /// working set alone and reuses a few blocks' worth of memory instead
+    /// of making the kernel zero a fresh page for every block. Dirty,
+    /// absent and busy blocks are left alone; a dropped block that is
+    /// touched again simply loads again.
+    pub fn drop_behind(&self, blocks: &[u64]) {
+        self.sh.evict_now(blocks);
+    }
+
+    fn prefetch_into(&self, blocks: Range<u64>, loaded: &mut Vec<u64>) -> Result<()> {
         let sh = &*self.sh;
         let mut staging: Option<Staging> = None;
         let mut first_err = None;
@@ -67,10 +94,13 @@ impl FileH {
                 }
             }
             inc(&sh.counters.loads);
-            if let Err(e) = sh.load_and_map(blk, None, &mut staging)
-                && first_err.is_none()
-            {
-                first_err = Some(e);
+            match sh.load_and_map(blk, None, &mut staging) {
+                Ok(()) => loaded.push(blk),
+                Err(e) => {
+                    if first_err.is_none() {
+                        first_err = Some(e);
+                    }
+                }
             }
         }
         match first_err {

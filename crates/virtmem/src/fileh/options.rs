@@ -99,6 +99,9 @@ pub struct Stats {
     /// Evictions that kept the block's pages for a later load instead of
     /// freeing them (zero-copy mode).
     pub recycled: u64,
+    /// Clean blocks a scan dropped once done with them
+    /// ([`FileH::drop_behind`](super::FileH::drop_behind), read-ahead streams).
+    pub dropped_behind: u64,
 }
 
 /// The live counters behind [`Stats`].
@@ -112,6 +115,7 @@ pub(super) struct Counters {
     pub(super) load_failures: AtomicU64,
     pub(super) moved_loads: AtomicU64,
     pub(super) recycled: AtomicU64,
+    pub(super) dropped_behind: AtomicU64,
 }
 
 impl Counters {
@@ -127,6 +131,7 @@ impl Counters {
             load_failures: l(&self.load_failures),
             moved_loads: l(&self.moved_loads),
             recycled: l(&self.recycled),
+            dropped_behind: l(&self.dropped_behind),
         }
     }
 }

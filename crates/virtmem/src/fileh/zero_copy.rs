@@ -39,8 +39,15 @@ pub(super) const HUGE: usize = 2 << 20;
 /// moves.
 const MAX_MOVE_MISSES: u64 = 16;
 /// Buffers per handle that keep evicted blocks' pages for the next loads
-/// (memory outside the budget: this many blocks at most).
-const RECYCLED_BUFFERS: usize = 4;
+/// (memory outside the budget): this many, plus [`RECYCLED_PER_THREAD`]
+/// per hardware thread, at most [`RECYCLED_MAX`]. A scan thread has a
+/// chunk of a few blocks loaded at a time and drops it behind itself, so
+/// each needs a few buffers for its loads to find recycled pages.
+const RECYCLED_BASE: usize = 4;
+/// See [`RECYCLED_BASE`].
+const RECYCLED_PER_THREAD: usize = 6;
+/// See [`RECYCLED_BASE`] (128 MiB of 2 MiB blocks).
+const RECYCLED_MAX: usize = 64;
 
 /// The zero-copy state of a handle.
 #[derive(Default)]
@@ -77,15 +84,23 @@ struct Recycled {
     full: Vec<Staging>,
     /// Buffers whose pages were moved away, to move an evicted block into.
     empty: Vec<Staging>,
-    /// Buffers created so far (at most [`RECYCLED_BUFFERS`]).
+    /// Buffers created so far (at most `capacity`).
     created: usize,
+    /// How many buffers the handle may keep.
+    capacity: usize,
 }
 
 impl ZeroCopy {
     /// Zero-copy state with `pagemap` (`None`: loads always copy).
     pub(super) fn new(pagemap: Option<Pagemap>) -> ZeroCopy {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let capacity = (RECYCLED_BASE + RECYCLED_PER_THREAD * threads).min(RECYCLED_MAX);
         ZeroCopy {
             pagemap,
+            recycled: Mutex::new(Recycled {
+                capacity,
+                ..Recycled::default()
+            }),
             ..ZeroCopy::default()
         }
     }
@@ -253,12 +268,12 @@ impl Shared {
         }
         let mut b = {
             let mut pool = self.zc.recycled.lock();
-            if pool.full.len() >= RECYCLED_BUFFERS {
+            if pool.full.len() >= pool.capacity {
                 return false;
             }
             match pool.empty.pop() {
                 Some(b) => b,
-                None if pool.created < RECYCLED_BUFFERS => {
+                None if pool.created < pool.capacity => {
                     let Ok(b) = Staging::new(len) else {
                         return false;
                     };
