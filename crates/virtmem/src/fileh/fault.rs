@@ -28,6 +28,7 @@ use crate::uffd::{self, Msg};
 
 use super::Shared;
 use super::options::inc;
+use super::readahead::Noted;
 use super::state::{Block, Marker};
 
 /// What a fault handler does after releasing the state lock.
@@ -122,7 +123,7 @@ impl Shared {
         let blk = (off / self.bs) as u64;
         let write = m.flags & uffd::PAGEFAULT_FLAG_WRITE != 0;
         let wp = m.flags & uffd::PAGEFAULT_FLAG_WP != 0;
-        let mut ra = None;
+        let mut ra = Noted::default();
         let action = {
             let mut st = self.st.lock();
             let st = &mut *st;
@@ -209,7 +210,13 @@ impl Shared {
                 }
             }
         };
-        if let Some((jobs, dir)) = ra {
+        // Read-ahead starts at once, unless the stream also left blocks
+        // behind: those are dropped first (below), so that the read-ahead
+        // loads find their pages to reuse.
+        let mut jobs = ra.jobs;
+        if ra.behind.is_empty()
+            && let Some((jobs, dir)) = jobs.take()
+        {
             self.queue_readahead(jobs, dir);
         }
         let block_addr = base + blk as usize * self.bs;
@@ -244,6 +251,14 @@ impl Shared {
             );
             tracing::error!(blk, file = %self.name, "serving a fault failed: {e}");
             let _ = self.uffd.poison(addr, PAGE, PAGE);
+        }
+        // After the wake: the reader goes on while this thread drops what
+        // its stream left behind.
+        if !ra.behind.is_empty() {
+            self.evict_now(&ra.behind);
+        }
+        if let Some((jobs, dir)) = jobs {
+            self.queue_readahead(jobs, dir);
         }
     }
 

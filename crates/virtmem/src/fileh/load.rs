@@ -236,9 +236,13 @@ impl Shared {
                         data: data[mo..mo + PAGE].into(),
                     }
                 });
-                if movable && self.move_into_place(addr, buf, marker.as_ref())? {
+                // A marker block is copied: dropping its marker page from a
+                // moved-in huge page would split it, and the block could
+                // then not be recycled whole (its buffer would be refilled
+                // with fresh, kernel-zeroed pages). One block in `stride`.
+                if movable && marker.is_none() && self.move_into_place(addr, buf)? {
                     inc(&self.counters.moved_loads);
-                    return Ok((false, marker, false));
+                    return Ok((false, None, false));
                 }
                 let data = buf.as_slice();
                 let Some(marker) = marker else {

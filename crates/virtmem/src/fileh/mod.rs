@@ -374,6 +374,7 @@ impl FileH {
 impl Drop for FileH {
     fn drop(&mut self) {
         let sh = &*self.sh;
+        vtrace!("T close {}: {:?}", sh.name, sh.counters.snapshot());
         sh.handlers.shutdown.store(true, Ordering::SeqCst);
         let _ = sh.handlers.stop.write(1);
         for t in self.threads.drain(..) {

@@ -11,6 +11,13 @@
 //! [`super::state::Marker`]): the reader's first touch of it installs the
 //! page and tells the engine the reader arrived, which moves the window on
 //! without a fault per block.
+//!
+//! A stream that has walked [`LONG_STREAM`] blocks is a scan: the blocks its
+//! read-ahead loaded are dropped once the reader is [`KEEP_BEHIND`] blocks
+//! past them, and their pages feed the next read-ahead loads (see
+//! [`super::evict`]). One pass over an array far bigger than the budget
+//! then neither evicts the working set nor makes the kernel zero a fresh
+//! page per block; a second pass loads again (a copy from the page cache).
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -27,6 +34,11 @@ use super::state::{Block, State};
 
 /// One sequential access stream (a reader walking blocks).
 pub(super) struct Seq {
+    /// Where the stream began.
+    origin: u64,
+    /// Blocks between `origin` and this one (exclusive, in scan direction)
+    /// were considered for drop-behind already.
+    dropped: u64,
     last: u64,
     /// +1 forward, -1 backward, 0 not yet known.
     dir: i8,
@@ -38,6 +50,23 @@ pub(super) struct Seq {
 
 /// How many concurrent streams read-ahead tracks per handle.
 const STREAMS: usize = 4;
+/// A stream that has walked this many blocks is a scan: the blocks its
+/// read-ahead loaded are dropped once it is [`KEEP_BEHIND`] blocks past
+/// them (their pages then feed its next loads, see [`super::evict`]).
+/// Shorter sequential reads keep what they loaded.
+const LONG_STREAM: u64 = 32;
+/// Blocks a long stream keeps loaded behind its reader.
+const KEEP_BEHIND: u64 = 4;
+
+/// What the engine does about an access it noted (see
+/// [`Shared::note_access`]).
+#[derive(Default)]
+pub(super) struct Noted {
+    /// Read-ahead jobs to queue: blocks and direction.
+    pub(super) jobs: Option<(Range<u64>, i8)>,
+    /// Blocks a long stream left behind, to drop.
+    pub(super) behind: Vec<u64>,
+}
 
 /// The read-ahead settings and job queue of a handle (the streams live in
 /// [`State`], under the state lock).
@@ -63,7 +92,14 @@ impl Shared {
     /// direction is known) lands within the read-ahead window past the
     /// stream's last access (blocks in between were read ahead and reached
     /// without faults).
-    pub(super) fn note_access(&self, st: &mut State, blk: u64) -> Option<(Range<u64>, i8)> {
+    pub(super) fn note_access(&self, st: &mut State, blk: u64) -> Noted {
+        let jobs = self.note_stream(st, blk);
+        let behind = self.left_behind(st, blk);
+        Noted { jobs, behind }
+    }
+
+    /// The read-ahead half of [`Self::note_access`].
+    fn note_stream(&self, st: &mut State, blk: u64) -> Option<(Range<u64>, i8)> {
         if !self.ra.enabled || st.paused {
             return None;
         }
@@ -85,6 +121,8 @@ impl Shared {
         }
         let Some((i, dir)) = found else {
             let new = Seq {
+                origin: blk,
+                dropped: blk,
                 last: blk,
                 dir: 0,
                 next: None,
@@ -124,6 +162,40 @@ impl Shared {
         }
     }
 
+    /// The drop-behind half of [`Self::note_access`]: if `blk` continues a
+    /// long stream, the blocks its read-ahead loaded more than
+    /// [`KEEP_BEHIND`] blocks back (taken out of [`State::ra_loaded`]).
+    fn left_behind(&self, st: &mut State, blk: u64) -> Vec<u64> {
+        let State {
+            streams, ra_loaded, ..
+        } = st;
+        let Some(s) = streams.iter_mut().find(|s| s.last == blk && s.dir != 0) else {
+            return Vec::new();
+        };
+        let range = if s.dir > 0 {
+            let upto = blk.saturating_sub(KEEP_BEHIND);
+            if blk - s.origin < LONG_STREAM || upto <= s.dropped {
+                return Vec::new();
+            }
+            let r = s.dropped..upto;
+            s.dropped = upto;
+            r
+        } else {
+            let from = blk.saturating_add(KEEP_BEHIND + 1);
+            if s.origin.saturating_sub(blk) < LONG_STREAM || from > s.dropped {
+                return Vec::new();
+            }
+            let r = from..s.dropped.saturating_add(1);
+            s.dropped = from.saturating_sub(1);
+            r
+        };
+        let behind: Vec<u64> = ra_loaded.range(range).copied().collect();
+        for b in &behind {
+            ra_loaded.remove(b);
+        }
+        behind
+    }
+
     pub(super) fn queue_readahead(&self, jobs: Range<u64>, dir: i8) {
         let n = jobs.end - jobs.start;
         {
@@ -152,6 +224,7 @@ impl Shared {
                 return;
             }
             st.begin_load(blk, false, false);
+            st.ra_loaded.insert(blk);
         }
         inc(&self.counters.readahead_loads);
         let _ = self.load_and_map(blk, Some(dir), staging);

@@ -24,12 +24,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use parking_lot::{Mutex, RwLock};
 
 use crate::error::Result;
-use crate::mapping::{PAGE, Pagemap, Staging};
+use crate::mapping::{Pagemap, Staging};
 use crate::uffd;
 
 use super::Shared;
 use super::options::inc;
-use super::state::Marker;
 
 /// Huge page size (x86-64): blocks that are multiples of it can be moved in
 /// as whole huge pages.
@@ -196,16 +195,10 @@ impl Shared {
     }
 
     /// Install the loaded block in `buf` at `addr` by moving its (huge)
-    /// pages, write-protected, without waking; the marker page, if any, is
-    /// dropped again to be installed on the reader's first touch. Returns
+    /// pages, write-protected, without waking. Returns
     /// false (nothing done) when a mutable view may exist: then the caller
     /// copies. A partial move is completed by copying the rest.
-    pub(super) fn move_into_place(
-        &self,
-        addr: usize,
-        buf: &mut Staging,
-        marker: Option<&Marker>,
-    ) -> Result<bool> {
+    pub(super) fn move_into_place(&self, addr: usize, buf: &mut Staging) -> Result<bool> {
         let len = buf.as_slice().len();
         let _gate = self.zc.gate.read();
         if self.zc.writers.load(Ordering::Relaxed) {
@@ -241,15 +234,6 @@ impl Shared {
             self.uffd
                 .writeprotect(addr, moved, true, false)
                 .map_err(Self::os("UFFDIO_WRITEPROTECT"))?;
-        }
-        if let Some(mk) = marker {
-            // The block is clean and its waiters still sleep: dropping the
-            // page loses nothing (the marker holds its bytes).
-            let off = addr - self.map.addr() + mk.page * PAGE;
-            // SAFETY: a page of the block, whose waiters still sleep and
-            // whose next access is served the marker's identical bytes.
-            unsafe { self.map.dontneed(off, PAGE) }
-                .map_err(Self::os("madvise(MADV_DONTNEED) of a marker page"))?;
         }
         Ok(true)
     }
