@@ -13,9 +13,12 @@
 //!   killed on drop.
 //! - [`wendelin_core`]: the real wendelin.core 0.13 (built by
 //!   `.ci/build-wendelin-core.sh`), for interop with the real thing.
+//! - [`process`]: re-running the test binary's `#[ignore]`d entry points
+//!   as child processes, and their real memory (`VmRSS`, `VmHWM`).
 
 #![forbid(unsafe_code)]
 
+pub mod process;
 pub mod python;
 pub mod standins;
 pub mod wendelin_core;

@@ -3,7 +3,7 @@
 #![allow(dead_code)] // each test binary uses a subset
 
 use bigfile::{HandleOptions, ZBlkFormat, create_file};
-use storage::{DB, Oid, TransactionManager};
+use storage::{Connection, DB, Oid, TransactionManager, Value};
 
 /// Block size of the test files.
 pub const BS: u64 = 64 * 1024;
@@ -33,11 +33,25 @@ pub fn new_db() -> (tempfile::TempDir, DB) {
 
 /// Commit one empty file (blksize BS) as root["f"]; returns its oid.
 pub fn with_file(db: &DB) -> Oid {
+    with_file_of(db, BS)
+}
+
+/// Commit one empty file of block size `blksize` as root["f"]; returns its oid.
+pub fn with_file_of(db: &DB, blksize: u64) -> Oid {
     let tm = TransactionManager::new();
     let c = db.open_connection(&tm).expect("conn");
-    let f = create_file(&c, BS).expect("file");
+    let f = create_file(&c, blksize).expect("file");
     let r = c.ref_to(f).expect("ref");
     c.root_mut().expect("root").insert("f", r);
     tm.commit().expect("commit");
     f
+}
+
+/// The oid of root["f"] in `c`.
+pub fn root_file(c: &Connection) -> Oid {
+    c.root()
+        .expect("root")
+        .get("f")
+        .and_then(Value::ref_oid)
+        .expect("root[\"f\"]")
 }
