@@ -259,11 +259,11 @@ fn budget_is_respected_while_scanning_8x_the_budget() {
         max_used <= limit + slack,
         "max used {max_used} > limit {limit}"
     );
-    assert!(
-        fh.stats().evictions >= n,
-        "evictions {}",
-        fh.stats().evictions
-    );
+    // Blocks left the memory by eviction or, once the scan was a long
+    // stream, by drop-behind.
+    let st = fh.stats();
+    assert!(st.evictions + st.dropped_behind >= n, "{st:?}");
+    assert!(st.dropped_behind > 0, "a long scan drops behind: {st:?}");
     assert_eq!(fh.dirty_blocks(), vec![3, 100]);
     fh.writeout(Writeout::STORE).unwrap();
     assert_eq!(f.block(3).unwrap()[0], 0xEE);
@@ -678,7 +678,10 @@ fn zero_copy_loads_keep_the_semantics() {
     }
     let st = fh.stats();
     if zero_copy {
-        assert!(st.moved_loads >= n - 2, "{st:?}");
+        // Read-ahead marker blocks are copied (moving them in whole and
+        // then dropping the marker page would split the huge page).
+        assert!(st.moved_loads > 0, "{st:?}");
+        assert!(st.moved_loads + st.marker_hits >= n - 2, "{st:?}");
         assert!(st.marker_hits > 0, "{st:?}");
         // 24 blocks through a budget of 8: evicted blocks' pages are kept
         // and reused by later loads.
