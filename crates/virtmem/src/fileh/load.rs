@@ -172,6 +172,7 @@ impl Shared {
                 source: std::io::Error::other("no buffer"),
             });
         };
+        vtrace!("T load blk {blk} into staging (no recycled buffer)");
         let movable = self.movable(buf);
         self.load_with(blk, addr, len, ra, buf, movable)
     }

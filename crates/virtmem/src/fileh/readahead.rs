@@ -164,14 +164,22 @@ impl Shared {
 
     /// The drop-behind half of [`Self::note_access`]: if `blk` continues a
     /// long stream, the blocks its read-ahead loaded more than
-    /// [`KEEP_BEHIND`] blocks back (taken out of [`State::ra_loaded`]).
+    /// [`KEEP_BEHIND`] blocks back (taken out of [`State::stream_loaded`]).
     fn left_behind(&self, st: &mut State, blk: u64) -> Vec<u64> {
         let State {
-            streams, ra_loaded, ..
+            streams,
+            stream_loaded,
+            blocks,
+            ..
         } = st;
         let Some(s) = streams.iter_mut().find(|s| s.last == blk && s.dir != 0) else {
             return Vec::new();
         };
+        // A fault that continues the stream loads for it too (the reader
+        // caught up with read-ahead).
+        if matches!(blocks.get(&blk), Some(Block::Loading { .. })) {
+            stream_loaded.insert(blk);
+        }
         let range = if s.dir > 0 {
             let upto = blk.saturating_sub(KEEP_BEHIND);
             if blk - s.origin < LONG_STREAM || upto <= s.dropped {
@@ -189,9 +197,9 @@ impl Shared {
             s.dropped = from.saturating_sub(1);
             r
         };
-        let behind: Vec<u64> = ra_loaded.range(range).copied().collect();
+        let behind: Vec<u64> = stream_loaded.range(range).copied().collect();
         for b in &behind {
-            ra_loaded.remove(b);
+            stream_loaded.remove(b);
         }
         behind
     }
@@ -224,7 +232,7 @@ impl Shared {
                 return;
             }
             st.begin_load(blk, false, false);
-            st.ra_loaded.insert(blk);
+            st.stream_loaded.insert(blk);
         }
         inc(&self.counters.readahead_loads);
         let _ = self.load_and_map(blk, Some(dir), staging);

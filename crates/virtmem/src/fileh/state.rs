@@ -93,9 +93,10 @@ pub(super) struct State {
     pub(super) errors: BTreeMap<u64, SharedError>,
     /// Sequential streams seen (read-ahead).
     pub(super) streams: Vec<Seq>,
-    /// Blocks loaded by read-ahead and not yet considered for drop-behind
-    /// (a stream drops those it left behind, see [`super::readahead`]).
-    pub(super) ra_loaded: BTreeSet<u64>,
+    /// Blocks loaded for a stream (by read-ahead, or by a fault that
+    /// continued it) and not yet considered for drop-behind (a long stream
+    /// drops those it left behind, see [`super::readahead`]).
+    pub(super) stream_loaded: BTreeSet<u64>,
 }
 
 impl State {
