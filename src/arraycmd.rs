@@ -14,7 +14,6 @@ use bigfile::{HandleOptions, ZBlkFormat};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::{Read, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use storage::{Connection, DB, Oid, TransactionManager, Value};
 
 type R<T> = Result<T, String>;
@@ -804,28 +803,10 @@ pub fn stat(db_path: &str, name: &str, at: Option<&str>) -> R<bigarray::Stats> {
         return bigarray::stats_converted(&c, oid).map_err(|x| format!("stat {name}: {x}"));
     }
     let pb = progress(st.nbytes(), &format!("stat {name}"));
-    let done = AtomicU64::new(0);
     let r = with_real!(st.dtype, T => {
         let a = ZBigArray::<T>::open_read_only(&c, oid, opts()).map_err(e)?;
-        // chunks of 1 Mi elements: each maps to partial statistics
-        a.map_reduce(
-            a.rows_per_chunk(8 << 20),
-            |_, chunk| {
-                let s = match chunk.as_slice_memory_order() {
-                    Some(flat) => bigarray::stats_of(flat),
-                    None => bigarray::stats_of(&chunk.iter().copied().collect::<Vec<T>>()),
-                };
-                let n = done.fetch_add(
-                    (chunk.len() * std::mem::size_of::<T>()) as u64,
-                    Ordering::Relaxed,
-                );
-                pb.set_position(n);
-                s
-            },
-            || bigarray::stats_of::<T>(&[]),
-            bigarray::Stats::merge,
-        )
-        .map_err(|x| format!("stat {name}: {x}"))
+        a.stats_with_progress(&|n| pb.set_position(n))
+            .map_err(|x| format!("stat {name}: {x}"))
     })?;
     pb.finish_and_clear();
     Ok(r)

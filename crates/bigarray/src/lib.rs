@@ -37,6 +37,7 @@ pub mod array;
 pub mod dtype;
 pub mod reduce;
 mod scan;
+mod stored_scan;
 
 pub use array::{ArrayState, Order, ZBigArray, check_shape};
 pub use dtype::{ByteOrder, DType};

@@ -94,6 +94,19 @@ impl<T: Element> ZBigArray<T> {
     where
         T: Real,
     {
+        self.stats_with_progress(&|_| {})
+    }
+
+    /// [`stats`](Self::stats), telling `progress` the bytes done so far as
+    /// the scan goes (for progress bars). Blocks stored in place are read
+    /// where they are (see `stored_scan`), the others through the mapping.
+    pub fn stats_with_progress(&self, progress: &(dyn Fn(u64) + Sync)) -> Result<Stats, Error>
+    where
+        T: Real,
+    {
+        if let Some(acc) = self.stats_in_place(progress)? {
+            return Ok(acc.into_stats());
+        }
         self.map_reduce(
             self.rows_per_chunk(CHUNK_BYTES),
             |_, v| match v.as_slice_memory_order() {
@@ -206,22 +219,22 @@ impl Stats {
 
 /// Partial statistics of a run of elements.
 #[derive(Clone, Copy)]
-struct Acc {
-    n: u64,
-    sum: f64,
-    min: f64,
-    max: f64,
+pub(crate) struct Acc {
+    pub(crate) n: u64,
+    pub(crate) sum: f64,
+    pub(crate) min: f64,
+    pub(crate) max: f64,
 }
 
 impl Acc {
-    const EMPTY: Acc = Acc {
+    pub(crate) const EMPTY: Acc = Acc {
         n: 0,
         sum: 0.0,
         min: f64::INFINITY,
         max: f64::NEG_INFINITY,
     };
 
-    fn merge(a: Acc, b: Acc) -> Acc {
+    pub(crate) fn merge(a: Acc, b: Acc) -> Acc {
         Acc {
             n: a.n + b.n,
             sum: a.sum + b.sum,
@@ -267,10 +280,53 @@ fn leaf<T: Real>(c: &[T]) -> Acc {
     acc
 }
 
+/// [`leaf`] over little-endian-native elements at any alignment (`c`
+/// holds whole elements): unaligned loads, no copy.
+fn leaf_bytes<T: Real>(c: &[u8]) -> Acc {
+    let size = std::mem::size_of::<T>();
+    let mut sum = [0.0f64; LANES];
+    let mut min = [f64::INFINITY; LANES];
+    let mut max = [f64::NEG_INFINITY; LANES];
+    let mut chunks = c.chunks_exact(LANES * size);
+    for ch in &mut chunks {
+        for l in 0..LANES {
+            let f = bytemuck::pod_read_unaligned::<T>(&ch[l * size..(l + 1) * size]).to_f64();
+            sum[l] += f;
+            min[l] = if f < min[l] { f } else { min[l] };
+            max[l] = if f > max[l] { f } else { max[l] };
+        }
+    }
+    let mut acc = Acc {
+        n: (c.len() / size) as u64,
+        sum: ((sum[0] + sum[1]) + (sum[2] + sum[3])) + ((sum[4] + sum[5]) + (sum[6] + sum[7])),
+        min: min.iter().copied().fold(f64::INFINITY, f64::min),
+        max: max.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+    };
+    for x in chunks.remainder().chunks_exact(size) {
+        let f = bytemuck::pod_read_unaligned::<T>(x).to_f64();
+        acc.sum += f;
+        acc.min = acc.min.min(f);
+        acc.max = acc.max.max(f);
+    }
+    acc
+}
+
+/// [`pairwise`] over elements stored at any alignment in `c` (whole
+/// elements): the same summation tree, read with unaligned loads.
+pub(crate) fn pairwise_bytes<T: Real>(c: &[u8]) -> Acc {
+    let size = std::mem::size_of::<T>();
+    let n = c.len() / size;
+    if n <= LEAF {
+        return leaf_bytes::<T>(&c[..n * size]);
+    }
+    let mid = (n / 2) / LANES * LANES * size;
+    Acc::merge(pairwise_bytes::<T>(&c[..mid]), pairwise_bytes::<T>(&c[mid..]))
+}
+
 /// Pairwise summation as numpy does it (leaves of 128 elements summed in
 /// eight lanes, halves added recursively): the rounding error grows with
 /// log(n), not n; min and max come from the same pass.
-fn pairwise<T: Real>(c: &[T]) -> Acc {
+pub(crate) fn pairwise<T: Real>(c: &[T]) -> Acc {
     if c.len() <= LEAF {
         return leaf(c);
     }
@@ -281,21 +337,27 @@ fn pairwise<T: Real>(c: &[T]) -> Acc {
 /// Statistics of a slice: in parallel chunks of 1 Mi elements, each summed
 /// pairwise in eight lanes (as accurate as numpy's `sum`, at memory speed).
 pub fn stats_of<T: Real>(flat: &[T]) -> Stats {
-    let acc = flat
-        .par_chunks(1 << 20)
+    flat.par_chunks(1 << 20)
         .map(pairwise)
-        .reduce(|| Acc::EMPTY, Acc::merge);
-    let empty = acc.n == 0;
-    Stats {
-        count: acc.n,
-        sum: acc.sum,
-        mean: if empty {
-            f64::NAN
-        } else {
-            acc.sum / acc.n as f64
-        },
-        min: if empty { f64::NAN } else { acc.min },
-        max: if empty { f64::NAN } else { acc.max },
+        .reduce(|| Acc::EMPTY, Acc::merge)
+        .into_stats()
+}
+
+impl Acc {
+    /// The statistics (NaN mean, min and max when empty).
+    pub(crate) fn into_stats(self) -> Stats {
+        let empty = self.n == 0;
+        Stats {
+            count: self.n,
+            sum: self.sum,
+            mean: if empty {
+                f64::NAN
+            } else {
+                self.sum / self.n as f64
+            },
+            min: if empty { f64::NAN } else { self.min },
+            max: if empty { f64::NAN } else { self.max },
+        }
     }
 }
 

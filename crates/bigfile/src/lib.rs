@@ -50,11 +50,13 @@
 pub mod handle;
 pub mod objects;
 pub mod reader;
+pub mod stored;
 pub mod zblk;
 
 pub use handle::{HandleOptions, ZBigFileH, views_held_by_this_thread};
 pub use objects::{ZBigFile, ZBlk0, ZBlk1, ZData};
 pub use reader::SnapshotFile;
+pub use stored::StoredBlock;
 pub use zblk::{ZBlkFormat, ZBlkKind};
 
 use storage::{Connection, Oid};

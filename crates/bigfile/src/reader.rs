@@ -24,7 +24,7 @@ pub struct BlockDeps {
 
 /// A ZBigFile at one snapshot.
 pub struct SnapshotFile<'a> {
-    snap: Snapshot<'a>,
+    pub(crate) snap: Snapshot<'a>,
     /// The file object's oid.
     pub oid: Oid,
     /// Its state.

@@ -116,6 +116,15 @@ pub trait Storage: Send + Sync {
     /// The record bytes of `oid` written exactly at `serial`.
     fn load_serial(&self, oid: Oid, serial: Tid) -> Result<Vec<u8>>;
 
+    /// The data of the revision of `oid` current before `before`, lent in
+    /// place from the storage's file mapping (see [`crate::mapped`]).
+    /// `Ok(None)`: the storage cannot lend it (no local file, or the
+    /// object did not exist then): read it with the other loads.
+    fn map_before(&self, oid: Oid, before: Tid) -> Result<Option<crate::MappedRecord>> {
+        let _ = (oid, before);
+        Ok(None)
+    }
+
     /// Like [`Storage::load_before`], but copy only the record bytes
     /// `[offset, offset + buf.len())` (fewer at the end of the record) into
     /// `buf`, without materializing the whole record: for reading large

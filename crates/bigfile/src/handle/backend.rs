@@ -57,6 +57,21 @@ pub(super) struct Cut {
 impl Backend {
     /// Is `blk` cut off in the current transaction? Such a block has no
     /// stored ZBlk to update: the writer creates a new one.
+    /// The file at the handle's snapshot (the file object's state cached
+    /// per snapshot).
+    pub(super) fn snapshot(&self) -> Result<SnapshotFile<'_>, crate::Error> {
+        let at = Tid(self.at.load(Ordering::Acquire));
+        let cached = self.meta.lock().clone().filter(|(t, _)| *t == at);
+        Ok(match cached {
+            Some((_, m)) => SnapshotFile::with_meta(self.storage.as_ref(), at, self.file, m),
+            None => {
+                let sf = SnapshotFile::open(self.storage.as_ref(), at, self.file)?;
+                *self.meta.lock() = Some((at, sf.meta.clone()));
+                sf
+            }
+        })
+    }
+
     pub(super) fn is_cut(&self, blk: u64) -> bool {
         self.cut.lock().as_ref().is_some_and(|c| blk >= c.from)
     }
@@ -86,16 +101,7 @@ impl virtmem::BigFile for Backend {
             cut.holes.insert(blk);
             return Ok(Loaded::Hole);
         }
-        let at = Tid(self.at.load(Ordering::Acquire));
-        let cached = self.meta.lock().clone().filter(|(t, _)| *t == at);
-        let sf = match cached {
-            Some((_, m)) => SnapshotFile::with_meta(self.storage.as_ref(), at, self.file, m),
-            None => {
-                let sf = SnapshotFile::open(self.storage.as_ref(), at, self.file)?;
-                *self.meta.lock() = Some((at, sf.meta.clone()));
-                sf
-            }
-        };
+        let sf = self.snapshot()?;
         let (hole, mut deps) = sf.read_block(blk, buf)?;
         deps.path.push(self.file);
         self.deps.lock().record(blk, deps);

@@ -24,6 +24,7 @@ mod invalidate;
 mod options;
 mod siblings;
 mod spill;
+mod stored;
 mod truncate;
 mod txn;
 mod writer;

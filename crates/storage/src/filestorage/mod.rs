@@ -37,6 +37,8 @@ mod damage;
 mod format;
 mod index;
 mod lock;
+#[allow(unsafe_code)] // the file mapping: see its docs
+mod mapped;
 mod oids;
 mod pack;
 mod read;
@@ -104,6 +106,8 @@ struct Shared {
     /// This process's reserved oids (see `oids`).
     oids: Mutex<oids::OidReserve>,
     lock: CommitLock,
+    /// The read-only mapping records are lent from (see `mapped`).
+    mapping: mapped::Mapping,
 }
 
 /// A ZODB FileStorage (`Data.fs`). See the module docs for the model.
@@ -187,6 +191,7 @@ impl FileStorage {
         }
         let inner = Shared {
             lock: CommitLock::new(&path, opts.lock_timeout),
+            mapping: mapped::Mapping::default(),
             path,
             read_only: opts.read_only,
             magic,
@@ -331,6 +336,10 @@ impl Storage for FileStorage {
         buf: &mut [u8],
     ) -> Result<Option<RangeLoad>> {
         self.inner.load_before_range(oid, before, offset, buf)
+    }
+
+    fn map_before(&self, oid: Oid, before: Tid) -> Result<Option<crate::MappedRecord>> {
+        self.inner.map_before(oid, before)
     }
 
     fn load_serial(&self, oid: Oid, serial: Tid) -> Result<Vec<u8>> {

@@ -20,6 +20,7 @@ use super::index::check_data_header;
 use super::{Shared, corrupt};
 use crate::error::{Error, Result};
 use crate::ids::{Oid, Tid};
+use crate::mapped::MappedRecord;
 use crate::storage::{DataRecord, LoadedRecord, RangeLoad, TxnInfo, TxnMeta};
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -294,6 +295,21 @@ impl Shared {
             total_len: d.plen,
             copied: n,
         }))
+    }
+
+    /// `Storage::map_before`: the data of the revision before `before`,
+    /// lent from the file's mapping.
+    pub(super) fn map_before(&self, oid: Oid, before: Tid) -> Result<Option<MappedRecord>> {
+        let file = self.current_file();
+        let Some((h, _, end)) = self.revision_before(&file, oid, before)? else {
+            return Ok(None);
+        };
+        let Some(d) = self.data_holder(&file, &h, end)? else {
+            return Ok(None);
+        };
+        Ok(self
+            .mapping
+            .record(&file, d.pos + DATA_HDR_LEN, d.plen, h.tid))
     }
 
     /// `Storage::load_serial`: the revision written exactly at `serial`.

@@ -343,6 +343,13 @@ impl FileH {
         st.errors.iter().map(|(b, e)| (*b, e.clone())).collect()
     }
 
+    /// Whether block `blk` is in memory or on its way (loading, clean,
+    /// dirty, a hole, poisoned): false only for blocks whose next touch
+    /// would load them from the file.
+    pub fn is_resident(&self, blk: u64) -> bool {
+        self.sh.st.lock().blocks.contains_key(&blk)
+    }
+
     /// Number of blocks resident now (clean, dirty or holes).
     pub fn resident_blocks(&self) -> usize {
         let st = self.sh.st.lock();

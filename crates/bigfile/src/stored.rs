@@ -1,0 +1,72 @@
+//! Blocks as stored, lent in place: what a read-only scan needs instead of
+//! loading blocks into memory it will look at once.
+//!
+//! A ZBlk0 block's bytes lie contiguous in its record (a pickled byte
+//! string), so when the storage can lend records from its file mapping
+//! (FileStorage, see `storage::mapped`) a scan can read them where they
+//! are: no copy out of the page cache, no page of the engine's mapping
+//! touched, nothing to evict. A ZBlk1 block is 512 separate records and
+//! anything unusual (not a plain byte string, a storage without a local
+//! file) is `Unavailable`: the caller loads it the ordinary way.
+//!
+//! Measured on the 2-core VM (2 GiB f8, fresh process, page cache warm):
+//! `wendelin stat` loading blocks through the engine spent about as much
+//! time copying (`pread`) as summing; summing in place is the speed of a
+//! plain mmap of the same bytes.
+
+use storage::MappedRecord;
+
+use crate::Error;
+use crate::objects::{is_payload_tail, payload_layout};
+use crate::reader::SnapshotFile;
+
+/// What is stored for one block.
+#[derive(Debug, Clone)]
+pub enum StoredBlock {
+    /// No data: the block reads as zeros.
+    Hole,
+    /// The block's bytes in place (at most a block; the rest of the block
+    /// reads as zeros), and the ZBlk revision they come from.
+    Mapped(MappedRecord),
+    /// Not available in place: load the block instead.
+    Unavailable,
+}
+
+impl SnapshotFile<'_> {
+    /// What is stored for block `blk` at this snapshot, lent in place if
+    /// possible (see the module docs).
+    pub fn stored_block(&self, blk: u64) -> Result<StoredBlock, Error> {
+        let mut path = Vec::new();
+        let Some(zoid) = self.zblk_ref(blk, &mut path)? else {
+            return Ok(StoredBlock::Hole);
+        };
+        let Some(rec) = self
+            .snap
+            .storage
+            .map_before(zoid, self.snap.at.successor())?
+        else {
+            return Ok(StoredBlock::Unavailable);
+        };
+        let data = rec.data();
+        let head = &data[..data.len().min(512)];
+        let Some((off, len)) = payload_layout(head, &["ZBlk0", "ZBlk"]) else {
+            return Ok(StoredBlock::Unavailable);
+        };
+        let Ok(len) = usize::try_from(len) else {
+            return Ok(StoredBlock::Unavailable);
+        };
+        let Some(end) = off.checked_add(len).filter(|&e| e <= data.len()) else {
+            return Ok(StoredBlock::Unavailable);
+        };
+        if !is_payload_tail(&data[end..]) {
+            return Ok(StoredBlock::Unavailable);
+        }
+        if len as u64 > self.meta.blksize {
+            // The ordinary load reports this damage with its context.
+            return Ok(StoredBlock::Unavailable);
+        }
+        Ok(rec
+            .narrow(off..end)
+            .map_or(StoredBlock::Unavailable, StoredBlock::Mapped))
+    }
+}

@@ -1,0 +1,76 @@
+//! FileStorage's read-only memory mapping of its data file, lent to
+//! readers as [`MappedRecord`]s (see [`crate::mapped`]).
+//!
+//! The file is mapped whole, once, and mapped again when a record past the
+//! mapped length is asked for (the file grew by commits) or the file was
+//! replaced (a pack): mapping is a few microseconds of address space, the
+//! pages are the page cache's. Records already lent keep their mapping.
+//!
+//! This module is the storage crate's only `unsafe`: a file mapping is
+//! sound only while nobody truncates or rewrites the mapped bytes. A
+//! FileStorage's committed records are never rewritten: commits append,
+//! recovery truncates only an uncommitted tail (past the index end, which
+//! is never lent), and pack writes a new file and renames it over the old
+//! one, whose inode (and mapping) stays intact. A foreign process
+//! truncating the file under us is outside the model (as it is for
+//! Python ZODB, which would then read garbage).
+
+use std::fs::File;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::Tid;
+use crate::mapped::{MappedBytes, MappedRecord};
+
+/// A read-only mapping of a data file.
+struct FileMap(memmap2::Mmap);
+
+impl MappedBytes for FileMap {
+    fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// The current mapping of a FileStorage's data file.
+#[derive(Default)]
+pub(super) struct Mapping {
+    /// The file mapped (to notice a pack's new file) and its mapping.
+    current: Mutex<Option<(Arc<File>, Arc<FileMap>)>>,
+}
+
+impl Mapping {
+    /// The record data at `pos..pos+len` of `file`, lent from a mapping
+    /// that covers it (mapping the file again if needed). `None` if the
+    /// file cannot be mapped (the caller reads instead).
+    pub(super) fn record(
+        &self,
+        file: &Arc<File>,
+        pos: u64,
+        len: u64,
+        serial: Tid,
+    ) -> Option<MappedRecord> {
+        let start = usize::try_from(pos).ok()?;
+        let end = start.checked_add(usize::try_from(len).ok()?)?;
+        let mut cur = self.current.lock();
+        let fresh = match cur.as_ref() {
+            Some((f, m)) if Arc::ptr_eq(f, file) && m.0.len() >= end => None,
+            _ => {
+                // SAFETY: the file's committed records are never rewritten
+                // or truncated while the storage is open (see the module
+                // docs); the mapping is read-only.
+                let m = unsafe { memmap2::Mmap::map(&**file) }.ok()?;
+                if m.len() < end {
+                    return None;
+                }
+                Some(Arc::new(FileMap(m)))
+            }
+        };
+        if let Some(m) = fresh {
+            *cur = Some((file.clone(), m));
+        }
+        let map = cur.as_ref()?.1.clone();
+        drop(cur);
+        MappedRecord::new(map, start..end, serial)
+    }
+}

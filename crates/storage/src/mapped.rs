@@ -1,0 +1,74 @@
+//! Stored bytes lent in place: a record's data as a slice of the storage
+//! file's memory mapping, for readers that scan large payloads (a
+//! ZBigArray's blocks) and would otherwise copy every byte out of the page
+//! cache before looking at it once.
+//!
+//! A [`MappedRecord`] keeps its mapping alive (an `Arc`), so the slice stays
+//! valid whatever the storage does next: FileStorage only appends, and a
+//! pack writes a new file (the old one's pages stay mapped until the last
+//! record lent from it is dropped). Storages without a local file (ZEO)
+//! lend nothing, and callers read the ordinary way.
+//!
+//! Measured on the 2-core VM (2 GiB f8 array, page cache warm): summing the
+//! blocks in place runs at the speed of a plain mmap of the same bytes,
+//! where loading them first (pread into the engine's pages) spends as much
+//! time copying as summing.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use crate::Tid;
+
+/// Bytes of a storage file, mapped read-only (see the module docs).
+pub trait MappedBytes: Send + Sync {
+    /// The whole mapping.
+    fn bytes(&self) -> &[u8];
+}
+
+/// A record's data, in place in its storage file's mapping.
+#[derive(Clone)]
+pub struct MappedRecord {
+    map: Arc<dyn MappedBytes>,
+    range: Range<usize>,
+    /// The revision's tid.
+    pub serial: Tid,
+}
+
+impl MappedRecord {
+    /// The record data `range` of `map` (checked against the mapping's
+    /// length: `None` if it does not fit).
+    pub fn new(map: Arc<dyn MappedBytes>, range: Range<usize>, serial: Tid) -> Option<Self> {
+        (range.start <= range.end && range.end <= map.bytes().len()).then_some(MappedRecord {
+            map,
+            range,
+            serial,
+        })
+    }
+
+    /// The record data (the pickle).
+    pub fn data(&self) -> &[u8] {
+        // In range by construction.
+        &self.map.bytes()[self.range.clone()]
+    }
+
+    /// The same mapping, narrowed to `sub` (relative to [`Self::data`]);
+    /// `None` if `sub` is not inside it.
+    pub fn narrow(&self, sub: Range<usize>) -> Option<MappedRecord> {
+        let start = self.range.start.checked_add(sub.start)?;
+        let end = self.range.start.checked_add(sub.end)?;
+        (sub.start <= sub.end && end <= self.range.end).then(|| MappedRecord {
+            map: self.map.clone(),
+            range: start..end,
+            serial: self.serial,
+        })
+    }
+}
+
+impl std::fmt::Debug for MappedRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MappedRecord")
+            .field("range", &self.range)
+            .field("serial", &self.serial)
+            .finish()
+    }
+}
