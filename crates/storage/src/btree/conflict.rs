@@ -7,7 +7,11 @@
 //! storage then hands the three record versions (the one both started from,
 //! the committed one, the new one) to a resolver, which merges the item
 //! changes three-way when they touch different keys and refuses otherwise
-//! (with Python's `BTreesConflictError` reason numbers). Single-bucket
+//! (with Python's `BTreesConflictError` reason numbers). The merge is the C
+//! `bucket_merge` step for step, down to its value comparisons: a comparison
+//! Python cannot make (two different persistent references, `int < str`)
+//! fails Python's merge, so it conflicts here as well; the
+//! `btree_conflicts_vs_python` test holds the two to the same outcomes. Single-bucket
 //! (inline) trees and `BTrees.Length` counters resolve too; splits never
 //! do. It runs inside the storage's `store`, on record bytes, with no
 //! connection: [`BTreeResolver`] is the [`ConflictResolver`] the object layer
@@ -39,10 +43,43 @@ impl ConflictResolver for BTreeResolver {
     }
 }
 
-fn same_value(a: &Value, b: &Value) -> bool {
-    match (a.ref_oid(), b.ref_oid()) {
-        (Some(x), Some(y)) => x == y,
-        _ => a == b,
+/// Python's `TEST_VALUE` for object values: `<` then `==`, where a
+/// comparison Python cannot make (`int < str`, `None < None`, two different
+/// persistent references, a reference and a plain value) raises, and a
+/// raising comparison makes the C merge fail: a conflict here too.
+fn same_value(a: &Value, b: &Value) -> std::result::Result<bool, String> {
+    let refused = || {
+        Err(format!(
+            "conflict: values {a:?} and {b:?} do not compare in Python"
+        ))
+    };
+    match (a, b) {
+        (Value::PersistentRef(_), Value::PersistentRef(_)) => match (a.ref_oid(), b.ref_oid()) {
+            (Some(x), Some(y)) if x == y => Ok(true),
+            _ => refused(),
+        },
+        (Value::Int(x), Value::Int(y)) => Ok(x == y),
+        (Value::Bool(x), Value::Bool(y)) => Ok(x == y),
+        (Value::Int(x), Value::Bool(y)) | (Value::Bool(y), Value::Int(x)) => {
+            Ok(*x == i64::from(*y))
+        }
+        (Value::Float(x), Value::Float(y)) => Ok(x == y),
+        (Value::Int(x), Value::Float(y)) | (Value::Float(y), Value::Int(x)) => Ok(*x as f64 == *y),
+        (Value::BigInt(x), Value::BigInt(y)) => Ok(x == y),
+        (Value::BigInt(_), Value::Int(_)) | (Value::Int(_), Value::BigInt(_)) => Ok(false),
+        (Value::Str(x), Value::Str(y)) => Ok(x == y),
+        (Value::Bytes(x), Value::Bytes(y)) | (Value::Py2Str(x), Value::Py2Str(y)) => Ok(x == y),
+        (Value::Tuple(x), Value::Tuple(y)) | (Value::List(x), Value::List(y)) => {
+            // lexicographic: equal prefixes, then the first difference must
+            // compare
+            for (p, q) in x.iter().zip(y) {
+                if !same_value(p, q)? {
+                    return Ok(false);
+                }
+            }
+            Ok(x.len() == y.len())
+        }
+        _ => refused(),
     }
 }
 
@@ -63,24 +100,18 @@ fn conflict(reason: u32) -> String {
     format!("BTreesConflictError reason {reason}: {what}")
 }
 
-/// Three-way merge of bucket items (Python BTrees' `bucket_merge`).
+/// Three-way merge of bucket items: Python BTrees' C `bucket_merge`, step
+/// for step (the same comparisons in the same order, the same reason
+/// numbers), so the same triples merge, to the same items.
 fn merge_items(
     old: &[(Value, Value)],
     com: &[(Value, Value)],
     new: &[(Value, Value)],
 ) -> std::result::Result<Vec<(Value, Value)>, String> {
     let cmp = |a: &Value, b: &Value| key_cmp(a, b).map_err(|e| e.to_string());
-    if !old.is_empty() && (com.is_empty() || new.is_empty()) {
+    // Either "after" bucket empty: its writer unlinked it from the tree.
+    if com.is_empty() || new.is_empty() {
         return Err(conflict(12));
-    }
-    if let Some((k0, _)) = old.first() {
-        let has = |s: &[(Value, Value)]| {
-            s.iter()
-                .any(|(k, _)| cmp(k, k0).ok() == Some(Ordering::Equal))
-        };
-        if !has(com) || !has(new) {
-            return Err(conflict(13));
-        }
     }
     let (mut i1, mut i2, mut i3) = (0, 0, 0);
     let mut out = Vec::new();
@@ -90,23 +121,28 @@ fn merge_items(
         let (k3, v3) = &new[i3];
         let c12 = cmp(k1, k2)?;
         let c13 = cmp(k1, k3)?;
-        if c12 == Ordering::Equal && c13 == Ordering::Equal {
-            if same_value(v2, v1) {
-                out.push((k3.clone(), v3.clone()));
-            } else if same_value(v3, v1) {
-                out.push((k2.clone(), v2.clone()));
-            } else {
-                return Err(conflict(1));
-            }
-            i1 += 1;
-            i2 += 1;
-            i3 += 1;
-        } else if c12 == Ordering::Equal {
-            if c13 == Ordering::Greater {
+        if c12 == Ordering::Equal {
+            if c13 == Ordering::Equal {
+                if same_value(v1, v2)? {
+                    out.push((k3.clone(), v3.clone()));
+                } else if same_value(v1, v3)? {
+                    out.push((k2.clone(), v2.clone()));
+                } else {
+                    return Err(conflict(1));
+                }
+                i1 += 1;
+                i2 += 1;
+                i3 += 1;
+            } else if c13 == Ordering::Greater {
                 out.push((k3.clone(), v3.clone())); // inserted by new
                 i3 += 1;
-            } else if same_value(v1, v2) {
-                i1 += 1; // deleted by new, unchanged by committed
+            } else if same_value(v1, v2)? {
+                // deleted by new, unchanged by committed: not while new is
+                // at its first item (the parent's separator may change)
+                if i3 == 0 {
+                    return Err(conflict(13));
+                }
+                i1 += 1;
                 i2 += 1;
             } else {
                 return Err(conflict(2));
@@ -115,7 +151,10 @@ fn merge_items(
             if c12 == Ordering::Greater {
                 out.push((k2.clone(), v2.clone())); // inserted by committed
                 i2 += 1;
-            } else if same_value(v1, v3) {
+            } else if same_value(v1, v3)? {
+                if i2 == 0 {
+                    return Err(conflict(13));
+                }
                 i1 += 1; // deleted by committed, unchanged by new
                 i3 += 1;
             } else {
@@ -126,15 +165,19 @@ fn merge_items(
             if c23 == Ordering::Equal {
                 return Err(conflict(4));
             }
-            if c12 == Ordering::Less && c13 == Ordering::Less {
-                return Err(conflict(5)); // deleted by both
-            }
-            if c23 == Ordering::Less {
-                out.push((k2.clone(), v2.clone()));
-                i2 += 1;
-            } else {
+            if c12 == Ordering::Greater {
+                if c23 == Ordering::Greater {
+                    out.push((k3.clone(), v3.clone()));
+                    i3 += 1;
+                } else {
+                    out.push((k2.clone(), v2.clone()));
+                    i2 += 1;
+                }
+            } else if c13 == Ordering::Greater {
                 out.push((k3.clone(), v3.clone()));
                 i3 += 1;
+            } else {
+                return Err(conflict(5)); // deleted by both
             }
         }
     }
@@ -151,28 +194,30 @@ fn merge_items(
             Ordering::Equal => return Err(conflict(6)),
         }
     }
-    while i1 < old.len() && i3 < new.len() {
-        match cmp(&old[i1].0, &new[i3].0)? {
-            Ordering::Equal if same_value(&old[i1].1, &new[i3].1) => {
-                i1 += 1;
-                i3 += 1;
-            }
+    // the rest of old deleted by new
+    while i1 < old.len() && i2 < com.len() {
+        match cmp(&old[i1].0, &com[i2].0)? {
             Ordering::Greater => {
-                out.push(new[i3].clone());
-                i3 += 1;
+                out.push(com[i2].clone());
+                i2 += 1;
+            }
+            Ordering::Equal if same_value(&old[i1].1, &com[i2].1)? => {
+                i1 += 1;
+                i2 += 1;
             }
             _ => return Err(conflict(7)),
         }
     }
-    while i1 < old.len() && i2 < com.len() {
-        match cmp(&old[i1].0, &com[i2].0)? {
-            Ordering::Equal if same_value(&old[i1].1, &com[i2].1) => {
-                i1 += 1;
-                i2 += 1;
-            }
+    // the rest of old deleted by committed
+    while i1 < old.len() && i3 < new.len() {
+        match cmp(&old[i1].0, &new[i3].0)? {
             Ordering::Greater => {
-                out.push(com[i2].clone());
-                i2 += 1;
+                out.push(new[i3].clone());
+                i3 += 1;
+            }
+            Ordering::Equal if same_value(&old[i1].1, &new[i3].1)? => {
+                i1 += 1;
+                i3 += 1;
             }
             _ => return Err(conflict(8)),
         }

@@ -522,17 +522,24 @@ fn second_handle_sees_commits_at_sync() {
 }
 
 mod model {
-    //! Model-based test: random commits, aborts, syncs and reopens against a
-    //! model that keeps every committed snapshot as a map oid -> bytes.
+    //! Model-based test: random commits, aborts, stores with stale serials,
+    //! syncs and reopens against a model that keeps every committed
+    //! snapshot as a map oid -> bytes. A store based on a serial that is no
+    //! longer current (an older serial of the object, or "new" over an
+    //! existing one) must fail with the typed conflict naming the oid and
+    //! both serials, and the transaction, aborted, must leave the storage as
+    //! it was: same last tid, same file length, same data at every snapshot
+    //! (checked at the end, and again after reopening the file).
     use super::*;
     use proptest::prelude::*;
     use std::collections::BTreeMap;
 
     #[derive(Debug, Clone)]
     enum Op {
-        /// Commit writes of (object index, bytes); abort instead if `abort`.
+        /// Commit writes of (object index, bytes, based on a stale serial);
+        /// abort instead if `abort`.
         Commit {
-            writes: Vec<(u8, Vec<u8>)>,
+            writes: Vec<(u8, Vec<u8>, bool)>,
             abort: bool,
         },
         Reopen,
@@ -540,21 +547,42 @@ mod model {
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            5 => (proptest::collection::vec((0u8..6, proptest::collection::vec(any::<u8>(), 1..64)), 0..4), any::<bool>())
+            5 => (proptest::collection::vec((0u8..6, proptest::collection::vec(any::<u8>(), 1..64), proptest::bool::weighted(0.15)), 0..4), any::<bool>())
                 .prop_map(|(writes, a)| Op::Commit { abort: a && !writes.is_empty(), writes }),
             1 => Just(Op::Reopen),
         ]
     }
 
+    /// Every snapshot's data, loaded through `fs`, equals the model's.
+    fn agree(
+        fs: &FileStorage,
+        snapshots: &[(Tid, BTreeMap<u8, Vec<u8>>)],
+        oids: &BTreeMap<u8, (Oid, Vec<Tid>)>,
+    ) -> std::result::Result<(), TestCaseError> {
+        prop_assert_eq!(fs.last_tid(), snapshots.last().expect("s").0);
+        for (at, state) in snapshots {
+            for (k, (o, _)) in oids {
+                let got = fs
+                    .load_before(*o, at.successor())
+                    .expect("load_before")
+                    .map(|r| r.data);
+                prop_assert_eq!(got.as_ref(), state.get(k), "oid {} at {}", o, at);
+            }
+        }
+        Ok(())
+    }
+
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(48))]
+        #![proptest_config(ProptestConfig::with_cases(64))]
         #[test]
-        fn filestorage_matches_snapshot_model(ops in proptest::collection::vec(op(), 1..25)) {
+        fn filestorage_matches_snapshot_model(ops in proptest::collection::vec(op(), 1..30)) {
             let dir = tempfile::tempdir().expect("tmp");
             let p = dir.path().join("Data.fs");
             let mut fs = FileStorage::open(&p).expect("create");
             let mut snapshots: Vec<(Tid, BTreeMap<u8, Vec<u8>>)> = vec![(fs.last_tid(), BTreeMap::new())];
-            let mut oids: BTreeMap<u8, (Oid, Tid)> = BTreeMap::new();
+            // object index -> (oid, its serials, oldest first)
+            let mut oids: BTreeMap<u8, (Oid, Vec<Tid>)> = BTreeMap::new();
+            let file_len = |p: &std::path::Path| std::fs::metadata(p).expect("stat").len();
             for op in ops {
                 match op {
                     Op::Reopen => {
@@ -562,37 +590,54 @@ mod model {
                         fs = FileStorage::open(&p).expect("reopen");
                     }
                     Op::Commit { writes, abort } => {
+                        let (last, len) = (fs.last_tid(), file_len(&p));
                         let mut state = snapshots.last().expect("snap").1.clone();
                         let mut t = fs.tpc_begin(meta("m"), None).expect("begin");
                         let mut stored = BTreeMap::new();
-                        for (k, v) in writes {
+                        let mut conflicted = false;
+                        for (k, v, stale) in writes {
                             if stored.contains_key(&k) { continue; }
-                            let (o, serial) = match oids.get(&k) {
-                                Some(&x) => x,
-                                None => (fs.new_oid().expect("oid"), Tid::ZERO),
+                            let (o, serial, current) = match oids.get(&k) {
+                                // a stale base: an older serial, or "new" over an existing object
+                                Some((o, serials)) if stale => {
+                                    let cur = *serials.last().expect("serial");
+                                    let old = serials.len().checked_sub(2).map_or(Tid::ZERO, |i| serials[i]);
+                                    (*o, old, Some(cur))
+                                }
+                                Some((o, serials)) => (*o, *serials.last().expect("serial"), None),
+                                None => (fs.new_oid().expect("oid"), Tid::ZERO, None),
                             };
-                            t.store(o, serial, v.clone()).expect("store");
+                            match (t.store(o, serial, v.clone()), current) {
+                                (Ok(_), None) => {}
+                                (Err(Error::Conflict { oid, loaded, committed, .. }), Some(cur)) => {
+                                    prop_assert_eq!((oid, loaded, committed), (o, serial, cur));
+                                    conflicted = true;
+                                    break;
+                                }
+                                (r, cur) => prop_assert!(false, "store of {} based on {} (current {:?}): {:?}", o, serial, cur, r.err()),
+                            }
                             stored.insert(k, o);
                             state.insert(k, v);
                         }
-                        if abort {
+                        if abort || conflicted {
                             t.abort();
+                            prop_assert_eq!(fs.last_tid(), last, "an aborted transaction moved last_tid");
+                            prop_assert_eq!(file_len(&p), len, "an aborted transaction left bytes");
                         } else {
                             let tid = t.finish().expect("finish");
                             prop_assert!(tid > snapshots.last().expect("s").0);
-                            for (k, o) in stored { oids.insert(k, (o, tid)); }
+                            for (k, o) in stored {
+                                oids.entry(k).or_insert_with(|| (o, Vec::new())).1.push(tid);
+                            }
                             snapshots.push((tid, state));
                         }
                     }
                 }
             }
-            prop_assert_eq!(fs.last_tid(), snapshots.last().expect("s").0);
-            for (at, state) in &snapshots {
-                for (k, &(o, _)) in &oids {
-                    let got = fs.load_before(o, at.successor()).expect("load_before").map(|r| r.data);
-                    prop_assert_eq!(got.as_ref(), state.get(k), "oid {} at {}", o, at);
-                }
-            }
+            agree(&fs, &snapshots, &oids)?;
+            drop(fs);
+            let fs = FileStorage::open(&p).expect("reopen");
+            agree(&fs, &snapshots, &oids)?;
         }
     }
 }

@@ -19,9 +19,27 @@ fn int(i: i64) -> Value {
     Value::Int(i)
 }
 
+/// The shape [`check_shape`] measured.
+#[derive(Debug, Default, Clone, Copy)]
+struct Shape {
+    /// Levels including the buckets: 1 for an empty or inline tree, 2 for a
+    /// root over buckets, 3 for root, interior nodes, buckets, ...
+    depth: usize,
+    /// Interior nodes other than the root.
+    interior: usize,
+}
+
 /// Check structure invariants: sorted keys, bucket sizes, separators, the
 /// bucket chain equals the in-order leaves; returns (items, bucket sizes).
 fn check(conn: &Connection, t: &BTree) -> (Vec<(Value, Value)>, Vec<usize>) {
+    let (items, sizes, _) = check_shape(conn, t);
+    (items, sizes)
+}
+
+/// [`check`], also asserting that every bucket is at the same depth (Python
+/// trees grow only at the root), and measuring the shape.
+fn check_shape(conn: &Connection, t: &BTree) -> (Vec<(Value, Value)>, Vec<usize>, Shape) {
+    #[allow(clippy::too_many_arguments)]
     fn walk(
         conn: &Connection,
         f: &Family,
@@ -30,7 +48,12 @@ fn check(conn: &Connection, t: &BTree) -> (Vec<(Value, Value)>, Vec<usize>) {
         hi: Option<&Value>,
         leaves: &mut Vec<Oid>,
         is_root: bool,
+        level: usize,
+        shape: &mut Shape,
     ) {
+        if !is_root {
+            shape.interior += 1;
+        }
         let n = BTree::node(conn, oid).expect("node");
         let TreeState::General {
             children,
@@ -41,7 +64,14 @@ fn check(conn: &Connection, t: &BTree) -> (Vec<(Value, Value)>, Vec<usize>) {
             panic!("interior node {oid} not general")
         };
         assert_eq!(keys.len() + 1, children.len());
-        if !is_root {
+        assert!(
+            keys.windows(2)
+                .all(|w| key_cmp(&w[0], &w[1]).expect("cmp") == Ordering::Less),
+            "separators of {oid} not increasing"
+        );
+        if is_root {
+            assert!(children.len() < 2 * f.max_internal, "root too long");
+        } else {
             assert!(children.len() <= f.max_internal, "interior node too long");
         }
         let start = leaves.len();
@@ -65,8 +95,14 @@ fn check(conn: &Connection, t: &BTree) -> (Vec<(Value, Value)>, Vec<usize>) {
                     }
                 }
                 leaves.push(c.0);
+                // every bucket at one depth
+                let depth = level + 1;
+                if shape.depth == 0 {
+                    shape.depth = depth;
+                }
+                assert_eq!(shape.depth, depth, "bucket {} at another depth", c.0);
             } else {
-                walk(conn, f, c.0, clo, chi, leaves, false);
+                walk(conn, f, c.0, clo, chi, leaves, false, level + 1, shape);
             }
         }
         assert_eq!(first, leaves[start], "firstbucket of {oid}");
@@ -79,9 +115,20 @@ fn check(conn: &Connection, t: &BTree) -> (Vec<(Value, Value)>, Vec<usize>) {
             .all(|w| key_cmp(&w[0].0, &w[1].0).expect("cmp") == Ordering::Less)
     );
     let mut sizes = Vec::new();
+    let mut shape = Shape::default();
     if let TreeState::General { .. } = n.state {
         let mut leaves = Vec::new();
-        walk(conn, t.family, t.oid, None, None, &mut leaves, true);
+        walk(
+            conn,
+            t.family,
+            t.oid,
+            None,
+            None,
+            &mut leaves,
+            true,
+            1,
+            &mut shape,
+        );
         // the chain links exactly the leaves, in order
         for (i, l) in leaves.iter().enumerate() {
             let b = conn.get::<Bucket>(*l).expect("bucket");
@@ -92,8 +139,16 @@ fn check(conn: &Connection, t: &BTree) -> (Vec<(Value, Value)>, Vec<usize>) {
                 "next of bucket {l}"
             );
         }
+    } else {
+        shape.depth = 1;
+        if let TreeState::Inline(its) = &n.state {
+            assert!(
+                !its.is_empty() && its.len() <= t.family.max_leaf,
+                "inline bucket size"
+            );
+        }
     }
-    (items, sizes)
+    (items, sizes, shape)
 }
 
 #[test]
@@ -333,48 +388,4 @@ fn bucket_conflict_resolution_follows_python_rules() {
     assert!(resolve_conflict(Oid(1), &pm, &pm, &pm).is_err());
 }
 
-mod model {
-    use super::*;
-    use proptest::prelude::*;
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(24))]
-        /// Random inserts and removes (with commits and fresh connections in
-        /// between) agree with a BTreeMap and keep the structure invariants.
-        #[test]
-        fn btree_matches_btreemap(ops in proptest::collection::vec((any::<bool>(), 0i64..600, any::<i32>()), 1..700), commit_every in 50usize..300) {
-            let (_d, db) = new_db();
-            let mut tm = TransactionManager::new();
-            let mut c = db.open_connection(&tm).expect("conn");
-            let t = BTree::create(&c, &LO).expect("tree");
-            let mut model = BTreeMap::new();
-            for (i, (ins, k, v)) in ops.into_iter().enumerate() {
-                if ins {
-                    let old = t.insert(&c, int(k), int(i64::from(v))).expect("insert");
-                    prop_assert_eq!(old.and_then(|o| o.as_int()), model.insert(k, i64::from(v)));
-                } else {
-                    let old = t.remove(&c, &int(k)).expect("remove");
-                    prop_assert_eq!(old.and_then(|o| o.as_int()), model.remove(&k));
-                }
-                if i % commit_every == commit_every - 1 {
-                    tm.commit().expect("commit");
-                    tm = TransactionManager::new();
-                    c = db.open_connection(&tm).expect("conn");
-                }
-            }
-            let (items, _) = check(&c, &t);
-            let got: Vec<(i64, i64)> = items.iter().map(|(k, v)| (k.as_int().expect("k"), v.as_int().expect("v"))).collect();
-            let want: Vec<(i64, i64)> = model.iter().map(|(k, v)| (*k, *v)).collect();
-            prop_assert_eq!(got, want);
-            prop_assert_eq!(t.min_key(&c).expect("min").and_then(|k| k.as_int()), model.keys().next().copied());
-            prop_assert_eq!(t.max_key(&c).expect("max").and_then(|k| k.as_int()), model.keys().next_back().copied());
-            for probe in [0i64, 17, 299, 599] {
-                prop_assert_eq!(t.get(&c, &int(probe)).expect("get").and_then(|v| v.as_int()), model.get(&probe).copied());
-            }
-            let r: Vec<i64> = t.range(&c, Some(&int(100)), Some(&int(200))).expect("range").iter().map(|(k, _)| k.as_int().expect("k")).collect();
-            let rw: Vec<i64> = model.range(100..200).map(|(k, _)| *k).collect();
-            prop_assert_eq!(r, rw);
-            tm.commit().expect("final commit");
-        }
-    }
-}
+mod model;
