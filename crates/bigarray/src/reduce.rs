@@ -320,7 +320,10 @@ pub(crate) fn pairwise_bytes<T: Real>(c: &[u8]) -> Acc {
         return leaf_bytes::<T>(&c[..n * size]);
     }
     let mid = (n / 2) / LANES * LANES * size;
-    Acc::merge(pairwise_bytes::<T>(&c[..mid]), pairwise_bytes::<T>(&c[mid..]))
+    Acc::merge(
+        pairwise_bytes::<T>(&c[..mid]),
+        pairwise_bytes::<T>(&c[mid..]),
+    )
 }
 
 /// Pairwise summation as numpy does it (leaves of 128 elements summed in

@@ -400,3 +400,68 @@ fn a_scan_drops_what_it_loaded_and_keeps_the_working_set() {
     assert_eq!(s.sum, direct);
     assert_eq!(resident(), 1);
 }
+
+#[test]
+fn stats_read_stored_blocks_in_place_and_this_transactions_changes_from_memory() {
+    let (_d, db) = new_db();
+    let tm = TransactionManager::new();
+    let c = db.open_connection(&tm).expect("c");
+    let per_block = (2 << 20) / 8;
+    let n = 6 * per_block + 1000; // 7 blocks, the last one partial
+    for format in [ZBlkFormat::ZBlk0, ZBlkFormat::ZBlk1] {
+        let o = HandleOptions { format, ..opts() };
+        let a = ZBigArray::<f64>::create(&c, &tm, &[n], Order::C, o.clone()).expect("create");
+        // Blocks 0, 1, 4 and 6 hold data; 2, 3 and 5 are holes.
+        a.with_view_mut(|mut v| {
+            for b in [0usize, 1, 4, 6] {
+                let hi = ((b + 1) * per_block).min(n);
+                for i in b * per_block..hi {
+                    v[[i]] = (i % 1013) as f64 - 500.0;
+                }
+            }
+        })
+        .expect("w");
+        keep(&c, "A", a.oid());
+        tm.commit().expect("commit");
+        let oid = a.oid();
+        drop(a);
+        let tm2 = TransactionManager::new();
+        let c2 = db.open_connection(&tm2).expect("c2");
+        let a = ZBigArray::<f64>::open(&c2, &tm2, oid, o).expect("open");
+        let value = |i: usize| {
+            if [0usize, 1, 4, 6].contains(&(i / per_block)) {
+                (i % 1013) as f64 - 500.0
+            } else {
+                0.0
+            }
+        };
+        let direct: f64 = (0..n).map(value).sum();
+        let st = a.stats().expect("stats");
+        assert_eq!(st.count, n as u64);
+        assert!((st.sum - direct).abs() <= 1e-9 * direct.abs(), "{format:?}");
+        assert_eq!((st.min, st.max), (-500.0, 512.0));
+        assert_eq!(
+            a.file().fileh_read().expect("h").resident_blocks(),
+            0,
+            "a scan of stored blocks leaves nothing resident ({format:?})"
+        );
+        // An uncommitted change in block 4 and one in hole 3: the scan sees
+        // this transaction's memory, not the stored blocks.
+        a.with_view_mut(|mut v| {
+            v[[4 * per_block + 7]] = 1e6;
+            v[[3 * per_block]] = -1e6;
+        })
+        .expect("w2");
+        let st = a.stats().expect("stats after change");
+        let changed = direct - value(4 * per_block + 7) + 1e6 - 1e6;
+        assert!(
+            (st.sum - changed).abs() <= 1e-9 * changed.abs(),
+            "{format:?}"
+        );
+        assert_eq!((st.min, st.max), (-1e6, 1e6));
+        tm2.abort();
+        let st = a.stats().expect("stats after abort");
+        assert!((st.sum - direct).abs() <= 1e-9 * direct.abs());
+        assert_eq!((st.min, st.max), (-500.0, 512.0));
+    }
+}

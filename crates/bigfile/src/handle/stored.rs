@@ -16,7 +16,9 @@ impl ZBigFileH {
     /// [`StoredBlock::Unavailable`]: load them through the mapping.
     pub fn stored_block(&self, blk: u64) -> Result<StoredBlock, Error> {
         let b = &self.shared.backend;
-        if b.new_file.load(Ordering::Acquire) || b.is_cut(blk) || b.spill.lock().blocks.contains(&blk)
+        if b.new_file.load(Ordering::Acquire)
+            || b.is_cut(blk)
+            || b.spill.lock().blocks.contains(&blk)
         {
             return Ok(StoredBlock::Unavailable);
         }
