@@ -300,6 +300,20 @@ impl<'a> SnapshotFile<'a> {
             return Ok(deps);
         };
         deps.direct.push(zoid);
+        // A ZBlk0 is told by its head: its (large) payload is not read.
+        let mut head = [0u8; 512];
+        let r = self
+            .snap
+            .storage
+            .load_before_range(zoid, self.snap.at.successor(), 0, &mut head)?
+            .ok_or(Error::Storage(storage::Error::NotFound {
+                oid: zoid,
+                tid: Some(self.snap.at),
+            }))?;
+        if payload_layout(&head[..r.copied], &["ZBlk0", "ZBlk"]).is_some() {
+            deps.zblk = Some((zoid, ZBlkKind::ZBlk0, r.serial));
+            return Ok(deps);
+        }
         let (rec, serial) = self.zblk(zoid)?;
         match rec {
             ZBlkRecord::ZBlk0(_) => deps.zblk = Some((zoid, ZBlkKind::ZBlk0, serial)),

@@ -195,6 +195,15 @@ pub trait StorageTxn: Send {
     /// moved past `serial` and the resolver (if any) cannot merge.
     fn store(&mut self, oid: Oid, serial: Tid, data: Vec<u8>) -> Result<()>;
 
+    /// [`store`](StorageTxn::store) of the record whose bytes are `parts`
+    /// one after the other, for writers that stream a large payload
+    /// between a small head and tail instead of copying it into one buffer.
+    /// Storages that write records in place (FileStorage) send the parts
+    /// as they are; this default joins them.
+    fn store_parts(&mut self, oid: Oid, serial: Tid, parts: &[&[u8]]) -> Result<()> {
+        self.store(oid, serial, parts.concat())
+    }
+
     /// Fail with [`crate::Error::Conflict`] unless `oid`'s committed revision
     /// is still `serial` (ZODB's `checkCurrentSerialInTransaction`): for
     /// objects a change was based on without being stored.
