@@ -236,32 +236,30 @@ impl<'a> SnapshotFile<'a> {
         Ok(Some(r.serial))
     }
 
-    /// Fill `buf` from the ZData chunks `refs` (offset order): each record
-    /// is read into one reused scratch buffer and its payload copied into
-    /// place (no allocation per chunk); odd records are decoded generically.
+    /// Fill `buf` from the ZData chunks `refs` (offset order): all the
+    /// records are loaded in one batch (`Storage::load_many_before`: a few
+    /// large reads for chunks that lie together in the file) and each
+    /// payload copied into place; odd records are decoded generically.
     fn assemble_zblk1(&self, blk: u64, refs: &[(i64, Oid)], buf: &mut [u8]) -> Result<(), Error> {
-        let before = self.snap.at.successor();
-        let mut scratch = vec![0u8; 16 << 10];
+        let oids: Vec<Oid> = refs.iter().map(|&(_, o)| o).collect();
+        let recs = self
+            .snap
+            .storage
+            .load_many_before(&oids, self.snap.at.successor())?;
         buf.fill(0);
         let mut stop = 0;
-        for (i, &(off, o)) in refs.iter().enumerate() {
-            let r = self
-                .snap
-                .storage
-                .load_before_range(o, before, 0, &mut scratch)?
-                .ok_or(Error::Storage(storage::Error::NotFound {
-                    oid: o,
-                    tid: Some(self.snap.at),
-                }))?;
+        for (i, (&(off, o), r)) in refs.iter().zip(recs).enumerate() {
+            let r = r.ok_or(Error::Storage(storage::Error::NotFound {
+                oid: o,
+                tid: Some(self.snap.at),
+            }))?;
             let owned;
-            let payload: &[u8] = if r.total_len as usize == r.copied
-                && let Some(p) = fast_payload(&scratch[..r.copied], &["ZData"])
-            {
-                p
-            } else {
-                let (d, _) = self.load(o)?;
-                owned = decode_zdata(o, &d)?;
-                &owned
+            let payload: &[u8] = match fast_payload(&r.data, &["ZData"]) {
+                Some(p) => p,
+                None => {
+                    owned = decode_zdata(o, &r.data)?;
+                    &owned
+                }
             };
             stop = place_chunk(buf, (i > 0).then_some(stop), off, payload)
                 .map_err(|e| self.err(blk, e.to_string()))?;

@@ -36,6 +36,7 @@ mod commit;
 mod damage;
 mod format;
 mod index;
+mod load_many;
 mod lock;
 mod oids;
 mod pack;
@@ -331,6 +332,10 @@ impl Storage for FileStorage {
         buf: &mut [u8],
     ) -> Result<Option<RangeLoad>> {
         self.inner.load_before_range(oid, before, offset, buf)
+    }
+
+    fn load_many_before(&self, oids: &[Oid], before: Tid) -> Result<Vec<Option<LoadedRecord>>> {
+        self.inner.load_many_before(oids, before)
     }
 
     fn load_serial(&self, oid: Oid, serial: Tid) -> Result<Vec<u8>> {
