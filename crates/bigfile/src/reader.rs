@@ -132,11 +132,35 @@ impl<'a> SnapshotFile<'a> {
     /// The stored chunks of a ZBlk1: offset -> bytes.
     pub fn chunks(&self, blk: u64, chunktab: Oid) -> Result<Vec<(i64, Oid, Vec<u8>)>, Error> {
         let mut deps = Vec::new();
-        self.chunk_refs(blk, chunktab, &mut deps)?
-            .into_iter()
-            .map(|(off, o)| {
-                let (data, _) = self.load(o)?;
-                Ok((off, o, decode_zdata(o, &data)?))
+        let refs = self.chunk_refs(blk, chunktab, &mut deps)?;
+        let recs = self.load_chunks(&refs)?;
+        refs.into_iter()
+            .zip(recs)
+            .map(|((off, o), r)| {
+                let data = match fast_payload(&r.data, &["ZData"]) {
+                    Some(p) => p.to_vec(),
+                    None => decode_zdata(o, &r.data)?,
+                };
+                Ok((off, o, data))
+            })
+            .collect()
+    }
+
+    /// The records of the ZData chunks `refs` at the snapshot, loaded in one
+    /// batch (`Storage::load_many_before`); a missing one is an error.
+    fn load_chunks(&self, refs: &[(i64, Oid)]) -> Result<Vec<storage::LoadedRecord>, Error> {
+        let oids: Vec<Oid> = refs.iter().map(|&(_, o)| o).collect();
+        let recs = self
+            .snap
+            .storage
+            .load_many_before(&oids, self.snap.at.successor())?;
+        oids.into_iter()
+            .zip(recs)
+            .map(|(o, r)| {
+                r.ok_or(Error::Storage(storage::Error::NotFound {
+                    oid: o,
+                    tid: Some(self.snap.at),
+                }))
             })
             .collect()
     }
@@ -241,18 +265,10 @@ impl<'a> SnapshotFile<'a> {
     /// large reads for chunks that lie together in the file) and each
     /// payload copied into place; odd records are decoded generically.
     fn assemble_zblk1(&self, blk: u64, refs: &[(i64, Oid)], buf: &mut [u8]) -> Result<(), Error> {
-        let oids: Vec<Oid> = refs.iter().map(|&(_, o)| o).collect();
-        let recs = self
-            .snap
-            .storage
-            .load_many_before(&oids, self.snap.at.successor())?;
+        let recs = self.load_chunks(refs)?;
         buf.fill(0);
         let mut stop = 0;
         for (i, (&(off, o), r)) in refs.iter().zip(recs).enumerate() {
-            let r = r.ok_or(Error::Storage(storage::Error::NotFound {
-                oid: o,
-                tid: Some(self.snap.at),
-            }))?;
             let owned;
             let payload: &[u8] = match fast_payload(&r.data, &["ZData"]) {
                 Some(p) => p,
