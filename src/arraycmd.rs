@@ -570,6 +570,14 @@ fn npy_header(descr: &str, fortran: bool, shape: &[usize]) -> Vec<u8> {
     out
 }
 
+/// Bytes per import transaction: half the RAM budget, whole 2 MiB blocks,
+/// at most 256 MiB (a streaming writer gains nothing from bigger
+/// transactions, and its peak RSS is about one transaction's worth).
+fn import_txn_bytes(budget: u64) -> u64 {
+    const BLK: u64 = 2 << 20;
+    (budget / 2).clamp(BLK, 256 << 20) / BLK * BLK
+}
+
 /// `wendelin import DB NAME FILE.npy [--replace]`: atomic under NAME even
 /// when bigger than RAM (data goes in bounded transactions into an array not
 /// yet reachable; the last transaction links it under NAME).
@@ -601,31 +609,43 @@ pub fn import(db_path: &str, name: &str, npy: &Path, replace: bool, budget: u64)
     let c = db.open_connection(&tm).map_err(e)?;
     check_new(&c, name, replace)?;
     let order = if h.fortran { Order::F } else { Order::C };
-    let txn_bytes = (budget / 2).max(2 << 20) / (2 << 20) * (2 << 20);
+    let txn_bytes = import_txn_bytes(budget);
     let pb = progress(nbytes, &format!("import {name}"));
     let oid = with_type!(dt, T => {
         (|| -> R<Oid> {
             let a = ZBigArray::<T>::create(&c, &tm, &h.shape, order, opts()).map_err(e)?;
+            let bs = a.file().blksize() as u64;
             let mut done = 0u64;
-            let mut buf = vec![0u8; (2 << 20).min(nbytes.max(1)) as usize];
             while done < nbytes {
                 let end = (done + txn_bytes).min(nbytes);
                 {
+                    // Straight from the file into the array's pages: no
+                    // intermediate buffer.
                     let mut fh = a.file().fileh().map_err(e)?;
                     let mut view = fh.bytes_mut(done..end).map_err(e)?;
                     let mut pos = 0usize;
                     while pos < view.len() {
-                        let n = buf.len().min(view.len() - pos);
-                        f.read_exact(&mut buf[..n]).map_err(|x| format!("{}: {x}", npy.display()))?;
-                        view[pos..pos + n].copy_from_slice(&buf[..n]);
+                        let n = (4usize << 20).min(view.len() - pos);
+                        // The kernel cannot take our page faults (read()
+                        // would fail with EFAULT): fault the pages in, for
+                        // writing, from user space first.
+                        view[pos..pos + n].iter_mut().step_by(4096).for_each(|b| *b = 0);
+                        f.read_exact(&mut view[pos..pos + n])
+                            .map_err(|x| format!("{}: {x}", npy.display()))?;
                         pos += n;
                         pb.inc(n as u64);
                     }
                 }
-                done = end;
-                let note = format!("wendelin import {name}: {done}/{nbytes} bytes");
+                let note = format!("wendelin import {name}: {end}/{nbytes} bytes");
                 tm.note(&note);
                 tm.commit().map_err(|x| format!("committing {note:?}: {}", first_cause(&x)))?;
+                // A streaming writer never touches these blocks again: the
+                // committed (now clean) blocks are dropped and their pages
+                // recycled into the next transaction's blocks, so the bytes
+                // are not kept twice (here and in the page cache).
+                let blocks: Vec<u64> = (done / bs..end.div_ceil(bs)).collect();
+                a.file().fileh_read().map_err(e)?.drop_behind(&blocks);
+                done = end;
             }
             Ok(a.oid())
         })()

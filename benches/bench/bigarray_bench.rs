@@ -98,15 +98,7 @@ pub fn run(cfg: &Config, report: &mut Report) -> Result<(), String> {
     let f = std::fs::File::open(&raw).map_err(e)?;
     // SAFETY: the file is private to this benchmark and not modified while mapped.
     let map = unsafe { memmap2::Mmap::map(&f) }.map_err(e)?;
-    let (sum, base) = timed(|| {
-        map.par_chunks(8 << 20)
-            .map(|c| {
-                c.chunks_exact(8)
-                    .map(|b| f64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
-                    .sum::<f64>()
-            })
-            .sum::<f64>()
-    });
+    let (sum, base) = timed(|| mmap_sum(&map));
     if (sum - st.sum).abs() > 1e-6 * sum.abs() {
         return Err(format!("sums differ: {} vs {sum}", st.sum));
     }
@@ -125,6 +117,33 @@ pub fn run(cfg: &Config, report: &mut Report) -> Result<(), String> {
         "parallel sum over mmap of raw file",
         base,
     );
+    // The thread-count curve: stat inside a rayon pool of k threads, for
+    // k = 1..=N, beside an N-thread sum over the mmap of the same bytes.
+    let nt = cfg.threads;
+    let pool = |k: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(k)
+            .build()
+            .map_err(e)
+    };
+    let pn = pool(nt)?;
+    let (_, base_n) = timed(|| pn.install(|| mmap_sum(&map)));
+    for k in 1..=nt {
+        let p = pool(k)?;
+        let (st, t) = timed(|| p.install(|| a.stats()));
+        st.map_err(e)?;
+        report.throughput(
+            &format!(
+                "bigarray: stat of {} MiB f64, resident, {k} of {nt} threads",
+                total >> 20
+            ),
+            total,
+            t,
+            &format!("{nt}-thread sum over mmap of raw file"),
+            base_n,
+        );
+    }
+    import_row(dir.path(), &raw, total, report)?;
     // Shared views: two threads each summing half of the (resident) array
     // through `with_view` at once, beside one thread summing all of it.
     let n = a.len();
@@ -157,5 +176,106 @@ pub fn run(cfg: &Config, report: &mut Report) -> Result<(), String> {
         "1 thread sums all of it via with_view",
         t_one,
     );
+    Ok(())
+}
+
+/// The sum of the f64 values in `bytes`, in parallel on the current rayon pool.
+fn mmap_sum(bytes: &[u8]) -> f64 {
+    bytes
+        .par_chunks(8 << 20)
+        .map(|c| {
+            c.chunks_exact(8)
+                .map(|b| f64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+                .sum::<f64>()
+        })
+        .sum::<f64>()
+}
+
+/// `wendelin import` of an .npy of the raw file's values (a child process:
+/// its time and peak RSS) beside `cp` + fsync of the same .npy.
+fn import_row(
+    dir: &std::path::Path,
+    raw: &std::path::Path,
+    total: u64,
+    report: &mut Report,
+) -> Result<(), String> {
+    let npy = dir.join("a.npy");
+    {
+        let mut dict = format!(
+            "{{'descr': '<f8', 'fortran_order': False, 'shape': ({},), }}",
+            total / 8
+        );
+        let pad = (64 - (10 + dict.len() + 1) % 64) % 64;
+        dict.push_str(&" ".repeat(pad));
+        dict.push('\n');
+        let mut f = std::fs::File::create(&npy).map_err(e)?;
+        f.write_all(b"\x93NUMPY\x01\x00").map_err(e)?;
+        f.write_all(&(dict.len() as u16).to_le_bytes()).map_err(e)?;
+        f.write_all(dict.as_bytes()).map_err(e)?;
+        std::io::copy(&mut std::fs::File::open(raw).map_err(e)?, &mut f).map_err(e)?;
+        f.sync_all().map_err(e)?;
+    }
+    let db = dir.join("import.fs");
+    // The child's peak RSS is its VmHWM, polled until it exits (monotonic;
+    // getrusage(RUSAGE_CHILDREN) would report this process's RSS, which
+    // the child had when it was spawned, before its exec).
+    let (r, ours) = timed(|| -> std::io::Result<(std::process::ExitStatus, f64)> {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wendelin"))
+            .arg("import")
+            .arg(&db)
+            .arg("A")
+            .arg(&npy)
+            .spawn()?;
+        let status = format!("/proc/{}/status", child.id());
+        let mut hwm_kib = 0.0f64;
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&status)
+                && let Some(kb) = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            {
+                hwm_kib = hwm_kib.max(kb);
+            }
+            if let Some(st) = child.try_wait()? {
+                return Ok((st, hwm_kib));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    });
+    let (st, rss_kib) = r.map_err(e)?;
+    if !st.success() {
+        return Err(format!("wendelin import: {st}"));
+    }
+    let copy = dir.join("copy.npy");
+    let (r, base) = timed(|| -> std::io::Result<()> {
+        let st = std::process::Command::new("cp")
+            .arg(&npy)
+            .arg(&copy)
+            .status()?;
+        if !st.success() {
+            return Err(std::io::Error::other(format!("cp: {st}")));
+        }
+        std::fs::File::open(&copy)?.sync_all()
+    });
+    r.map_err(e)?;
+    report.throughput(
+        &format!("bigarray: wendelin import of a {} MiB .npy", total >> 20),
+        total,
+        ours,
+        "cp + fsync of the same .npy",
+        base,
+    );
+    report.push(
+        "bigarray: peak RSS of that import (MiB)",
+        rss_kib / 1024.0,
+        "640 MiB target",
+        640.0,
+        "MiB",
+        false,
+    );
+    for p in [npy, copy, db] {
+        let _ = std::fs::remove_file(p);
+    }
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! Benchmarks of the bigfile crate: write+commit, cold read through a
-//! handle, and database growth per small change, each beside a raw baseline.
+//! handle, database growth and commit latency per small change, each beside
+//! a raw baseline.
 
 use crate::common::{Config, Report, timed};
 use bigfile::{HandleOptions, ZBigFileH, ZBlkFormat, create_file};
@@ -138,13 +139,32 @@ pub fn run(cfg: &Config, report: &mut Report) -> Result<(), String> {
         }
         tm.commit().map_err(e)?;
         let before = std::fs::metadata(&path).map_err(e)?.len();
-        let n = 20u64;
+        let n = 50u64;
+        let mut times = Vec::with_capacity(n as usize);
         for i in 0..n {
             fh.write((i % 4) * BS + 4096 * (i + 1), &i.to_le_bytes())
                 .map_err(e)?;
-            tm.commit().map_err(e)?;
+            let (r, t) = timed(|| tm.commit());
+            r.map_err(e)?;
+            times.push(t);
         }
         let growth = (std::fs::metadata(&path).map_err(e)?.len() - before) / n;
+        // Baseline: append the same number of bytes and fdatasync, as often.
+        let raw = dir.path().join(format!("growth-{label}.raw"));
+        let mut rf = std::fs::File::create(&raw).map_err(e)?;
+        let chunk = vec![7u8; growth as usize];
+        let mut base = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            let (r, t) = timed(|| rf.write_all(&chunk).and_then(|()| rf.sync_data()));
+            r.map_err(e)?;
+            base.push(t);
+        }
+        report.time_ms(
+            &format!("bigfile: commit of an 8-byte change, median of {n} ({label})"),
+            median(&mut times),
+            &format!("write({growth} B)+fdatasync, median"),
+            median(&mut base),
+        );
         report.push(
             &format!("bigfile: DB growth per 8-byte change ({label})"),
             growth as f64,
@@ -155,4 +175,10 @@ pub fn run(cfg: &Config, report: &mut Report) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+/// The median of `xs` (sorted in place).
+fn median(xs: &mut [f64]) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs.get(xs.len() / 2).copied().unwrap_or(0.0)
 }

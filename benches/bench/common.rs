@@ -15,10 +15,13 @@ pub struct Config {
     pub dir: PathBuf,
     /// Size of the main data set in MiB (groups scale from it).
     pub size_mib: u64,
+    /// Highest thread count of the scan curves (1..=threads); default:
+    /// the hardware threads.
+    pub threads: usize,
 }
 
 impl Config {
-    /// Parse `--json --quick --filter X --dir D --size-mib N` (unknown args such as
+    /// Parse `--json --quick --filter X --dir D --size-mib N --threads N` (unknown args such as
     /// cargo's `--bench` are ignored).
     pub fn from_args(args: impl Iterator<Item = String>) -> Result<Config, String> {
         let mut cfg = Config {
@@ -27,6 +30,7 @@ impl Config {
             filter: None,
             dir: std::env::temp_dir(),
             size_mib: 0,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
         let mut args = args.peekable();
         while let Some(a) = args.next() {
@@ -35,6 +39,14 @@ impl Config {
                 "--quick" => cfg.quick = true,
                 "--filter" => cfg.filter = Some(args.next().ok_or("--filter needs a value")?),
                 "--dir" => cfg.dir = PathBuf::from(args.next().ok_or("--dir needs a value")?),
+                "--threads" => {
+                    cfg.threads = args
+                        .next()
+                        .ok_or("--threads needs a value")?
+                        .parse::<usize>()
+                        .map_err(|e| format!("--threads: {e}"))?
+                        .max(1)
+                }
                 "--size-mib" => {
                     cfg.size_mib = args
                         .next()

@@ -132,11 +132,35 @@ impl<'a> SnapshotFile<'a> {
     /// The stored chunks of a ZBlk1: offset -> bytes.
     pub fn chunks(&self, blk: u64, chunktab: Oid) -> Result<Vec<(i64, Oid, Vec<u8>)>, Error> {
         let mut deps = Vec::new();
-        self.chunk_refs(blk, chunktab, &mut deps)?
-            .into_iter()
-            .map(|(off, o)| {
-                let (data, _) = self.load(o)?;
-                Ok((off, o, decode_zdata(o, &data)?))
+        let refs = self.chunk_refs(blk, chunktab, &mut deps)?;
+        let recs = self.load_chunks(&refs)?;
+        refs.into_iter()
+            .zip(recs)
+            .map(|((off, o), r)| {
+                let data = match fast_payload(&r.data, &["ZData"]) {
+                    Some(p) => p.to_vec(),
+                    None => decode_zdata(o, &r.data)?,
+                };
+                Ok((off, o, data))
+            })
+            .collect()
+    }
+
+    /// The records of the ZData chunks `refs` at the snapshot, loaded in one
+    /// batch (`Storage::load_many_before`); a missing one is an error.
+    fn load_chunks(&self, refs: &[(i64, Oid)]) -> Result<Vec<storage::LoadedRecord>, Error> {
+        let oids: Vec<Oid> = refs.iter().map(|&(_, o)| o).collect();
+        let recs = self
+            .snap
+            .storage
+            .load_many_before(&oids, self.snap.at.successor())?;
+        oids.into_iter()
+            .zip(recs)
+            .map(|(o, r)| {
+                r.ok_or(Error::Storage(storage::Error::NotFound {
+                    oid: o,
+                    tid: Some(self.snap.at),
+                }))
             })
             .collect()
     }
@@ -236,32 +260,22 @@ impl<'a> SnapshotFile<'a> {
         Ok(Some(r.serial))
     }
 
-    /// Fill `buf` from the ZData chunks `refs` (offset order): each record
-    /// is read into one reused scratch buffer and its payload copied into
-    /// place (no allocation per chunk); odd records are decoded generically.
+    /// Fill `buf` from the ZData chunks `refs` (offset order): all the
+    /// records are loaded in one batch (`Storage::load_many_before`: a few
+    /// large reads for chunks that lie together in the file) and each
+    /// payload copied into place; odd records are decoded generically.
     fn assemble_zblk1(&self, blk: u64, refs: &[(i64, Oid)], buf: &mut [u8]) -> Result<(), Error> {
-        let before = self.snap.at.successor();
-        let mut scratch = vec![0u8; 16 << 10];
+        let recs = self.load_chunks(refs)?;
         buf.fill(0);
         let mut stop = 0;
-        for (i, &(off, o)) in refs.iter().enumerate() {
-            let r = self
-                .snap
-                .storage
-                .load_before_range(o, before, 0, &mut scratch)?
-                .ok_or(Error::Storage(storage::Error::NotFound {
-                    oid: o,
-                    tid: Some(self.snap.at),
-                }))?;
+        for (i, (&(off, o), r)) in refs.iter().zip(recs).enumerate() {
             let owned;
-            let payload: &[u8] = if r.total_len as usize == r.copied
-                && let Some(p) = fast_payload(&scratch[..r.copied], &["ZData"])
-            {
-                p
-            } else {
-                let (d, _) = self.load(o)?;
-                owned = decode_zdata(o, &d)?;
-                &owned
+            let payload: &[u8] = match fast_payload(&r.data, &["ZData"]) {
+                Some(p) => p,
+                None => {
+                    owned = decode_zdata(o, &r.data)?;
+                    &owned
+                }
             };
             stop = place_chunk(buf, (i > 0).then_some(stop), off, payload)
                 .map_err(|e| self.err(blk, e.to_string()))?;
@@ -300,6 +314,20 @@ impl<'a> SnapshotFile<'a> {
             return Ok(deps);
         };
         deps.direct.push(zoid);
+        // A ZBlk0 is told by its head: its (large) payload is not read.
+        let mut head = [0u8; 512];
+        let r = self
+            .snap
+            .storage
+            .load_before_range(zoid, self.snap.at.successor(), 0, &mut head)?
+            .ok_or(Error::Storage(storage::Error::NotFound {
+                oid: zoid,
+                tid: Some(self.snap.at),
+            }))?;
+        if payload_layout(&head[..r.copied], &["ZBlk0", "ZBlk"]).is_some() {
+            deps.zblk = Some((zoid, ZBlkKind::ZBlk0, r.serial));
+            return Ok(deps);
+        }
         let (rec, serial) = self.zblk(zoid)?;
         match rec {
             ZBlkRecord::ZBlk0(_) => deps.zblk = Some((zoid, ZBlkKind::ZBlk0, serial)),

@@ -75,8 +75,17 @@ impl ZBlkFormat {
 
 /// `data` without its trailing zero bytes.
 pub fn trim_zeros(data: &[u8]) -> &[u8] {
-    let end = data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-    &data[..end]
+    // 64 bytes at a time from the end (an OR the compiler vectorizes), so
+    // that a mostly-zero 2 MiB block is not scanned a byte at a time.
+    let mut end = data.len();
+    for c in data.rchunks(64) {
+        if c.iter().fold(0u8, |a, &b| a | b) != 0 {
+            let i = c.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+            return &data[..end - c.len() + i];
+        }
+        end -= c.len();
+    }
+    &data[..0]
 }
 
 /// Split a block into `(offset, trimmed chunk)` pairs of `chunk_size` bytes,
@@ -287,6 +296,16 @@ mod tests {
 
     #[test]
     fn trims_trailing_zeros_only() {
+        for len in [0usize, 1, 63, 64, 65, 200, 4096] {
+            for nz in [None, Some(0), Some(len / 2), Some(len.saturating_sub(1))] {
+                let mut v = vec![0u8; len];
+                if let Some(i) = nz.filter(|&i| i < len) {
+                    v[i] = 3;
+                }
+                let want = v.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+                assert_eq!(trim_zeros(&v).len(), want, "len {len} nz {nz:?}");
+            }
+        }
         assert_eq!(trim_zeros(&[0, 1, 0, 2, 0, 0]), &[0, 1, 0, 2]);
         assert_eq!(trim_zeros(&[0, 0]), &[] as &[u8]);
         assert_eq!(trim_zeros(&[]), &[] as &[u8]);

@@ -427,6 +427,26 @@ impl Connection {
     pub fn store_now<T: Persistent>(&self, oid: Oid, serial: Tid, obj: &T) -> Result<()> {
         let (m, n) = obj.class_path();
         let data = pickle::encode_record(m, n, &obj.state()?, self.shared.dialect)?;
+        self.store_parts_now(oid, serial, &[&data])
+    }
+
+    /// [`store_now`](Connection::store_now) of an object of class
+    /// `module.name` whose state is the byte string `payload`, streamed: the
+    /// payload goes to the storage as it is, never copied into a pickle.
+    pub fn store_bytes_now(
+        &self,
+        oid: Oid,
+        serial: Tid,
+        module: &str,
+        name: &str,
+        payload: &[u8],
+    ) -> Result<()> {
+        let (head, tail) =
+            pickle::encode_bytes_record_parts(module, name, payload.len(), self.shared.dialect)?;
+        self.store_parts_now(oid, serial, &[&head, payload, tail])
+    }
+
+    fn store_parts_now(&self, oid: Oid, serial: Tid, parts: &[&[u8]]) -> Result<()> {
         let mut st = self.shared.state.lock();
         let st = &mut *st;
         self.shared.ensure_txn(st)?;
@@ -434,7 +454,7 @@ impl Connection {
             .txn
             .as_mut()
             .ok_or_else(|| Error::Protocol("store outside two-phase commit".into()))?;
-        txn.store(oid, serial, data)?;
+        txn.store_parts(oid, serial, parts)?;
         if !st.modified.contains(&oid) && !st.added.contains(&oid) {
             st.cache.remove(&oid);
         }

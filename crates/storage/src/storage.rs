@@ -107,6 +107,16 @@ pub trait Storage: Send + Sync {
     /// if the object did not exist then (or was deleted at that revision).
     fn load_before(&self, oid: Oid, before: Tid) -> Result<Option<LoadedRecord>>;
 
+    /// [`load_before`](Storage::load_before) of many objects at once, in
+    /// the order of `oids` (`None` for an object that did not exist then).
+    /// For readers of many small records (a ZBlk1 block's 512 chunks):
+    /// FileStorage reads records that lie close together in the file with a
+    /// few large reads instead of one or two per record. This default loads
+    /// them one by one (ZEO and other storages).
+    fn load_many_before(&self, oids: &[Oid], before: Tid) -> Result<Vec<Option<LoadedRecord>>> {
+        oids.iter().map(|&o| self.load_before(o, before)).collect()
+    }
+
     /// The latest revision of `oid`.
     fn load(&self, oid: Oid) -> Result<LoadedRecord> {
         self.load_before(oid, Tid::MAX)?
@@ -203,6 +213,15 @@ pub trait StorageTxn: Send {
     /// object). Fails with [`crate::Error::Conflict`] if the committed serial
     /// moved past `serial` and the resolver (if any) cannot merge.
     fn store(&mut self, oid: Oid, serial: Tid, data: Vec<u8>) -> Result<()>;
+
+    /// [`store`](StorageTxn::store) of the record whose bytes are `parts`
+    /// one after the other, for writers that stream a large payload
+    /// between a small head and tail instead of copying it into one buffer.
+    /// Storages that write records in place (FileStorage) send the parts
+    /// as they are; this default joins them.
+    fn store_parts(&mut self, oid: Oid, serial: Tid, parts: &[&[u8]]) -> Result<()> {
+        self.store(oid, serial, parts.concat())
+    }
 
     /// Fail with [`crate::Error::Conflict`] unless `oid`'s committed revision
     /// is still `serial` (ZODB's `checkCurrentSerialInTransaction`): for

@@ -13,7 +13,7 @@
 
 use super::backend::Backend;
 use crate::Error;
-use crate::objects::{MODULE, ZBlk0, ZBlk1, ZBlkRecord, ZData};
+use crate::objects::{MODULE, ZBlk1, ZBlkRecord};
 use crate::reader::SnapshotFile;
 use crate::zblk::{CHUNK_SIZE, ZBlkFormat, ZBlkKind, choose_auto, chunk_delta, trim_zeros};
 use std::collections::{BTreeMap, HashMap};
@@ -44,6 +44,15 @@ impl Writer {
         Ok(oid)
     }
 
+    /// A new object of class `name` (ZBlk0 or ZData) whose state is
+    /// `payload`, streamed into the storage transaction without a copy.
+    fn new_bytes_object(&mut self, b: &Backend, name: &str, payload: &[u8]) -> Result<Oid, Error> {
+        let oid = b.storage.new_oid()?;
+        self.conn
+            .store_bytes_now(oid, Tid::ZERO, MODULE, name, payload)?;
+        Ok(oid)
+    }
+
     pub(super) fn store(
         &mut self,
         b: &Backend,
@@ -65,11 +74,13 @@ impl Writer {
         } else {
             sf.zblk_ref(blk, &mut path)?
         };
-        let mut old = vec![0u8; b.blksize];
         // What the block is stored as now (ZBlk oid, kind, revision): from
         // the same read, so the ZBlk record is not loaded a second time.
+        // A new block (a hole) has no old bytes to read.
+        let mut old = Vec::new();
         let mut stored = None;
         if old_ref.is_some() {
+            old = vec![0u8; b.blksize];
             stored = sf.read_block(blk, &mut old)?.1.zblk;
         }
         let new_t = trim_zeros(data);
@@ -123,10 +134,8 @@ impl Writer {
         let key = Value::Int(blk as i64);
         match (kind, old_rec) {
             (ZBlkKind::ZBlk0, Some((zoid, (ZBlkRecord::ZBlk0(_), serial)))) => {
-                let z = ZBlk0 {
-                    data: new_t.to_vec(),
-                };
-                self.conn.store_now(zoid, serial, &z)?;
+                self.conn
+                    .store_bytes_now(zoid, serial, MODULE, "ZBlk0", new_t)?;
             }
             (ZBlkKind::ZBlk1, Some((zoid, (ZBlkRecord::ZBlk1(chunktab), serial)))) => {
                 let stored = sf.chunks(blk, chunktab)?;
@@ -150,19 +159,17 @@ impl Writer {
                 }
                 for (off, bytes) in &delta.set {
                     let off_i = *off as i64;
-                    let zdata = ZData {
-                        data: bytes.to_vec(),
-                    };
                     match oids.get(&off_i).filter(|_| !delta.clear) {
                         Some(zd) => {
                             let serial = b
                                 .storage
                                 .load_before(*zd, at.successor())?
                                 .map_or(Tid::ZERO, |r| r.serial);
-                            self.conn.store_now(*zd, serial, &zdata)?;
+                            self.conn
+                                .store_bytes_now(*zd, serial, MODULE, "ZData", bytes)?;
                         }
                         None => {
-                            let zd = self.new_object(b, &zdata)?;
+                            let zd = self.new_bytes_object(b, "ZData", bytes)?;
                             let r = Value::persistent_ref(zd, MODULE, "ZData");
                             tab.insert(&self.conn, Value::Int(off_i), r)?;
                         }
@@ -180,7 +187,7 @@ impl Writer {
                 match old_rec {
                     Some((old_oid, (ZBlkRecord::ZBlk0(bytes), serial))) => {
                         self.conn
-                            .store_now(old_oid, serial, &ZBlk0 { data: bytes })?;
+                            .store_bytes_now(old_oid, serial, MODULE, "ZBlk0", &bytes)?;
                     }
                     Some((old_oid, (ZBlkRecord::ZBlk1(chunktab), serial))) => {
                         self.conn.store_now(old_oid, serial, &ZBlk1 { chunktab })?;
@@ -188,21 +195,11 @@ impl Writer {
                     None => {}
                 }
                 let (zoid, name) = match kind {
-                    ZBlkKind::ZBlk0 => {
-                        let z = ZBlk0 {
-                            data: new_t.to_vec(),
-                        };
-                        (self.new_object(b, &z)?, "ZBlk0")
-                    }
+                    ZBlkKind::ZBlk0 => (self.new_bytes_object(b, "ZBlk0", new_t)?, "ZBlk0"),
                     ZBlkKind::ZBlk1 => {
                         let tab = BTree::create(&self.conn, &btree::IO)?;
                         for (off, bytes) in crate::zblk::split_chunks(data, CHUNK_SIZE) {
-                            let zd = self.new_object(
-                                b,
-                                &ZData {
-                                    data: bytes.to_vec(),
-                                },
-                            )?;
+                            let zd = self.new_bytes_object(b, "ZData", bytes)?;
                             let r = Value::persistent_ref(zd, MODULE, "ZData");
                             tab.insert(&self.conn, Value::Int(off as i64), r)?;
                         }

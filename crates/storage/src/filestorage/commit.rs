@@ -138,15 +138,21 @@ impl StorageTxn for FsTxn {
         self.header.tid
     }
 
-    fn store(&mut self, oid: Oid, serial: Tid, mut data: Vec<u8>) -> Result<()> {
+    fn store(&mut self, oid: Oid, serial: Tid, data: Vec<u8>) -> Result<()> {
+        self.store_parts(oid, serial, &[&data])
+    }
+
+    fn store_parts(&mut self, oid: Oid, serial: Tid, parts: &[&[u8]]) -> Result<()> {
         if self.voted {
             return Err(Error::Protocol("store after vote".into()));
         }
-        if data.is_empty() {
+        let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        if len == 0 {
             return Err(Error::Protocol(format!("oid {oid}: empty record data")));
         }
         let committed = self.fs.committed_serial(&self.file, oid)?;
         let prev = committed.map_or(0, |c| c.1);
+        let mut resolved = None;
         if let Some((ctid, _)) = committed
             && ctid != serial
         {
@@ -164,9 +170,11 @@ impl StorageTxn for FsTxn {
             }
             let old = self.fs.load_serial(oid, serial)?;
             let cur = self.fs.load_serial(oid, ctid)?;
-            data = resolver
-                .resolve(oid, &old, &cur, &data)
-                .map_err(|r| conflict(Some(r)))?;
+            resolved = Some(
+                resolver
+                    .resolve(oid, &old, &cur, &parts.concat())
+                    .map_err(|r| conflict(Some(r)))?,
+            );
             self.resolved.push(oid);
         } else if committed.is_none() && serial != Tid::ZERO {
             return Err(Error::Conflict {
@@ -176,6 +184,14 @@ impl StorageTxn for FsTxn {
                 reason: Some("object does not exist in the database".into()),
             });
         }
+        let resolved_parts;
+        let (parts, len) = match &resolved {
+            Some(r) => {
+                resolved_parts = [r.as_slice()];
+                (&resolved_parts[..], r.len() as u64)
+            }
+            None => (parts, len),
+        };
         let h = DataHeader {
             pos: self.write_pos,
             oid,
@@ -183,13 +199,18 @@ impl StorageTxn for FsTxn {
             prev,
             tloc: self.header.pos,
             vlen: 0,
-            plen: data.len() as u64,
+            plen: len,
         };
-        // Header and data go out as two writes: no copy of large records.
+        // The header and each part go out as separate writes: no copy of
+        // large records.
         self.write(&h.to_bytes(), self.write_pos)?;
-        self.write(&data, self.write_pos + DATA_HDR_LEN)?;
+        let mut at = self.write_pos + DATA_HDR_LEN;
+        for p in parts {
+            self.write(p, at)?;
+            at += p.len() as u64;
+        }
         self.records.push((oid, self.write_pos));
-        self.write_pos += DATA_HDR_LEN + data.len() as u64;
+        self.write_pos = at;
         Ok(())
     }
 

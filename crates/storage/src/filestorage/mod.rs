@@ -36,6 +36,7 @@ mod commit;
 mod damage;
 mod format;
 mod index;
+mod load_many;
 mod lock;
 #[allow(unsafe_code)] // the file mapping: see its docs
 mod mapped;
@@ -340,6 +341,10 @@ impl Storage for FileStorage {
 
     fn map_before(&self, oid: Oid, before: Tid) -> Result<Option<crate::MappedRecord>> {
         self.inner.map_before(oid, before)
+    }
+
+    fn load_many_before(&self, oids: &[Oid], before: Tid) -> Result<Vec<Option<LoadedRecord>>> {
+        self.inner.load_many_before(oids, before)
     }
 
     fn load_serial(&self, oid: Oid, serial: Tid) -> Result<Vec<u8>> {

@@ -77,7 +77,18 @@ impl Shared {
         }
         let mut b = [0u8; 42];
         read_exact_at(file, &self.path, &mut b, pos)?;
-        let h = DataHeader::parse(pos, &b);
+        self.check_record_header(DataHeader::parse(pos, &b), oid, end)
+    }
+
+    /// Check a data record header read at `h.pos`: it must belong to `oid`
+    /// and lie within the indexed data ending at `end`.
+    pub(super) fn check_record_header(
+        &self,
+        h: DataHeader,
+        oid: Oid,
+        end: u64,
+    ) -> Result<DataHeader> {
+        let pos = h.pos;
         if h.oid != oid {
             return Err(corrupt(
                 &self.path,

@@ -753,3 +753,83 @@ fn new_oids_are_unique_across_handles_of_one_file() {
     let o = c.new_oid().expect("oid");
     assert!(seen.iter().all(|s| *s < o));
 }
+
+/// Comparable form of a batch or single load (errors as their message).
+fn loads(
+    fs: &FileStorage,
+    oids: &[Oid],
+    before: Tid,
+) -> (Vec<Option<LoadedRecord>>, Vec<Option<LoadedRecord>>) {
+    let many = fs.load_many_before(oids, before).expect("load_many_before");
+    let one = oids
+        .iter()
+        .map(|&o| fs.load_before(o, before).expect("load_before"))
+        .collect();
+    (many, one)
+}
+
+#[test]
+fn load_many_before_equals_single_loads_on_python_histories() {
+    for f in ["formats/history", "formats/history_packed"] {
+        let j = json(f);
+        let e = &j["python_zodb_expectations"];
+        let fs = FileStorage::open_read_only(testdata().join(format!("{f}.fs"))).expect("open");
+        let mut oids: Vec<Oid> = e["load"]
+            .as_object()
+            .expect("load")
+            .keys()
+            .map(|o| Oid::from_hex(o).expect("oid"))
+            .collect();
+        oids.push(Oid(0xdead_beef)); // never existed: None
+        oids.reverse(); // not in file order
+        let mut befores: Vec<Tid> = e["loadBefore"]
+            .as_array()
+            .expect("lb")
+            .iter()
+            .map(|c| tid(&c["before"]))
+            .collect();
+        befores.push(Tid::MAX);
+        for before in befores {
+            let (many, one) = loads(&fs, &oids, before);
+            assert_eq!(many, one, "{f} before {before}");
+        }
+    }
+}
+
+#[test]
+fn load_many_before_reads_many_small_records_like_single_loads() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let fs = FileStorage::open(dir.path().join("Data.fs")).expect("create");
+    let oids: Vec<Oid> = (0..600).map(|_| fs.new_oid().expect("oid")).collect();
+    let rec = |i: usize, v: u8| {
+        let mut d = b"\x80\x03cm\nZ\n.".to_vec();
+        d.extend(std::iter::repeat_n(v, 4096 + i % 7));
+        d
+    };
+    let mut t = fs.tpc_begin(meta("one"), None).expect("begin");
+    for (i, &o) in oids.iter().enumerate() {
+        let d = rec(i, 1);
+        let (head, body) = d.split_at(10);
+        t.store_parts(o, Tid::ZERO, &[head, body]).expect("store");
+    }
+    let t1 = t.finish().expect("finish");
+    let mut t = fs.tpc_begin(meta("two"), None).expect("begin");
+    for (i, &o) in oids.iter().enumerate().step_by(5) {
+        t.store(o, t1, rec(i, 2)).expect("store");
+    }
+    let t2 = t.finish().expect("finish");
+    let mut ask = oids.clone();
+    ask.insert(3, Oid(1 << 40)); // missing
+    ask.push(oids[0]); // twice
+    for before in [t1, t1.successor(), t2, t2.successor(), Tid::MAX] {
+        let (many, one) = loads(&fs, &ask, before);
+        assert_eq!(many.len(), ask.len());
+        assert_eq!(many, one, "before {before}");
+    }
+    let got = fs.load_many_before(&oids, t1.successor()).expect("many");
+    assert!(
+        got.iter()
+            .enumerate()
+            .all(|(i, r)| r.as_ref().map(|r| &r.data) == Some(&rec(i, 1)))
+    );
+}

@@ -33,33 +33,55 @@ struct Enc<'o> {
     dialect: Dialect,
 }
 
+/// Append the start of the pickle of a byte string of `len` bytes (PROTO,
+/// the opcode and the length): the bytes themselves and `STOP` follow. What
+/// [`encode_into`] writes for `Value::Bytes`, for writers that send the
+/// payload separately instead of copying it into the pickle.
+pub fn encode_bytes_head(out: &mut Vec<u8>, len: usize, dialect: Dialect) -> Result<()> {
+    out.push(0x80);
+    out.push(match dialect {
+        Dialect::Py3 => 3,
+        Dialect::Py2 => 2,
+    });
+    let (short, long) = bytes_ops(dialect);
+    len_prefix(out, Some(short), long, len)
+}
+
+/// The (short, long) opcodes of a byte string in `dialect`.
+fn bytes_ops(dialect: Dialect) -> (u8, u8) {
+    match dialect {
+        Dialect::Py3 => (b'C', b'B'),
+        Dialect::Py2 => (b'U', b'T'),
+    }
+}
+
+/// Push the opcode and length of a string of `len` bytes.
+fn len_prefix(out: &mut Vec<u8>, short_op: Option<u8>, long_op: u8, len: usize) -> Result<()> {
+    match short_op {
+        Some(op) if len < 256 => {
+            out.push(op);
+            out.push(len as u8);
+        }
+        _ => {
+            let n = u32::try_from(len)
+                .map_err(|_| err(format!("string of {len} bytes is too long for protocol 3")))?;
+            out.push(long_op);
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+    }
+    Ok(())
+}
+
 impl Enc<'_> {
     fn len_prefixed(&mut self, short_op: Option<u8>, long_op: u8, b: &[u8]) -> Result<()> {
-        match short_op {
-            Some(op) if b.len() < 256 => {
-                self.out.push(op);
-                self.out.push(b.len() as u8);
-            }
-            _ => {
-                let n = u32::try_from(b.len()).map_err(|_| {
-                    err(format!(
-                        "string of {} bytes is too long for protocol 3",
-                        b.len()
-                    ))
-                })?;
-                self.out.push(long_op);
-                self.out.extend_from_slice(&n.to_le_bytes());
-            }
-        }
+        len_prefix(self.out, short_op, long_op, b.len())?;
         self.out.extend_from_slice(b);
         Ok(())
     }
 
     fn bytes(&mut self, b: &[u8]) -> Result<()> {
-        match self.dialect {
-            Dialect::Py3 => self.len_prefixed(Some(b'C'), b'B', b),
-            Dialect::Py2 => self.len_prefixed(Some(b'U'), b'T', b),
-        }
+        let (short, long) = bytes_ops(self.dialect);
+        self.len_prefixed(Some(short), long, b)
     }
 
     fn text(&mut self, s: &str) -> Result<()> {

@@ -96,6 +96,24 @@ pub fn encode_record(module: &str, name: &str, state: &Value, dialect: Dialect) 
     Ok(out)
 }
 
+/// The record of class `module.name` whose state is a byte string of
+/// `len` bytes, as the parts around that payload: `(head, tail)`, the head
+/// being the class pickle and the state pickle up to the payload. `head`,
+/// the payload, `tail` written one after the other are exactly the bytes of
+/// [`encode_record`] with `Value::Bytes(payload)`: the streaming form for
+/// large block payloads, which are then never copied into a pickle.
+pub fn encode_bytes_record_parts(
+    module: &str,
+    name: &str,
+    len: usize,
+    dialect: Dialect,
+) -> Result<(Vec<u8>, &'static [u8])> {
+    let mut head = Vec::with_capacity(64 + module.len() + name.len());
+    encode::encode_into(&mut head, &Value::global(module, name), dialect)?;
+    encode::encode_bytes_head(&mut head, len, dialect)?;
+    Ok((head, b"."))
+}
+
 /// The class of a record as `(module, name)`, from a decoded class-metadata
 /// value in any of the forms of FORMATS.md §3.2, with ZODB's module aliases
 /// applied. `None` if the value has none of those forms.

@@ -447,3 +447,24 @@ mod proptests {
         }
     }
 }
+
+#[test]
+fn bytes_record_parts_match_encode_record() {
+    for dialect in [Dialect::Py3, Dialect::Py2] {
+        for len in [0usize, 1, 255, 256, 4096, 70_000] {
+            let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let whole = encode_record(
+                "wendelin.bigfile.file_zodb",
+                "ZBlk0",
+                &Value::Bytes(payload.clone()),
+                dialect,
+            )
+            .expect("encode");
+            let (head, tail) =
+                encode_bytes_record_parts("wendelin.bigfile.file_zodb", "ZBlk0", len, dialect)
+                    .expect("parts");
+            let joined = [head.as_slice(), &payload, tail].concat();
+            assert_eq!(joined, whole, "{dialect:?} len {len}");
+        }
+    }
+}
