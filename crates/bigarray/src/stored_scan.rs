@@ -86,10 +86,13 @@ impl<T: Real> ZBigArray<T> {
                     StoredBlock::Mapped(rec) if rec.data().len() % size == 0 => {
                         let data = rec.data();
                         let have = data.len().min(nbytes);
-                        Acc::merge(
+                        let acc = Acc::merge(
                             acc_of_bytes::<T>(&data[..have]),
                             zeros(((nbytes - have) / size) as u64),
-                        )
+                        );
+                        // The scan's resident set stays a few blocks.
+                        rec.release();
+                        acc
                     }
                     _ => {
                         let loaded = self.load_for_scan(first..first + n)?;

@@ -23,6 +23,13 @@ use crate::Tid;
 pub trait MappedBytes: Send + Sync {
     /// The whole mapping.
     fn bytes(&self) -> &[u8];
+
+    /// Unmap the pages wholly inside `range` from this process (they stay
+    /// in the page cache; a later read maps them again, same content), so a
+    /// scan does not grow the resident set by what it read. Default: keep.
+    fn release(&self, range: Range<usize>) {
+        let _ = range;
+    }
 }
 
 /// A record's data, in place in its storage file's mapping.
@@ -49,6 +56,12 @@ impl MappedRecord {
     pub fn data(&self) -> &[u8] {
         // In range by construction.
         &self.map.bytes()[self.range.clone()]
+    }
+
+    /// Done reading: unmap the pages of this record from the process
+    /// (see [`MappedBytes::release`]); the record stays readable.
+    pub fn release(&self) {
+        self.map.release(self.range.clone());
     }
 
     /// The same mapping, narrowed to `sub` (relative to [`Self::data`]);

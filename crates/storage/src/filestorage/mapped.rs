@@ -30,6 +30,26 @@ impl MappedBytes for FileMap {
     fn bytes(&self) -> &[u8] {
         &self.0
     }
+
+    fn release(&self, range: std::ops::Range<usize>) {
+        const PAGE: usize = 4096;
+        let start = range.start.next_multiple_of(PAGE);
+        let end = range.end.min(self.0.len()) / PAGE * PAGE;
+        if start < end {
+            // SAFETY: MADV_DONTNEED on a read-only shared file mapping only
+            // unmaps the pages: any later access (a slice lent from this
+            // mapping may be read at the same time) faults the same file
+            // bytes in again from the page cache. The file is never
+            // truncated under a mapping (see the module docs).
+            let _ = unsafe {
+                self.0.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    start,
+                    end - start,
+                )
+            };
+        }
+    }
 }
 
 /// The current mapping of a FileStorage's data file.
