@@ -125,7 +125,7 @@ fn a_killed_import_leaves_no_partial_array() {
     py(
         d,
         &format!(
-            "import numpy as np\nnp.save(r'{}/big.npy', np.arange(16 * 1024 * 1024, dtype='<f8'))\n",
+            "import numpy as np\nnp.save(r'{}/big.npy', np.arange(64 * 1024 * 1024, dtype='<f8'))\n",
             d.display()
         ),
     );
@@ -133,6 +133,8 @@ fn a_killed_import_leaves_no_partial_array() {
     let db = db.to_str().expect("utf8");
     ok(&["create", db, "keep", "--shape", "10", "--dtype", "u1"]);
     let npy = d.join("big.npy");
+    // 512 MiB: big enough that the import (4 MiB transactions under an
+    // 8 MiB budget) is still running when the second part shows up.
     // Kill the import once a part of it has committed: a second import
     // transaction header in the file means the first one committed (the
     // next transaction begins only after the previous one finished).
@@ -153,13 +155,24 @@ fn a_killed_import_leaves_no_partial_array() {
             .expect("spawn");
         let t0 = std::time::Instant::now();
         let mut parts_begun = 0;
+        // Read only what was appended since the last look, up to the
+        // length seen now (the import is fast: rereading the whole file,
+        // or reading on while it grows, would miss it).
+        let file = std::fs::File::open(db).expect("open db");
+        let mut off = file.metadata().expect("len").len();
         while parts_begun < 2
             && t0.elapsed() < std::time::Duration::from_secs(30)
             && child.try_wait().expect("try_wait").is_none()
         {
-            let bytes = std::fs::read(db).expect("read db");
-            parts_begun = bytes.windows(tag.len()).filter(|w| w == tag).count();
-            std::thread::sleep(std::time::Duration::from_millis(2));
+            let len = file.metadata().expect("len").len();
+            if len > off {
+                let from = off.saturating_sub(tag.len() as u64 - 1);
+                let mut buf = vec![0u8; (len - from) as usize];
+                std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, from).expect("read");
+                parts_begun += buf.windows(tag.len()).filter(|w| w == tag).count();
+                off = len;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
         }
         let _ = child.kill();
         let status = child.wait().expect("wait");
@@ -173,12 +186,12 @@ fn a_killed_import_leaves_no_partial_array() {
         match big {
             // either the whole array...
             Some(b) => {
-                assert_eq!(b["shape"], serde_json::json!([16 * 1024 * 1024]));
+                assert_eq!(b["shape"], serde_json::json!([64 * 1024 * 1024]));
                 let st: serde_json::Value =
                     serde_json::from_str(&ok(&["stat", db, "BIG", "--json"])).expect("json");
                 assert_eq!(
                     st["max"].as_f64(),
-                    Some((16 * 1024 * 1024 - 1) as f64),
+                    Some((64 * 1024 * 1024 - 1) as f64),
                     "complete data"
                 );
             }

@@ -83,42 +83,12 @@ pub fn run(cfg: &Config, report: &mut Report) -> Result<(), String> {
         raw_s,
     );
 
-    // Out-of-core sum through a fresh connection vs a plain mmap of the raw file.
-    let tm2 = TransactionManager::new();
-    let c2 = db.open_connection(&tm2).map_err(e)?;
-    let oid = c2
-        .root()
-        .map_err(e)?
-        .get("A")
-        .and_then(Value::ref_oid)
-        .ok_or("no A")?;
-    let a = ZBigArray::<f64>::open(&c2, &tm2, oid, opts()).map_err(e)?;
-    let (st, ours) = timed(|| a.stats());
-    let st = st.map_err(e)?;
+    // Scans, each beside a sum over a plain mmap of the same bytes (a raw
+    // file) with the same number of threads. Nothing is resident before a
+    // scan: the writer's handle is gone, and scans drop what they load.
     let f = std::fs::File::open(&raw).map_err(e)?;
     // SAFETY: the file is private to this benchmark and not modified while mapped.
     let map = unsafe { memmap2::Mmap::map(&f) }.map_err(e)?;
-    let (sum, base) = timed(|| mmap_sum(&map));
-    if (sum - st.sum).abs() > 1e-6 * sum.abs() {
-        return Err(format!("sums differ: {} vs {sum}", st.sum));
-    }
-    report.throughput(
-        &format!("bigarray: stat (sum) of {} MiB f64, cold", total >> 20),
-        total,
-        ours,
-        "parallel sum over mmap of raw file",
-        base,
-    );
-    let (_, warm) = timed(|| a.stats());
-    report.throughput(
-        &format!("bigarray: stat (sum) of {} MiB f64, resident", total >> 20),
-        total,
-        warm,
-        "parallel sum over mmap of raw file",
-        base,
-    );
-    // The thread-count curve: stat inside a rayon pool of k threads, for
-    // k = 1..=N, beside an N-thread sum over the mmap of the same bytes.
     let nt = cfg.threads;
     let pool = |k: usize| {
         rayon::ThreadPoolBuilder::new()
@@ -126,56 +96,104 @@ pub fn run(cfg: &Config, report: &mut Report) -> Result<(), String> {
             .build()
             .map_err(e)
     };
-    let pn = pool(nt)?;
-    let (_, base_n) = timed(|| pn.install(|| mmap_sum(&map)));
+    let oid = {
+        let tm = TransactionManager::new();
+        let c = db.open_connection(&tm).map_err(e)?;
+        let r = c.root().map_err(e)?;
+        r.get("A").and_then(Value::ref_oid).ok_or("no A")?
+    };
+    let fresh = || -> Result<(TransactionManager, storage::Connection), String> {
+        let tm = TransactionManager::new();
+        let c = db.open_connection(&tm).map_err(e)?;
+        Ok((tm, c))
+    };
     for k in 1..=nt {
         let p = pool(k)?;
-        let (st, t) = timed(|| p.install(|| a.stats()));
-        st.map_err(e)?;
+        let (tm2, c2) = fresh()?;
+        let a = ZBigArray::<f64>::open(&c2, &tm2, oid, opts()).map_err(e)?;
+        let (st, ours) = timed(|| p.install(|| a.stats()));
+        let st = st.map_err(e)?;
+        let (sum, base) = timed(|| p.install(|| mmap_sum(&map)));
+        if (sum - st.sum).abs() > 1e-6 * sum.abs() {
+            return Err(format!("sums differ: {} vs {sum}", st.sum));
+        }
         report.throughput(
             &format!(
-                "bigarray: stat of {} MiB f64, resident, {k} of {nt} threads",
+                "bigarray: stat of {} MiB f64 right after writing, {k} of {nt} threads",
                 total >> 20
             ),
             total,
-            t,
-            &format!("{nt}-thread sum over mmap of raw file"),
-            base_n,
+            ours,
+            &format!("{k}-thread sum over mmap of raw file"),
+            base,
         );
     }
-    import_row(dir.path(), &raw, total, report)?;
-    // Shared views: two threads each summing half of the (resident) array
-    // through `with_view` at once, beside one thread summing all of it.
-    let n = a.len();
-    let half_sum = |lo: usize, hi: usize| {
-        a.with_view(|v| v.slice(ndarray::s![lo..hi]).sum())
-            .map_err(e)
-    };
-    let (one, t_one) = timed(|| half_sum(0, n));
-    let (two, t_two) = timed(|| {
-        std::thread::scope(|sc| {
-            let h1 = sc.spawn(|| half_sum(0, n / 2));
-            let h2 = sc.spawn(|| half_sum(n / 2, n));
-            match (h1.join(), h2.join()) {
-                (Ok(Ok(x)), Ok(Ok(y))) => Ok(x + y),
-                _ => Err("a reader thread failed".to_string()),
-            }
-        })
-    });
-    let (one, two) = (one?, two?);
-    if (one - two).abs() > 1e-6 * one.abs() {
-        return Err(format!("two-thread sum {two} differs from {one}"));
+    // The Rust API's sum over views (the fault path): k threads each sum a
+    // contiguous part of the array through `with_view`, fresh handle.
+    for k in 1..=nt {
+        let (tm2, c2) = fresh()?;
+        let a = ZBigArray::<f64>::open(&c2, &tm2, oid, opts()).map_err(e)?;
+        let n = a.len();
+        let part_sum = |i: usize| {
+            let (lo, hi) = (n * i / k, n * (i + 1) / k);
+            a.with_view(|v| v.slice(ndarray::s![lo..hi]).sum())
+                .map_err(e)
+        };
+        let (got, ours) = timed(|| {
+            std::thread::scope(|sc| {
+                let hs: Vec<_> = (0..k).map(|i| sc.spawn(move || part_sum(i))).collect();
+                hs.into_iter()
+                    .map(|h| h.join().map_err(|_| "a reader thread failed".to_string())?)
+                    .sum::<Result<f64, String>>()
+            })
+        });
+        let got = got?;
+        let p = pool(k)?;
+        let (sum, base) = timed(|| p.install(|| mmap_sum(&map)));
+        if (sum - got).abs() > 1e-6 * sum.abs() {
+            return Err(format!("view sum {got} differs from {sum}"));
+        }
+        report.throughput(
+            &format!(
+                "bigarray: sum over views of {} MiB f64, {k} of {nt} threads",
+                total >> 20
+            ),
+            total,
+            ours,
+            &format!("{k}-thread sum over mmap of raw file"),
+            base,
+        );
     }
+    // `wendelin stat` in a fresh process (its whole run) beside an
+    // all-threads mmap sum in this one.
+    let db_path = dir.path().join("data.fs");
+    let (r, ours) = timed(|| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_wendelin"))
+            .arg("stat")
+            .arg(&db_path)
+            .arg("A")
+            .output()
+    });
+    let out = r.map_err(e)?;
+    if !out.status.success() {
+        return Err(format!(
+            "wendelin stat: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let p = pool(nt)?;
+    let (_, base) = timed(|| p.install(|| mmap_sum(&map)));
     report.throughput(
         &format!(
-            "bigarray: 2 threads each sum half of {} MiB f64 via with_view",
+            "bigarray: wendelin stat of {} MiB f64, fresh process",
             total >> 20
         ),
         total,
-        t_two,
-        "1 thread sums all of it via with_view",
-        t_one,
+        ours,
+        &format!("{nt}-thread sum over mmap of raw file"),
+        base,
     );
+    import_row(dir.path(), &raw, total, report)?;
     Ok(())
 }
 
