@@ -5,8 +5,9 @@
 //! keeping them afterwards makes the kernel allocate (and zero) a fresh page
 //! for every block of the pass and pushes the resident working set out of
 //! the RAM budget. So a scan hands the blocks it loaded back to virtmem
-//! (`FileH::drop_behind`) as soon as no chunk of it needs them, and their
-//! pages feed the next loads. Chunks are counted in rows, not blocks, so a
+//! (`FileH::scan_done`) as soon as no chunk of it needs them: once the
+//! budget is half used they are dropped and their pages feed the next
+//! loads; before that they stay for a next pass. Chunks are counted in rows, not blocks, so a
 //! block may straddle two chunks: it is dropped by whichever of them
 //! finishes last (a per-block count of the chunks touching it), never while
 //! the other still reads it. Blocks that were resident before the scan are

@@ -99,7 +99,7 @@ impl<T: Real> ZBigArray<T> {
                         let v = fh.view::<T>((first * size) as u64, n)?;
                         let acc = pairwise(&v);
                         drop(v);
-                        fh.drop_behind(&loaded);
+                        fh.scan_done(&loaded);
                         acc
                     }
                 };

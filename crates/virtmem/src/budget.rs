@@ -43,6 +43,15 @@ impl Budget {
         self.used.load(Ordering::Relaxed)
     }
 
+    /// More than half of the budget is in use: scans then drop the blocks
+    /// they leave behind (see `FileH::scan_done` and read-ahead streams)
+    /// instead of keeping them for a next pass. Below that, a scanned
+    /// array stays resident: later passes run at memory speed, at the
+    /// price of fresh (kernel-zeroed) pages in the first.
+    pub fn half_used(&self) -> bool {
+        self.used().saturating_mul(2) > self.limit()
+    }
+
     pub(crate) fn add(&self, n: u64) {
         self.used.fetch_add(n, Ordering::Relaxed);
     }

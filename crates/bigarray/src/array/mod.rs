@@ -231,11 +231,11 @@ impl<T: Element> ZBigArray<T> {
             .map_err(|e| self.read_error(range, e))
     }
 
-    /// A scan is done with `blocks` it loaded: drop them (see
-    /// `virtmem::FileH::drop_behind`).
+    /// A scan is done with `blocks` it loaded: drop them if the budget is
+    /// half used, else keep them for a next pass (`virtmem::FileH::scan_done`).
     pub(crate) fn drop_behind(&self, blocks: &[u64]) -> Result<(), Error> {
         if !blocks.is_empty() {
-            self.fh.fileh_read()?.drop_behind(blocks);
+            self.fh.fileh_read()?.scan_done(blocks);
         }
         Ok(())
     }

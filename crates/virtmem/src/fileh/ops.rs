@@ -50,6 +50,18 @@ impl FileH {
         self.sh.evict_now(blocks);
     }
 
+    /// A scan is done with `blocks` it loaded: [`drop_behind`](Self::drop_behind)
+    /// if the budget is more than half used ([`Budget::half_used`]), else
+    /// keep them resident for a next pass. Read-ahead streams follow the
+    /// same rule.
+    ///
+    /// [`Budget::half_used`]: crate::Budget::half_used
+    pub fn scan_done(&self, blocks: &[u64]) {
+        if self.sh.budget.half_used() {
+            self.sh.evict_now(blocks);
+        }
+    }
+
     fn prefetch_into(&self, blocks: Range<u64>, loaded: &mut Vec<u64>) -> Result<()> {
         let sh = &*self.sh;
         let mut staging: Option<Staging> = None;

@@ -12,12 +12,14 @@
 //! page and tells the engine the reader arrived, which moves the window on
 //! without a fault per block.
 //!
-//! A stream that has walked [`LONG_STREAM`] blocks is a scan: the blocks its
-//! read-ahead loaded are dropped once the reader is [`KEEP_BEHIND`] blocks
-//! past them, and their pages feed the next read-ahead loads (see
-//! [`super::evict`]). One pass over an array far bigger than the budget
-//! then neither evicts the working set nor makes the kernel zero a fresh
-//! page per block; a second pass loads again (a copy from the page cache).
+//! A stream that has walked [`LONG_STREAM`] blocks is a scan: once the
+//! budget is more than half used, the blocks it loaded are dropped when the
+//! reader is [`KEEP_BEHIND`] blocks past them, and their pages feed the next
+//! read-ahead loads (see [`super::evict`]). One pass over an array far
+//! bigger than the budget then neither evicts the working set nor makes the
+//! kernel zero a fresh page per block. A scan that fits in half the budget
+//! stays resident, so a next pass runs at memory speed (measured: a resident
+//! rescan 28 GB/s, a reload of dropped blocks 4 GB/s on the 2-core VM).
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -179,6 +181,11 @@ impl Shared {
         // caught up with read-ahead).
         if matches!(blocks.get(&blk), Some(Block::Loading { .. })) {
             stream_loaded.insert(blk);
+        }
+        if !self.budget.half_used() {
+            // Room to keep the scan for a next pass: drop nothing yet (from
+            // `dropped` on, everything left behind stays a candidate).
+            return Vec::new();
         }
         let range = if s.dir > 0 {
             let upto = blk.saturating_sub(KEEP_BEHIND);
