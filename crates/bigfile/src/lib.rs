@@ -47,6 +47,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod chunks;
 pub mod handle;
 pub mod objects;
 pub mod reader;

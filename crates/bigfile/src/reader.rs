@@ -2,6 +2,7 @@
 //! no locks shared with user threads): what the fault handlers use.
 
 use crate::Error;
+use crate::chunks::{ChunkBytes, ClassPrefix, zero_gap};
 use crate::objects::{
     ZBigFile, ZBlkRecord, decode_zblk, decode_zdata, fast_payload, is_payload_tail, payload_layout,
 };
@@ -20,6 +21,23 @@ pub struct BlockDeps {
     pub direct: Vec<Oid>,
     /// The ZBlk oid, its kind and revision, if the block is not a hole.
     pub zblk: Option<(Oid, ZBlkKind, Tid)>,
+}
+
+/// What a ZBlk is stored as (see [`SnapshotFile::stored_zblk`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredZBlk {
+    /// A ZBlk0 (or legacy ZBlk) at revision `serial`.
+    ZBlk0 {
+        /// The ZBlk's revision.
+        serial: Tid,
+    },
+    /// A ZBlk1 whose chunk table is `chunktab`, at revision `serial`.
+    ZBlk1 {
+        /// The chunk table (an IOBTree of ZData).
+        chunktab: Oid,
+        /// The ZBlk's revision.
+        serial: Tid,
+    },
 }
 
 /// A ZBigFile at one snapshot.
@@ -129,40 +147,64 @@ impl<'a> SnapshotFile<'a> {
             .collect()
     }
 
-    /// The stored chunks of a ZBlk1: offset -> bytes.
-    pub fn chunks(&self, blk: u64, chunktab: Oid) -> Result<Vec<(i64, Oid, Vec<u8>)>, Error> {
-        let mut deps = Vec::new();
-        let refs = self.chunk_refs(blk, chunktab, &mut deps)?;
-        let recs = self.load_chunks(&refs)?;
-        refs.into_iter()
-            .zip(recs)
-            .map(|((off, o), r)| {
+    /// The stored chunks `refs` of a ZBlk1 (offset order) with their
+    /// payloads: lent in place from the storage's mapping where it can
+    /// (`Storage::map_many_before`: no copy, syscall or allocation per
+    /// chunk), the rest loaded in one batch (`Storage::load_many_before`);
+    /// odd records are decoded generically. A missing one is an error.
+    pub fn chunk_payloads(
+        &self,
+        refs: &[(i64, Oid)],
+    ) -> Result<Vec<(i64, Oid, ChunkBytes)>, Error> {
+        let oids: Vec<Oid> = refs.iter().map(|&(_, o)| o).collect();
+        let before = self.snap.at.successor();
+        let mapped = self.snap.storage.map_many_before(&oids, before)?;
+        let mut out: Vec<Option<ChunkBytes>> = Vec::with_capacity(refs.len());
+        let mut missing = Vec::new();
+        let mut class = ClassPrefix::default();
+        for (i, m) in mapped.into_iter().enumerate() {
+            let c = m.and_then(|m| {
+                let (off, len) = class.payload(m.data())?;
+                m.narrow(off..off + len).map(ChunkBytes::Mapped)
+            });
+            if c.is_none() {
+                missing.push(i);
+            }
+            out.push(c);
+        }
+        if !missing.is_empty() {
+            let moids: Vec<Oid> = missing.iter().map(|&i| oids[i]).collect();
+            let recs = self.snap.storage.load_many_before(&moids, before)?;
+            for (&i, r) in missing.iter().zip(recs) {
+                let o = oids[i];
+                let r = r.ok_or(Error::Storage(storage::Error::NotFound {
+                    oid: o,
+                    tid: Some(self.snap.at),
+                }))?;
                 let data = match fast_payload(&r.data, &["ZData"]) {
                     Some(p) => p.to_vec(),
                     None => decode_zdata(o, &r.data)?,
                 };
-                Ok((off, o, data))
+                out[i] = Some(ChunkBytes::Loaded {
+                    data,
+                    serial: r.serial,
+                });
+            }
+        }
+        refs.iter()
+            .zip(out)
+            .map(|(&(off, o), c)| {
+                c.map(|c| (off, o, c))
+                    .ok_or_else(|| Error::Usage(format!("chunk {o} was not loaded")))
             })
             .collect()
     }
 
-    /// The records of the ZData chunks `refs` at the snapshot, loaded in one
-    /// batch (`Storage::load_many_before`); a missing one is an error.
-    fn load_chunks(&self, refs: &[(i64, Oid)]) -> Result<Vec<storage::LoadedRecord>, Error> {
-        let oids: Vec<Oid> = refs.iter().map(|&(_, o)| o).collect();
-        let recs = self
-            .snap
-            .storage
-            .load_many_before(&oids, self.snap.at.successor())?;
-        oids.into_iter()
-            .zip(recs)
-            .map(|(o, r)| {
-                r.ok_or(Error::Storage(storage::Error::NotFound {
-                    oid: o,
-                    tid: Some(self.snap.at),
-                }))
-            })
-            .collect()
+    /// The stored chunks of a ZBlk1: (offset, ZData oid, bytes).
+    pub fn chunks(&self, blk: u64, chunktab: Oid) -> Result<Vec<(i64, Oid, ChunkBytes)>, Error> {
+        let mut deps = Vec::new();
+        let refs = self.chunk_refs(blk, chunktab, &mut deps)?;
+        self.chunk_payloads(&refs)
     }
 
     /// Fill `buf` (one block) with block `blk`. Returns true for a hole
@@ -175,16 +217,32 @@ impl<'a> SnapshotFile<'a> {
         let Some(zoid) = self.zblk_ref(blk, &mut deps.path)? else {
             return Ok((true, deps));
         };
+        self.read_zblk(blk, zoid, buf, &mut deps)?;
+        Ok((false, deps))
+    }
+
+    /// Fill `buf` (one block) with the content of the ZBlk `zoid` of block
+    /// `blk`, adding what it depended on to `deps` (`direct`, `zblk`).
+    pub fn read_zblk(
+        &self,
+        blk: u64,
+        zoid: Oid,
+        buf: &mut [u8],
+        deps: &mut BlockDeps,
+    ) -> Result<(), Error> {
+        if buf.len() as u64 != self.meta.blksize {
+            return Err(self.err(blk, "buffer is not one block"));
+        }
         deps.direct.push(zoid);
         if let Some(serial) = self.read_zblk0_direct(blk, zoid, buf)? {
             deps.zblk = Some((zoid, ZBlkKind::ZBlk0, serial));
-            return Ok((false, deps));
+            return Ok(());
         }
         let (data, serial) = self.load(zoid)?;
         if let Some(bytes) = fast_payload(&data, &["ZBlk0", "ZBlk"]) {
             assemble_zblk0(bytes, buf).map_err(|e| self.err(blk, e.to_string()))?;
             deps.zblk = Some((zoid, ZBlkKind::ZBlk0, serial));
-            return Ok((false, deps));
+            return Ok(());
         }
         match decode_zblk(zoid, &data)? {
             ZBlkRecord::ZBlk0(bytes) => {
@@ -198,7 +256,7 @@ impl<'a> SnapshotFile<'a> {
                 deps.zblk = Some((zoid, ZBlkKind::ZBlk1, serial));
             }
         }
-        Ok((false, deps))
+        Ok(())
     }
 
     /// Read a ZBlk0 (or legacy ZBlk) payload straight from the storage into
@@ -260,26 +318,41 @@ impl<'a> SnapshotFile<'a> {
         Ok(Some(r.serial))
     }
 
-    /// Fill `buf` from the ZData chunks `refs` (offset order): all the
-    /// records are loaded in one batch (`Storage::load_many_before`: a few
-    /// large reads for chunks that lie together in the file) and each
-    /// payload copied into place; odd records are decoded generically.
+    /// Fill `buf` from the ZData chunks `refs` (offset order): the records
+    /// are loaded in one batch (`Storage::load_many_before`: a few large
+    /// reads for chunks that lie together in the file) and each payload,
+    /// located without decoding the record ([`ClassPrefix`]), copied into
+    /// place; odd records are decoded generically. (Not lent from the
+    /// storage's mapping: a scan would keep every mapped page of the file
+    /// in the process's RSS, beyond the handle's RAM budget.)
     fn assemble_zblk1(&self, blk: u64, refs: &[(i64, Oid)], buf: &mut [u8]) -> Result<(), Error> {
-        let recs = self.load_chunks(refs)?;
-        buf.fill(0);
-        let mut stop = 0;
-        for (i, (&(off, o), r)) in refs.iter().zip(recs).enumerate() {
+        let oids: Vec<Oid> = refs.iter().map(|&(_, o)| o).collect();
+        let recs = self
+            .snap
+            .storage
+            .load_many_before(&oids, self.snap.at.successor())?;
+        let mut class = ClassPrefix::default();
+        let mut stop: Option<u64> = None;
+        for (&(off, o), r) in refs.iter().zip(recs) {
+            let r = r.ok_or(Error::Storage(storage::Error::NotFound {
+                oid: o,
+                tid: Some(self.snap.at),
+            }))?;
             let owned;
-            let payload: &[u8] = match fast_payload(&r.data, &["ZData"]) {
-                Some(p) => p,
+            let payload: &[u8] = match class.payload(&r.data) {
+                Some((p, n)) => &r.data[p..p + n],
                 None => {
                     owned = decode_zdata(o, &r.data)?;
                     &owned
                 }
             };
-            stop = place_chunk(buf, (i > 0).then_some(stop), off, payload)
-                .map_err(|e| self.err(blk, e.to_string()))?;
+            let start = stop.unwrap_or(0);
+            let end =
+                place_chunk(buf, stop, off, payload).map_err(|e| self.err(blk, e.to_string()))?;
+            zero_gap(buf, start, off);
+            stop = Some(end);
         }
+        zero_gap(buf, stop.unwrap_or(0), buf.len() as i64);
         Ok(())
     }
 
@@ -314,7 +387,21 @@ impl<'a> SnapshotFile<'a> {
             return Ok(deps);
         };
         deps.direct.push(zoid);
-        // A ZBlk0 is told by its head: its (large) payload is not read.
+        match self.stored_zblk(zoid)? {
+            StoredZBlk::ZBlk0 { serial } => deps.zblk = Some((zoid, ZBlkKind::ZBlk0, serial)),
+            StoredZBlk::ZBlk1 { chunktab, serial } => {
+                let refs = self.chunk_refs(blk, chunktab, &mut deps.direct)?;
+                deps.direct.extend(refs.into_iter().map(|(_, o)| o));
+                deps.zblk = Some((zoid, ZBlkKind::ZBlk1, serial));
+            }
+        }
+        Ok(deps)
+    }
+
+    /// What the ZBlk `zoid` is stored as now. A ZBlk0 is told by its
+    /// record's head (its large payload is not read); only a ZBlk1's small
+    /// record is loaded, for its chunk table.
+    pub fn stored_zblk(&self, zoid: Oid) -> Result<StoredZBlk, Error> {
         let mut head = [0u8; 512];
         let r = self
             .snap
@@ -325,19 +412,12 @@ impl<'a> SnapshotFile<'a> {
                 tid: Some(self.snap.at),
             }))?;
         if payload_layout(&head[..r.copied], &["ZBlk0", "ZBlk"]).is_some() {
-            deps.zblk = Some((zoid, ZBlkKind::ZBlk0, r.serial));
-            return Ok(deps);
+            return Ok(StoredZBlk::ZBlk0 { serial: r.serial });
         }
-        let (rec, serial) = self.zblk(zoid)?;
-        match rec {
-            ZBlkRecord::ZBlk0(_) => deps.zblk = Some((zoid, ZBlkKind::ZBlk0, serial)),
-            ZBlkRecord::ZBlk1(chunktab) => {
-                let refs = self.chunk_refs(blk, chunktab, &mut deps.direct)?;
-                deps.direct.extend(refs.into_iter().map(|(_, o)| o));
-                deps.zblk = Some((zoid, ZBlkKind::ZBlk1, serial));
-            }
-        }
-        Ok(deps)
+        Ok(match self.zblk(zoid)? {
+            (ZBlkRecord::ZBlk0(_), serial) => StoredZBlk::ZBlk0 { serial },
+            (ZBlkRecord::ZBlk1(chunktab), serial) => StoredZBlk::ZBlk1 { chunktab, serial },
+        })
     }
 
     /// The highest block present, if any.

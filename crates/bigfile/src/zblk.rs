@@ -123,10 +123,13 @@ impl ChunkDelta<'_> {
 /// Compare `block` against the chunks stored now (`old`: offset -> stored
 /// bytes) and return the minimal change: only chunks whose bytes changed are
 /// rewritten. A table written with another chunk size is cleared and rewritten.
-pub fn chunk_delta<'a>(old: &BTreeMap<usize, Vec<u8>>, block: &'a [u8]) -> ChunkDelta<'a> {
+pub fn chunk_delta<'a, B: AsRef<[u8]>>(
+    old: &BTreeMap<usize, B>,
+    block: &'a [u8],
+) -> ChunkDelta<'a> {
     let foreign = old
         .iter()
-        .any(|(off, data)| off % CHUNK_SIZE != 0 || data.len() > CHUNK_SIZE);
+        .any(|(off, data)| off % CHUNK_SIZE != 0 || data.as_ref().len() > CHUNK_SIZE);
     let mut delta = ChunkDelta {
         clear: foreign,
         ..ChunkDelta::default()
@@ -139,7 +142,7 @@ pub fn chunk_delta<'a>(old: &BTreeMap<usize, Vec<u8>>, block: &'a [u8]) -> Chunk
     for (off, data) in old {
         match new.remove(off) {
             None => delta.delete.push(*off),
-            Some(n) if n != data.as_slice() => delta.set.push((*off, n)),
+            Some(n) if n != data.as_ref() => delta.set.push((*off, n)),
             Some(_) => {}
         }
     }

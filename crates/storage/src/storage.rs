@@ -135,6 +135,21 @@ pub trait Storage: Send + Sync {
         Ok(None)
     }
 
+    /// [`map_before`](Storage::map_before) of many objects at once, in the
+    /// order of `oids`: for readers of many small records (a ZBlk1 block's
+    /// 512 chunks), without a copy, syscall or allocation per record.
+    /// `None` where the storage cannot lend a record (no local file, or the
+    /// object did not exist then): read those with the other loads. This
+    /// default lends nothing.
+    fn map_many_before(
+        &self,
+        oids: &[Oid],
+        before: Tid,
+    ) -> Result<Vec<Option<crate::MappedRecord>>> {
+        let _ = before;
+        Ok(vec![None; oids.len()])
+    }
+
     /// Like [`Storage::load_before`], but copy only the record bytes
     /// `[offset, offset + buf.len())` (fewer at the end of the record) into
     /// `buf`, without materializing the whole record: for reading large

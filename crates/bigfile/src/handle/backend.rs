@@ -30,6 +30,10 @@ pub(super) struct Backend {
     pub(super) at: AtomicU64,
     pub(super) deps: Mutex<Deps>,
     pub(super) writer: Mutex<Option<Writer>>,
+    /// One block of memory the commit's writer reads old blocks into, kept
+    /// between commits (a fresh 2 MiB buffer per commit costs its page
+    /// faults and zeroing every time).
+    pub(super) scratch: Mutex<Vec<u8>>,
     /// The file object's state and the snapshot it was read at.
     pub(super) meta: Mutex<Option<(Tid, crate::objects::ZBigFile)>>,
     /// Blocks of the current transaction spilled to a temporary file.

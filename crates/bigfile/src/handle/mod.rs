@@ -185,6 +185,7 @@ impl ZBigFileH {
             at: AtomicU64::new(at.0),
             deps: Mutex::new(Deps::default()),
             writer: Mutex::new(None),
+            scratch: Mutex::new(Vec::new()),
             meta: Mutex::new(None),
             spill: Mutex::new(Spill::default()),
             new_file: AtomicBool::new(new_file),

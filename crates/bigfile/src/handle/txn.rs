@@ -59,9 +59,14 @@ impl Shared {
             format: self.format,
             blocks: Vec::new(),
             prev: None,
+            old: std::mem::take(&mut *self.backend.scratch.lock()),
         });
         // Spilled blocks first (one block of memory at a time), then the dirty ones.
-        let mut buf = vec![0u8; self.backend.blksize];
+        let mut buf = if spilled.is_empty() {
+            Vec::new()
+        } else {
+            vec![0u8; self.backend.blksize]
+        };
         for blk in spilled {
             use std::os::unix::fs::FileExt;
             let r = {
@@ -81,13 +86,13 @@ impl Shared {
                 }
             });
             if let Err(e) = r {
-                *self.backend.writer.lock() = None;
+                self.finish_writer();
                 return Err(e);
             }
         }
         let r = fh.writeout(Writeout::STORE);
         if let Err(e) = r {
-            *self.backend.writer.lock() = None;
+            self.finish_writer();
             return Err(Error::from_store(e));
         }
         Ok(())
@@ -158,13 +163,14 @@ impl Shared {
         Ok(())
     }
 
+    /// End the commit's STORE pass: the blocks it wrote (its scratch
+    /// memory goes back to the backend for the next commit).
     pub(super) fn finish_writer(&self) -> Vec<u64> {
-        self.backend
-            .writer
-            .lock()
-            .take()
-            .map(|w| w.blocks)
-            .unwrap_or_default()
+        let Some(w) = self.backend.writer.lock().take() else {
+            return Vec::new();
+        };
+        *self.backend.scratch.lock() = w.old;
+        w.blocks
     }
 }
 

@@ -13,8 +13,9 @@
 
 use super::backend::Backend;
 use crate::Error;
-use crate::objects::{MODULE, ZBlk1, ZBlkRecord};
-use crate::reader::SnapshotFile;
+use crate::chunks::{ChunkBytes, assemble_chunks};
+use crate::objects::{MODULE, ZBlk1};
+use crate::reader::{BlockDeps, SnapshotFile, StoredZBlk};
 use crate::zblk::{CHUNK_SIZE, ZBlkFormat, ZBlkKind, choose_auto, chunk_delta, trim_zeros};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
@@ -30,6 +31,17 @@ pub(super) struct Writer {
     /// The previous block stored in this pass: (blk, kind, data) for the
     /// `auto` rule that migrates it to ZBlk0 when an append starts a new block.
     pub(super) prev: Option<(u64, ZBlkKind, Vec<u8>)>,
+    /// One block of scratch memory for the old bytes of the block being
+    /// stored, reused across blocks and commits (see `Backend::scratch`).
+    pub(super) old: Vec<u8>,
+}
+
+/// The ZBlk a block is stored as before this commit, as the writer needs it.
+enum OldZBlk<'a> {
+    /// A ZBlk0 and its (trimmed) bytes.
+    ZBlk0(&'a [u8]),
+    /// A ZBlk1 and its chunk table.
+    ZBlk1(Oid),
 }
 
 impl Writer {
@@ -74,17 +86,54 @@ impl Writer {
         } else {
             sf.zblk_ref(blk, &mut path)?
         };
-        // What the block is stored as now (ZBlk oid, kind, revision): from
-        // the same read, so the ZBlk record is not loaded a second time.
-        // A new block (a hole) has no old bytes to read.
-        let mut old = Vec::new();
-        let mut stored = None;
-        if old_ref.is_some() {
-            old = vec![0u8; b.blksize];
-            stored = sf.read_block(blk, &mut old)?.1.zblk;
+        // What the block is stored as now, told by its record's head; the
+        // old bytes are read once, into the writer's reused buffer: a
+        // ZBlk0's payload straight from the storage, a ZBlk1's chunks
+        // (lent in place where the storage can) kept for the comparison.
+        let mut old = std::mem::take(&mut self.old);
+        old.resize(b.blksize, 0);
+        let mut old_chunks = Vec::new();
+        let stored = match old_ref {
+            None => None,
+            Some(zoid) => Some((zoid, sf.stored_zblk(zoid)?)),
+        };
+        let r = self.store_with(b, &sf, blk, data, force, stored, &mut old, &mut old_chunks);
+        self.old = old;
+        r
+    }
+
+    /// [`Self::store`] once the stored block is known: `old` (one block of
+    /// scratch memory) receives its old bytes.
+    #[allow(clippy::too_many_arguments)]
+    fn store_with(
+        &mut self,
+        b: &Backend,
+        sf: &SnapshotFile<'_>,
+        blk: u64,
+        data: &[u8],
+        force: Option<ZBlkKind>,
+        stored: Option<(Oid, StoredZBlk)>,
+        old: &mut [u8],
+        old_chunks: &mut Vec<(i64, Oid, ChunkBytes)>,
+    ) -> Result<(), Error> {
+        match stored {
+            None => old.fill(0),
+            Some((zoid, StoredZBlk::ZBlk0 { .. })) => {
+                let mut deps = BlockDeps::default();
+                sf.read_zblk(blk, zoid, old, &mut deps)?;
+            }
+            Some((_, StoredZBlk::ZBlk1 { chunktab, .. })) => {
+                *old_chunks = sf.chunks(blk, chunktab)?;
+                assemble_chunks(old_chunks, old).map_err(|e| Error::Block {
+                    file: b.file,
+                    blk,
+                    msg: e.to_string(),
+                })?;
+            }
         }
+        let old_ref = stored.map(|(z, _)| z);
         let new_t = trim_zeros(data);
-        let old_t = trim_zeros(&old);
+        let old_t = trim_zeros(old);
         if force.is_none() && new_t == old_t && (old_ref.is_some() || new_t.is_empty()) {
             return Ok(()); // unchanged: nothing is written
         }
@@ -119,12 +168,12 @@ impl Writer {
             }
         };
         // The old ZBlk as a record: ZBlk0 bytes are the old block's (trimmed)
-        // bytes; only a ZBlk1's small record is loaded, for its chunk table.
+        // bytes; a ZBlk1's is its chunk table.
         let old_rec = match stored {
-            Some((o, ZBlkKind::ZBlk0, serial)) => {
-                Some((o, (ZBlkRecord::ZBlk0(old_t.to_vec()), serial)))
+            Some((o, StoredZBlk::ZBlk0 { serial })) => Some((o, (OldZBlk::ZBlk0(old_t), serial))),
+            Some((o, StoredZBlk::ZBlk1 { chunktab, serial })) => {
+                Some((o, (OldZBlk::ZBlk1(chunktab), serial)))
             }
-            Some((o, ZBlkKind::ZBlk1, _)) => Some((o, sf.zblk(o)?)),
             None => None,
         };
         let blktab = BTree {
@@ -133,17 +182,19 @@ impl Writer {
         };
         let key = Value::Int(blk as i64);
         match (kind, old_rec) {
-            (ZBlkKind::ZBlk0, Some((zoid, (ZBlkRecord::ZBlk0(_), serial)))) => {
+            (ZBlkKind::ZBlk0, Some((zoid, (OldZBlk::ZBlk0(_), serial)))) => {
                 self.conn
                     .store_bytes_now(zoid, serial, MODULE, "ZBlk0", new_t)?;
             }
-            (ZBlkKind::ZBlk1, Some((zoid, (ZBlkRecord::ZBlk1(chunktab), serial)))) => {
-                let stored = sf.chunks(blk, chunktab)?;
-                let old_map: BTreeMap<usize, Vec<u8>> = stored
+            (ZBlkKind::ZBlk1, Some((zoid, (OldZBlk::ZBlk1(chunktab), serial)))) => {
+                let old_map: BTreeMap<usize, &[u8]> = old_chunks
                     .iter()
-                    .filter_map(|(off, _, d)| usize::try_from(*off).ok().map(|o| (o, d.clone())))
+                    .filter_map(|(off, _, d)| usize::try_from(*off).ok().map(|o| (o, d.bytes())))
                     .collect();
-                let oids: HashMap<i64, Oid> = stored.iter().map(|(off, o, _)| (*off, *o)).collect();
+                let oids: HashMap<i64, (Oid, Tid)> = old_chunks
+                    .iter()
+                    .map(|(off, o, c)| (*off, (*o, c.serial())))
+                    .collect();
                 let delta = chunk_delta(&old_map, data);
                 let tab = BTree {
                     family: &btree::IO,
@@ -160,13 +211,9 @@ impl Writer {
                 for (off, bytes) in &delta.set {
                     let off_i = *off as i64;
                     match oids.get(&off_i).filter(|_| !delta.clear) {
-                        Some(zd) => {
-                            let serial = b
-                                .storage
-                                .load_before(*zd, at.successor())?
-                                .map_or(Tid::ZERO, |r| r.serial);
+                        Some(&(zd, serial)) => {
                             self.conn
-                                .store_bytes_now(*zd, serial, MODULE, "ZData", bytes)?;
+                                .store_bytes_now(zd, serial, MODULE, "ZData", bytes)?;
                         }
                         None => {
                             let zd = self.new_bytes_object(b, "ZData", bytes)?;
@@ -185,11 +232,11 @@ impl Writer {
                 // concurrent in-place change of it (by a writer that still
                 // sees it in blktab) conflicts instead of being lost.
                 match old_rec {
-                    Some((old_oid, (ZBlkRecord::ZBlk0(bytes), serial))) => {
+                    Some((old_oid, (OldZBlk::ZBlk0(bytes), serial))) => {
                         self.conn
-                            .store_bytes_now(old_oid, serial, MODULE, "ZBlk0", &bytes)?;
+                            .store_bytes_now(old_oid, serial, MODULE, "ZBlk0", bytes)?;
                     }
-                    Some((old_oid, (ZBlkRecord::ZBlk1(chunktab), serial))) => {
+                    Some((old_oid, (OldZBlk::ZBlk1(chunktab), serial))) => {
                         self.conn.store_now(old_oid, serial, &ZBlk1 { chunktab })?;
                     }
                     None => {}
@@ -211,7 +258,11 @@ impl Writer {
         }
         self.blocks.push(blk);
         if force.is_none() && self.format == ZBlkFormat::Auto {
-            self.prev = Some((blk, kind, data.to_vec()));
+            // The previous block's bytes, in a reused buffer.
+            let mut p = self.prev.take().map(|(_, _, v)| v).unwrap_or_default();
+            p.clear();
+            p.extend_from_slice(data);
+            self.prev = Some((blk, kind, p));
         }
         Ok(())
     }

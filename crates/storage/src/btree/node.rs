@@ -75,6 +75,37 @@ pub(super) fn items_value(items: &[(Value, Value)]) -> Value {
 /// Items of a bucket and its `next` reference.
 pub(super) type BucketParts = (Vec<(Value, Value)>, Option<Value>);
 
+/// [`parse_bucket_state`] consuming the state: the items are moved out of
+/// the decoded value, not copied (a 60-item bucket of references is a few
+/// hundred allocations less per load).
+pub(super) fn into_bucket_state(oid: Oid, state: Value) -> Result<BucketParts> {
+    let bad = |msg: &str| Error::BadState {
+        oid,
+        msg: msg.into(),
+    };
+    let (items, next) = match state {
+        Value::None => return Ok((Vec::new(), None)),
+        Value::Tuple(t) if t.len() == 1 || t.len() == 2 => {
+            let mut t = t.into_iter();
+            (t.next(), t.next())
+        }
+        _ => return Err(bad("bucket state is not (items,) or (items, next)")),
+    };
+    let s = match items {
+        Some(Value::Tuple(s) | Value::List(s)) => s,
+        _ => return Err(bad("bucket items are not a tuple")),
+    };
+    if s.len() % 2 != 0 {
+        return Err(bad("bucket items have odd length"));
+    }
+    let mut out = Vec::with_capacity(s.len() / 2);
+    let mut it = s.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        out.push((k, v));
+    }
+    Ok((out, next))
+}
+
 pub(super) fn parse_bucket_state(oid: Oid, state: &Value) -> Result<BucketParts> {
     match state {
         Value::None => Ok((Vec::new(), None)),
@@ -117,7 +148,7 @@ impl PersistentClass for Bucket {
     fn from_state(oid: Oid, module: &str, name: &str, state: Value) -> Result<Self> {
         match family_of(module, name) {
             Some((family, true)) => {
-                let (items, next) = parse_bucket_state(oid, &state)?;
+                let (items, next) = into_bucket_state(oid, state)?;
                 Ok(Bucket {
                     family,
                     items,

@@ -65,23 +65,30 @@ impl<'a> SnapshotReader<'a> {
     pub fn items(&self, root: Oid, visit: &mut dyn FnMut(Oid)) -> Result<Vec<(Value, Value)>> {
         visit(root);
         let n: TreeNode = self.load(root)?;
-        let first = match n.state {
+        let (first, children) = match n.state {
             TreeState::Empty => return Ok(Vec::new()),
             TreeState::Inline(items) => return Ok(items),
-            TreeState::General { first, .. } => first,
+            TreeState::General {
+                first, children, ..
+            } => (first, children),
         };
-        // interior nodes are visited too, so changes to them are seen
-        let mut stack = vec![root];
-        while let Some(o) = stack.pop() {
-            let t: TreeNode = self.load(o)?;
-            if let TreeState::General { children, .. } = t.state {
-                for (c, is_bucket) in children {
-                    if !is_bucket {
-                        visit(c);
-                        stack.push(c);
-                    }
+        // interior nodes are visited too, so changes to them are seen (the
+        // root, loaded above, is not loaded again)
+        let mut stack = Vec::new();
+        let mut pending = children;
+        loop {
+            for (c, is_bucket) in pending {
+                if !is_bucket {
+                    visit(c);
+                    stack.push(c);
                 }
             }
+            let Some(o) = stack.pop() else { break };
+            let t: TreeNode = self.load(o)?;
+            pending = match t.state {
+                TreeState::General { children, .. } => children,
+                _ => Vec::new(),
+            };
         }
         let mut out = Vec::new();
         let mut b = Some(first);

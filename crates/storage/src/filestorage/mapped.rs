@@ -60,18 +60,10 @@ pub(super) struct Mapping {
 }
 
 impl Mapping {
-    /// The record data at `pos..pos+len` of `file`, lent from a mapping
-    /// that covers it (mapping the file again if needed). `None` if the
-    /// file cannot be mapped (the caller reads instead).
-    pub(super) fn record(
-        &self,
-        file: &Arc<File>,
-        pos: u64,
-        len: u64,
-        serial: Tid,
-    ) -> Option<MappedRecord> {
-        let start = usize::try_from(pos).ok()?;
-        let end = start.checked_add(usize::try_from(len).ok()?)?;
+    /// A mapping of `file` that covers its first `end` bytes (mapping the
+    /// file again if the current one is shorter or of another file).
+    /// `None` if the file cannot be mapped (the caller reads instead).
+    pub(super) fn covering(&self, file: &Arc<File>, end: usize) -> Option<Arc<dyn MappedBytes>> {
         let mut cur = self.current.lock();
         let fresh = match cur.as_ref() {
             Some((f, m)) if Arc::ptr_eq(f, file) && m.0.len() >= end => None,
@@ -89,8 +81,22 @@ impl Mapping {
         if let Some(m) = fresh {
             *cur = Some((file.clone(), m));
         }
-        let map = cur.as_ref()?.1.clone();
-        drop(cur);
-        MappedRecord::new(map, start..end, serial)
+        let map: Arc<dyn MappedBytes> = cur.as_ref()?.1.clone();
+        Some(map)
+    }
+
+    /// The record data at `pos..pos+len` of `file`, lent from a mapping
+    /// that covers it (mapping the file again if needed). `None` if the
+    /// file cannot be mapped (the caller reads instead).
+    pub(super) fn record(
+        &self,
+        file: &Arc<File>,
+        pos: u64,
+        len: u64,
+        serial: Tid,
+    ) -> Option<MappedRecord> {
+        let start = usize::try_from(pos).ok()?;
+        let end = start.checked_add(usize::try_from(len).ok()?)?;
+        MappedRecord::new(self.covering(file, end)?, start..end, serial)
     }
 }

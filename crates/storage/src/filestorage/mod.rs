@@ -38,6 +38,7 @@ mod format;
 mod index;
 mod load_many;
 mod lock;
+mod map_many;
 #[allow(unsafe_code)] // the file mapping: see its docs
 mod mapped;
 mod oids;
@@ -345,6 +346,14 @@ impl Storage for FileStorage {
 
     fn load_many_before(&self, oids: &[Oid], before: Tid) -> Result<Vec<Option<LoadedRecord>>> {
         self.inner.load_many_before(oids, before)
+    }
+
+    fn map_many_before(
+        &self,
+        oids: &[Oid],
+        before: Tid,
+    ) -> Result<Vec<Option<crate::MappedRecord>>> {
+        self.inner.map_many_before(oids, before)
     }
 
     fn load_serial(&self, oid: Oid, serial: Tid) -> Result<Vec<u8>> {

@@ -46,24 +46,67 @@ const STOP: u8 = b'.';
 pub fn bytes_state_layout(head: &[u8]) -> Option<BytesStateLayout> {
     let (meta, n) = decode(head).ok()?;
     let (module, name) = class_of_meta(&meta)?;
-    let mut at = n;
-    if head.get(at) == Some(&PROTO) {
-        at += 2;
-    }
-    let (offset, len) = match *head.get(at)? {
-        BINBYTES | BINSTRING => {
-            let l = u32::from_le_bytes(head.get(at + 1..at + 5)?.try_into().ok()?);
-            (at + 5, u64::from(l))
-        }
-        SHORT_BINBYTES | SHORT_BINSTRING => (at + 2, u64::from(*head.get(at + 1)?)),
-        _ => return None,
-    };
+    let (offset, len) = state_layout(head, n)?;
     Some(BytesStateLayout {
         module,
         name,
         offset,
         len,
     })
+}
+
+/// Where the payload of a state pickle starting at `at` of `head` lies:
+/// `(offset, len)`.
+fn state_layout(head: &[u8], mut at: usize) -> Option<(usize, u64)> {
+    if head.get(at) == Some(&PROTO) {
+        at += 2;
+    }
+    match *head.get(at)? {
+        BINBYTES | BINSTRING => {
+            let l = u32::from_le_bytes(head.get(at + 1..at + 5)?.try_into().ok()?);
+            Some((at + 5, u64::from(l)))
+        }
+        SHORT_BINBYTES | SHORT_BINSTRING => Some((at + 2, u64::from(*head.get(at + 1)?))),
+        _ => None,
+    }
+}
+
+/// [`bytes_state`] for many records in a row (a ZBlk1 block's 512 ZData
+/// chunks), without decoding each record's class pickle: a record that
+/// starts with the very bytes of the class pickle decoded last has the same
+/// class (a pickle's meaning is its bytes), so only the state's opcode and
+/// length are read.
+#[derive(Debug, Default, Clone)]
+pub struct BytesStateReader {
+    /// The last class pickle decoded (empty: none yet) and its class.
+    prefix: Vec<u8>,
+    module: String,
+    name: String,
+}
+
+impl BytesStateReader {
+    /// The class `(module, name)` of the whole record `data` and where its
+    /// payload lies in it, if its state is one plain byte string (as
+    /// [`bytes_state`]); `None` otherwise.
+    pub fn payload(&mut self, data: &[u8]) -> Option<(&str, &str, std::ops::Range<usize>)> {
+        let n = if !self.prefix.is_empty() && data.starts_with(&self.prefix) {
+            self.prefix.len()
+        } else {
+            let (meta, n) = decode(data).ok()?;
+            let (module, name) = class_of_meta(&meta)?;
+            self.prefix = data.get(..n)?.to_vec();
+            self.module = module;
+            self.name = name;
+            n
+        };
+        let (offset, len) = state_layout(data, n)?;
+        let end = offset.checked_add(usize::try_from(len).ok()?)?;
+        is_bytes_state_tail(data.get(end..)?).then_some((
+            self.module.as_str(),
+            self.name.as_str(),
+            offset..end,
+        ))
+    }
 }
 
 /// True for what may follow the payload up to the end of the record:

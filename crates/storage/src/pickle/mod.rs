@@ -21,7 +21,9 @@ mod bytes_state;
 mod decode;
 mod encode;
 
-pub use bytes_state::{BytesStateLayout, bytes_state, bytes_state_layout, is_bytes_state_tail};
+pub use bytes_state::{
+    BytesStateLayout, BytesStateReader, bytes_state, bytes_state_layout, is_bytes_state_tail,
+};
 pub use decode::{Decoder, MAX_DEPTH};
 
 use crate::error::{Error, Result};
