@@ -17,7 +17,10 @@
 //! the blocks past the end), `append` writes only the new elements.
 //! Reductions ([`ZBigArray::stats`], [`ZBigArray::map_reduce`]) run in
 //! parallel chunks with rayon; memory stays within the RAM budget because
-//! clean blocks are evicted as the scan moves on.
+//! a scan hands the blocks it loaded back once done with them (dropped when
+//! the budget is half used, see `scan`), and `stats` reads ZBlk0 blocks
+//! in place from the storage's file mapping without loading them (see
+//! `stored_scan`).
 //!
 //! Element types implement [`Element`]: i8..i64, u8..u64, f32, f64, numpy
 //! bool ([`B1`]) and complex64/128 (`num_complex::Complex<f32|f64>`) in

@@ -36,7 +36,9 @@
 //! the concrete parts (URL schemes -> storages, the standard BTree
 //! resolver), so a new storage is one module plus one entry there. One
 //! recipe reads an object at a snapshot ([`Snapshot`]), and pickle opcodes
-//! are spelled only in [`pickle`]. This crate has no `unsafe` code.
+//! are spelled only in [`pickle`]. The crate's only `unsafe` code is
+//! FileStorage's read-only file mapping (`filestorage/mapped.rs`), from
+//! which [`mapped`] records are lent in place; its docs say why it is sound.
 //!
 //! ```
 //! use storage::{DB, TransactionManager, Value};

@@ -15,7 +15,8 @@
 //! - `txn`: the handle as a data manager in two-phase commit;
 //! - `spill`: moving dirty blocks of huge transactions out of RAM;
 //! - `siblings`: other handles of the same file in the same connection;
-//! - `truncate`: dropping every block from some block on (shrinking).
+//! - `truncate`: dropping every block from some block on (shrinking);
+//! - `stored`: what is stored for a block, lent in place for scans.
 
 mod access;
 mod backend;

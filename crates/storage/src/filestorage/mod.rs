@@ -12,6 +12,9 @@
 //!   open and extends it at every sync;
 //! - `read`: lookups, the MVCC walk down an object's `prev` chain,
 //!   backpointers; reads are `pread`s, any number of threads at once;
+//! - `load_many`: many small records at once, with a few large `pread`s;
+//! - `mapped`: the read-only mapping of the file, from which records are lent
+//!   (the crate's only `unsafe`), and `map_many`: many records lent at once;
 //! - `lock`: the commit lock (an in-process slot plus the `<name>.lock`
 //!   `flock` Python's `zc.lockfile` takes);
 //! - `commit`: the two-phase-commit writer, appending in place;

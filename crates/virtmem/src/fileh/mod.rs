@@ -10,7 +10,7 @@
 //! - [`load`]: loading a block and installing it (copy path, holes);
 //! - [`zero_copy`]: moving loaded pages into place, recycling evicted ones;
 //! - [`readahead`]: sequential-stream detection and read-ahead jobs;
-//! - [`evict`]: keeping clean blocks within the budget;
+//! - [`evict`]: keeping clean blocks within the budget, drop-behind;
 //! - [`ops`]: prefetch, writeout, discard, invalidate;
 //! - [`view`] and [`options`]: what the API lends and takes.
 //!
