@@ -60,7 +60,7 @@ impl<T: Real> ZBigArray<T> {
     ) -> Result<Option<Acc>, Error> {
         let size = std::mem::size_of::<T>();
         let bs = self.file().blksize();
-        if size == 0 || bs % size != 0 {
+        if size == 0 || !bs.is_multiple_of(size) {
             return Ok(None);
         }
         let len = self.len();
@@ -96,9 +96,7 @@ impl<T: Real> ZBigArray<T> {
                     }
                     _ => {
                         let loaded = self.load_for_scan(first..first + n)?;
-                        let v = fh.view::<T>((first * size) as u64, n)?;
-                        let acc = pairwise(&v);
-                        drop(v);
+                        let acc = pairwise(&fh.view::<T>((first * size) as u64, n)?);
                         fh.scan_done(&loaded);
                         acc
                     }

@@ -649,7 +649,7 @@ fn holes_as_data_when_zero_pages_are_off() {
 #[test]
 fn zero_copy_loads_keep_the_semantics() {
     const BS2: usize = 2 << 20;
-    let n = 24u64;
+    let n = 40u64; // longer than a read-ahead stream's LONG_STREAM: drop-behind recycles
     let pat = |blk: u64| -> Vec<u8> {
         (0..BS2)
             .map(|i| ((i / 8) as u64 ^ blk.wrapping_mul(0x9E37_79B9)) as u8)
@@ -663,7 +663,7 @@ fn zero_copy_loads_keep_the_semantics() {
     }
     let opts = Options {
         reserve: n * BS2 as u64,
-        budget: Some(8 * BS2 as u64),
+        budget: Some(16 * BS2 as u64),
         ..Options::default()
     };
     let mut fh = FileH::open(f.clone() as Arc<dyn BigFile>, opts).unwrap();
@@ -683,8 +683,8 @@ fn zero_copy_loads_keep_the_semantics() {
         assert!(st.moved_loads > 0, "{st:?}");
         assert!(st.moved_loads + st.marker_hits >= n - 2, "{st:?}");
         assert!(st.marker_hits > 0, "{st:?}");
-        // 24 blocks through a budget of 8: evicted blocks' pages are kept
-        // and reused by later loads.
+        // 40 blocks through a budget of 16: the long stream drops what it
+        // leaves behind, and those blocks' pages are reused by later loads.
         assert!(st.recycled > 0, "{st:?}");
     }
     for b in 0..n {

@@ -394,7 +394,7 @@ impl Drop for FileH {
             .values()
             .filter(|b| matches!(b, Block::Clean { hole: false, .. }))
             .count() as u64;
-        sh.budget.sub(clean * sh.bs as u64);
+        sh.budget.sub(clean * sh.bs as u64 + sh.recycled_bytes());
     }
 }
 

@@ -38,8 +38,9 @@ pub(super) const HUGE: usize = 2 << 20;
 /// moves.
 const MAX_MOVE_MISSES: u64 = 16;
 /// Buffers per handle that keep evicted blocks' pages for the next loads
-/// (memory outside the budget): this many, plus [`RECYCLED_PER_THREAD`]
-/// per hardware thread, at most [`RECYCLED_MAX`]. A scan thread has a
+/// (accounted in the budget while they hold pages): this many, plus [`RECYCLED_PER_THREAD`]
+/// per hardware thread, at most [`RECYCLED_MAX`] and a quarter of the
+/// budget. A scan thread has a
 /// chunk of a few blocks loaded at a time and drops it behind itself, so
 /// each needs a few buffers for its loads to find recycled pages.
 const RECYCLED_BASE: usize = 4;
@@ -138,11 +139,13 @@ impl Shared {
     /// A buffer holding an evicted block's pages to load into, if zero-copy
     /// is on and one is kept.
     pub(super) fn take_recycled(&self) -> Option<Staging> {
-        if self.zero_copy_on() {
-            self.zc.recycled.lock().full.pop()
-        } else {
-            None
+        if !self.zero_copy_on() {
+            return None;
         }
+        let b = self.zc.recycled.lock().full.pop()?;
+        // Kept pages are accounted while kept; the load accounts its block.
+        self.budget.sub(b.as_slice().len() as u64);
+        Some(b)
     }
 
     /// Give back a buffer after a load into it (or a move of an evicted
@@ -152,8 +155,16 @@ impl Shared {
         if b.moved_out {
             pool.empty.push(b);
         } else {
+            self.budget.add(b.as_slice().len() as u64);
             pool.full.push(b);
         }
+    }
+
+    /// Bytes of pages kept in full recycling buffers (accounted in the
+    /// budget; given back when the handle closes).
+    pub(super) fn recycled_bytes(&self) -> u64 {
+        let pool = self.zc.recycled.lock();
+        pool.full.iter().map(|b| b.as_slice().len() as u64).sum()
     }
 
     /// Whether a load into the staging buffer `buf` may be moved into place:
@@ -250,14 +261,22 @@ impl Shared {
         if !matches!(pm.all_huge(addr, len), Ok(true)) {
             return false;
         }
+        // Kept pages are accounted in the budget (see `return_recycled`):
+        // keep them only if they fit, and in at most a quarter of it.
+        if self.budget.used().saturating_add(len as u64) > self.budget.limit() {
+            return false;
+        }
+        let quarter =
+            usize::try_from(self.budget.limit() / self.bs as u64 / 4).unwrap_or(usize::MAX);
         let mut b = {
             let mut pool = self.zc.recycled.lock();
-            if pool.full.len() >= pool.capacity {
+            let capacity = pool.capacity.min(quarter);
+            if pool.full.len() >= capacity {
                 return false;
             }
             match pool.empty.pop() {
                 Some(b) => b,
-                None if pool.created < pool.capacity => {
+                None if pool.created < capacity => {
                     let Ok(b) = Staging::new(len) else {
                         return false;
                     };
