@@ -66,7 +66,7 @@ impl<T: Element> ZBigArray<T> {
                     let (s, e) = (i * rows, ((i + 1) * rows).min(n));
                     behind.loaded(&self.load_for_scan(elems(i))?);
                     let r = map(s, v.slice_axis(Axis(axis), Slice::from(s..e)));
-                    self.drop_behind(&behind.done(self.blocks_of(elems(i))))?;
+                    self.drop_behind(&behind.done(self.blocks_of(elems(i))), &behind.dropping)?;
                     Ok(r)
                 })
                 .try_reduce(&identity, |a, b| Ok(reduce(a, b)))

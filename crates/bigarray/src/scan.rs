@@ -22,6 +22,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 /// The drop-behind state of one scan over the blocks `first..first+len`.
 pub(crate) struct DropBehind {
+    /// The scan drops behind it (see `virtmem::FileH::scan_done`).
+    pub(crate) dropping: AtomicBool,
     first: u64,
     /// Chunks of the scan that have not finished with each block yet.
     users: Vec<AtomicU32>,
@@ -45,6 +47,7 @@ impl DropBehind {
             }
         }
         DropBehind {
+            dropping: AtomicBool::new(false),
             first,
             users: users.into_iter().map(AtomicU32::new).collect(),
             loaded: (0..n).map(|_| AtomicBool::new(false)).collect(),

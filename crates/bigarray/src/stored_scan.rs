@@ -20,7 +20,7 @@
 //! `wendelin stat`): see the README's benchmark table (in-place vs loading).
 
 use rayon::prelude::*;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::reduce::{Acc, pairwise, pairwise_bytes};
 use crate::{Error, Real, ZBigArray};
@@ -69,6 +69,7 @@ impl<T: Real> ZBigArray<T> {
         let h = self.file().fileh_read()?;
         let fh: &virtmem::FileH = &h;
         let done = AtomicU64::new(0);
+        let dropping = AtomicBool::new(false);
         let acc = (0..nblocks)
             .into_par_iter()
             .map(|b| -> Result<Acc, Error> {
@@ -97,7 +98,7 @@ impl<T: Real> ZBigArray<T> {
                     _ => {
                         let loaded = self.load_for_scan(first..first + n)?;
                         let acc = pairwise(&fh.view::<T>((first * size) as u64, n)?);
-                        fh.scan_done(&loaded);
+                        fh.scan_done(&loaded, &dropping);
                         acc
                     }
                 };

@@ -233,9 +233,13 @@ impl<T: Element> ZBigArray<T> {
 
     /// A scan is done with `blocks` it loaded: drop them if the budget is
     /// half used, else keep them for a next pass (`virtmem::FileH::scan_done`).
-    pub(crate) fn drop_behind(&self, blocks: &[u64]) -> Result<(), Error> {
+    pub(crate) fn drop_behind(
+        &self,
+        blocks: &[u64],
+        dropping: &std::sync::atomic::AtomicBool,
+    ) -> Result<(), Error> {
         if !blocks.is_empty() {
-            self.fh.fileh_read()?.scan_done(blocks);
+            self.fh.fileh_read()?.scan_done(blocks, dropping);
         }
         Ok(())
     }

@@ -51,13 +51,19 @@ impl FileH {
     }
 
     /// A scan is done with `blocks` it loaded: [`drop_behind`](Self::drop_behind)
-    /// if the budget is more than half used ([`Budget::half_used`]), else
-    /// keep them resident for a next pass. Read-ahead streams follow the
+    /// once the budget is more than half used ([`Budget::half_used`]), else
+    /// keep them resident for a next pass. `dropping` is the scan's own
+    /// flag: set the first time it drops, after which it always drops (a
+    /// scan that checked the budget each time would keep blocks again as
+    /// soon as its drops freed room, and its loads would then get fresh
+    /// pages instead of the recycled ones). Read-ahead streams follow the
     /// same rule.
     ///
     /// [`Budget::half_used`]: crate::Budget::half_used
-    pub fn scan_done(&self, blocks: &[u64]) {
-        if self.sh.budget.half_used() {
+    pub fn scan_done(&self, blocks: &[u64], dropping: &std::sync::atomic::AtomicBool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if dropping.load(Relaxed) || self.sh.budget.half_used() {
+            dropping.store(true, Relaxed);
             self.sh.evict_now(blocks);
         }
     }

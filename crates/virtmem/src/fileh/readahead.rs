@@ -48,6 +48,9 @@ pub(super) struct Seq {
     next: Option<u64>,
     /// Tick of the last access, to replace the least recently used stream.
     used: u64,
+    /// The stream drops what it leaves behind (set once the budget was
+    /// half used; then for good, see `FileH::scan_done`).
+    dropping: bool,
 }
 
 /// How many concurrent streams read-ahead tracks per handle.
@@ -129,6 +132,7 @@ impl Shared {
                 dir: 0,
                 next: None,
                 used: tick,
+                dropping: false,
             };
             if st.streams.len() < STREAMS {
                 st.streams.push(new);
@@ -182,11 +186,12 @@ impl Shared {
         if matches!(blocks.get(&blk), Some(Block::Loading { .. })) {
             stream_loaded.insert(blk);
         }
-        if !self.budget.half_used() {
+        if !s.dropping && !self.budget.half_used() {
             // Room to keep the scan for a next pass: drop nothing yet (from
             // `dropped` on, everything left behind stays a candidate).
             return Vec::new();
         }
+        s.dropping = true;
         let range = if s.dir > 0 {
             let upto = blk.saturating_sub(KEEP_BEHIND);
             if blk - s.origin < LONG_STREAM || upto <= s.dropped {
