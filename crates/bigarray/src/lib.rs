@@ -18,7 +18,7 @@
 //! Reductions ([`ZBigArray::stats`], [`ZBigArray::map_reduce`]) run in
 //! parallel chunks with rayon; memory stays within the RAM budget because
 //! a scan hands the blocks it loaded back once done with them (dropped when
-//! the budget is half used, see `scan`), and `stats` reads ZBlk0 blocks
+//! the budget is nearly full, see `scan`), and `stats` reads ZBlk0 blocks
 //! in place from the storage's file mapping without loading them (see
 //! `stored_scan`).
 //!

@@ -6,7 +6,7 @@
 //! for every block of the pass and pushes the resident working set out of
 //! the RAM budget. So a scan hands the blocks it loaded back to virtmem
 //! (`FileH::scan_done`) as soon as no chunk of it needs them: once the
-//! budget is half used they are dropped and their pages feed the next
+//! budget is nearly full they are dropped and their pages feed the next
 //! loads; before that they stay for a next pass. Chunks are counted in rows, not blocks, so a
 //! block may straddle two chunks: it is dropped by whichever of them
 //! finishes last (a per-block count of the chunks touching it), never while

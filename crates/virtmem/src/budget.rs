@@ -43,13 +43,16 @@ impl Budget {
         self.used.load(Ordering::Relaxed)
     }
 
-    /// More than half of the budget is in use: scans then drop the blocks
-    /// they leave behind (see `FileH::scan_done` and read-ahead streams)
-    /// instead of keeping them for a next pass. Below that, a scanned
-    /// array stays resident: later passes run at memory speed, at the
-    /// price of fresh (kernel-zeroed) pages in the first.
-    pub fn half_used(&self) -> bool {
-        self.used().saturating_mul(2) > self.limit()
+    /// Less than an eighth of the budget is free: scans then drop the
+    /// blocks they leave behind (see `FileH::scan_done` and read-ahead
+    /// streams) instead of keeping them for a next pass. Until then a scan
+    /// uses free room only (it never makes the budget evict anyone's
+    /// blocks), and a scanned array that fits stays resident: later passes
+    /// run at memory speed, at the price of fresh (kernel-zeroed) pages in
+    /// the first. The eighth left is room for the pages a dropping scan
+    /// recycles and its read-ahead.
+    pub fn nearly_full(&self) -> bool {
+        self.used().saturating_add(self.limit() / 8) > self.limit()
     }
 
     pub(crate) fn add(&self, n: u64) {

@@ -232,7 +232,7 @@ impl<T: Element> ZBigArray<T> {
     }
 
     /// A scan is done with `blocks` it loaded: drop them if the budget is
-    /// half used, else keep them for a next pass (`virtmem::FileH::scan_done`).
+    /// nearly full, else keep them for a next pass (`virtmem::FileH::scan_done`).
     pub(crate) fn drop_behind(
         &self,
         blocks: &[u64],

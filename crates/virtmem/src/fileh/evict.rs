@@ -8,7 +8,7 @@
 //! A scan that is done with blocks it loaded drops them at once
 //! ([`FileH::drop_behind`](super::FileH::drop_behind); through
 //! [`FileH::scan_done`](super::FileH::scan_done) and long read-ahead
-//! streams only once the budget is half used): one pass over an
+//! streams only once the budget is nearly full): one pass over an
 //! array far bigger than the budget then neither pushes the working set out
 //! nor makes the kernel allocate and zero a fresh page for every block (the
 //! dropped blocks' pages are recycled into the next loads). Measured on the

@@ -51,7 +51,7 @@ impl FileH {
     }
 
     /// A scan is done with `blocks` it loaded: [`drop_behind`](Self::drop_behind)
-    /// once the budget is more than half used ([`Budget::half_used`]), else
+    /// once less than an eighth of the budget is free ([`Budget::nearly_full`]), else
     /// keep them resident for a next pass. `dropping` is the scan's own
     /// flag: set the first time it drops, after which it always drops (a
     /// scan that checked the budget each time would keep blocks again as
@@ -59,10 +59,10 @@ impl FileH {
     /// pages instead of the recycled ones). Read-ahead streams follow the
     /// same rule.
     ///
-    /// [`Budget::half_used`]: crate::Budget::half_used
+    /// [`Budget::nearly_full`]: crate::Budget::nearly_full
     pub fn scan_done(&self, blocks: &[u64], dropping: &std::sync::atomic::AtomicBool) {
         use std::sync::atomic::Ordering::Relaxed;
-        if dropping.load(Relaxed) || self.sh.budget.half_used() {
+        if dropping.load(Relaxed) || self.sh.budget.nearly_full() {
             dropping.store(true, Relaxed);
             self.sh.evict_now(blocks);
         }
