@@ -186,12 +186,11 @@ impl Shared {
         if matches!(blocks.get(&blk), Some(Block::Loading { .. })) {
             stream_loaded.insert(blk);
         }
-        if !s.dropping && !self.budget.nearly_full() {
-            // Room to keep the scan for a next pass: drop nothing yet (from
-            // `dropped` on, everything left behind stays a candidate).
-            return Vec::new();
-        }
-        s.dropping = true;
+        // While the budget has room, what the stream leaves behind stays
+        // resident for a next pass (and is no longer a candidate); once it
+        // is nearly full, the stream drops from there on, for good.
+        let keep = !s.dropping && !self.budget.nearly_full();
+        s.dropping |= !keep;
         let range = if s.dir > 0 {
             let upto = blk.saturating_sub(KEEP_BEHIND);
             if blk - s.origin < LONG_STREAM || upto <= s.dropped {
@@ -213,7 +212,7 @@ impl Shared {
         for b in &behind {
             stream_loaded.remove(b);
         }
-        behind
+        if keep { Vec::new() } else { behind }
     }
 
     pub(super) fn queue_readahead(&self, jobs: Range<u64>, dir: i8) {
