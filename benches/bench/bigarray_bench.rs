@@ -213,6 +213,38 @@ pub fn run(cfg: &Config, report: &mut Report) -> Result<(), String> {
         &format!("{nt}-thread sum over mmap of raw file"),
         base,
     );
+    if cfg.cold {
+        // Cold page cache: `wendelin stat` (fresh process) and an
+        // all-threads mmap sum of the raw file, each after dropping caches
+        // (pages still mapped here could not be dropped: unmap first).
+        drop(map);
+        Config::drop_caches()?;
+        let (r, ours) = timed(|| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_wendelin"))
+                .arg("stat")
+                .arg(&db_path)
+                .arg("A")
+                .output()
+        });
+        if !r.map_err(e)?.status.success() {
+            return Err("wendelin stat (cold) failed".into());
+        }
+        Config::drop_caches()?;
+        let f = std::fs::File::open(&raw).map_err(e)?;
+        // SAFETY: the file is private to this benchmark and not modified while mapped.
+        let cold_map = unsafe { memmap2::Mmap::map(&f) }.map_err(e)?;
+        let (_, base) = timed(|| p.install(|| mmap_sum(&cold_map)));
+        report.throughput(
+            &format!(
+                "bigarray: wendelin stat of {} MiB f64, cold page cache",
+                total >> 20
+            ),
+            total,
+            ours,
+            &format!("{nt}-thread sum over mmap of raw file, cold page cache"),
+            base,
+        );
+    }
     import_row(dir.path(), &raw, total, report)?;
     Ok(())
 }

@@ -18,10 +18,14 @@ pub struct Config {
     /// Highest thread count of the scan curves (1..=threads); default:
     /// the hardware threads.
     pub threads: usize,
+    /// Also measure scans with a cold page cache (drops the kernel's caches
+    /// before each such figure: root only). Pair with a `--size-mib` that
+    /// makes the array larger than RAM to measure truly out of core.
+    pub cold: bool,
 }
 
 impl Config {
-    /// Parse `--json --quick --filter X --dir D --size-mib N --threads N` (unknown args such as
+    /// Parse `--json --quick --cold --filter X --dir D --size-mib N --threads N` (unknown args such as
     /// cargo's `--bench` are ignored).
     pub fn from_args(args: impl Iterator<Item = String>) -> Result<Config, String> {
         let mut cfg = Config {
@@ -31,12 +35,14 @@ impl Config {
             dir: std::env::temp_dir(),
             size_mib: 0,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cold: false,
         };
         let mut args = args.peekable();
         while let Some(a) = args.next() {
             match a.as_str() {
                 "--json" => cfg.json = true,
                 "--quick" => cfg.quick = true,
+                "--cold" => cfg.cold = true,
                 "--filter" => cfg.filter = Some(args.next().ok_or("--filter needs a value")?),
                 "--dir" => cfg.dir = PathBuf::from(args.next().ok_or("--dir needs a value")?),
                 "--threads" => {
@@ -61,6 +67,15 @@ impl Config {
             cfg.size_mib = if cfg.quick { 256 } else { 1024 };
         }
         Ok(cfg)
+    }
+
+    /// Drop the kernel's page cache (root only), so the next read comes
+    /// from the disk.
+    pub fn drop_caches() -> Result<(), String> {
+        // Sync first, so that dirty pages can be dropped too.
+        let _ = std::process::Command::new("sync").status();
+        std::fs::write("/proc/sys/vm/drop_caches", "3")
+            .map_err(|e| format!("--cold: dropping the page cache: {e} (needs root)"))
     }
 
     /// True if group or row `name` passes the filter.

@@ -26,6 +26,11 @@ use crate::reduce::{Acc, pairwise, pairwise_bytes};
 use crate::{Error, Real, ZBigArray};
 use bigfile::StoredBlock;
 
+/// How far ahead of the block being summed a scan starts reading a stored
+/// block in the background (`MADV_WILLNEED`, skipped when cached), for
+/// scans of a cold page cache: 0.49x -> 0.57x of a cold mmap sum measured.
+const READ_AHEAD: u64 = 4;
+
 /// Partial statistics of `n` zeros.
 fn zeros(n: u64) -> Acc {
     if n == 0 {
@@ -82,6 +87,14 @@ impl<T: Real> ZBigArray<T> {
                 } else {
                     self.file().stored_block(blk)?
                 };
+                // Keep the disk busy ahead of the scan when the page cache
+                // is cold (advice: a no-op for pages already cached).
+                let ahead = blk + READ_AHEAD;
+                if ahead < nblocks as u64
+                    && let Ok(StoredBlock::Mapped(r)) = self.file().stored_block(ahead)
+                {
+                    r.will_need();
+                }
                 let acc = match stored {
                     StoredBlock::Hole => zeros(n as u64),
                     StoredBlock::Mapped(rec) if rec.data().len() % size == 0 => {

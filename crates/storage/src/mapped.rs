@@ -30,6 +30,13 @@ pub trait MappedBytes: Send + Sync {
     fn release(&self, range: Range<usize>) {
         let _ = range;
     }
+
+    /// Start reading `range` from the disk now, in the background (a scan
+    /// asks for the blocks ahead of it, so the disk stays busy while it
+    /// sums). Default: nothing.
+    fn will_need(&self, range: Range<usize>) {
+        let _ = range;
+    }
 }
 
 /// A record's data, in place in its storage file's mapping.
@@ -62,6 +69,12 @@ impl MappedRecord {
     /// (see [`MappedBytes::release`]); the record stays readable.
     pub fn release(&self) {
         self.map.release(self.range.clone());
+    }
+
+    /// About to read this record: have its pages read in the background
+    /// (see [`MappedBytes::will_need`]).
+    pub fn will_need(&self) {
+        self.map.will_need(self.range.clone());
     }
 
     /// The same mapping, narrowed to `sub` (relative to [`Self::data`]);

@@ -31,6 +31,25 @@ impl MappedBytes for FileMap {
         &self.0
     }
 
+    fn will_need(&self, range: std::ops::Range<usize>) {
+        const PAGE: usize = 4096;
+        let start = range.start / PAGE * PAGE;
+        let end = range.end.min(self.0.len());
+        if start >= end {
+            return;
+        }
+        // Cached already (the usual case): the advice would only walk the
+        // page cache. Its first and last pages tell (mincore).
+        let last = (end - 1) / PAGE * PAGE;
+        if self.cached(start) && self.cached(last) {
+            return;
+        }
+        // Advice only: failure costs nothing but speed.
+        let _ = self
+            .0
+            .advise_range(memmap2::Advice::WillNeed, start, end - start);
+    }
+
     fn release(&self, range: std::ops::Range<usize>) {
         const PAGE: usize = 4096;
         let start = range.start.next_multiple_of(PAGE);
@@ -49,6 +68,24 @@ impl MappedBytes for FileMap {
                 )
             };
         }
+    }
+}
+
+impl FileMap {
+    /// The page at `off` (page-aligned, inside the mapping) is in the page
+    /// cache.
+    fn cached(&self, off: usize) -> bool {
+        let mut vec = [0u8; 1];
+        // SAFETY: `off` is a page inside our live mapping; mincore only
+        // reports residency into `vec` (one byte for one page).
+        let r = unsafe {
+            nix::libc::mincore(
+                self.0.as_ptr().add(off) as *mut nix::libc::c_void,
+                4096,
+                vec.as_mut_ptr(),
+            )
+        };
+        r == 0 && vec[0] & 1 == 1
     }
 }
 
