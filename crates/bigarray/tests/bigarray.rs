@@ -374,7 +374,7 @@ fn a_scan_drops_what_it_loaded_and_keeps_the_working_set() {
     // A fresh handle: nothing resident; block 5 becomes the working set.
     let tm2 = TransactionManager::new();
     let c2 = db.open_connection(&tm2).expect("c2");
-    // A budget of 8 blocks: once 7 are used, a scan drops what it
+    // A budget of 8 blocks (under virtmem's SCAN_MARGIN): a scan drops what it
     // leaves behind.
     let o = HandleOptions {
         virtmem: virtmem::Options {
@@ -397,8 +397,8 @@ fn a_scan_drops_what_it_loaded_and_keeps_the_working_set() {
         .map_reduce(1000, |_, v| v.sum(), || 0.0, |x, y| x + y)
         .expect("scan");
     assert_eq!(sum, direct);
-    // The working set, and what the scan kept before the budget was half
-    // full (7 of 8 blocks used; 12 blocks scanned).
+    // The working set, and whatever the scan kept (nothing, with a budget
+    // this small).
     let kept = resident();
     assert!((1..=8).contains(&kept), "resident after the scan: {kept}");
     let st = a.file().fileh_read().expect("h").stats();

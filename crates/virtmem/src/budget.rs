@@ -12,6 +12,12 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
+/// The least free room below which scans drop what they leave behind (see
+/// [`Budget::nearly_full`]): the blocks a few scanning threads have in
+/// flight and the pages they recycle. With a budget under 64 MiB scans
+/// always drop behind them.
+pub const SCAN_MARGIN: u64 = 64 << 20;
+
 /// A RAM budget: `limit` bytes of clean resident blocks, `used` bytes now.
 #[derive(Debug)]
 pub struct Budget {
@@ -43,7 +49,8 @@ impl Budget {
         self.used.load(Ordering::Relaxed)
     }
 
-    /// Less than an eighth of the budget is free: scans then drop the
+    /// Less than an eighth of the budget (and at least [`SCAN_MARGIN`]) is
+    /// free: scans then drop the
     /// blocks they leave behind (see `FileH::scan_done` and read-ahead
     /// streams) instead of keeping them for a next pass. Until then a scan
     /// uses free room only (it never makes the budget evict anyone's
@@ -52,7 +59,8 @@ impl Budget {
     /// the first. The eighth left is room for the pages a dropping scan
     /// recycles and its read-ahead.
     pub fn nearly_full(&self) -> bool {
-        self.used().saturating_add(self.limit() / 8) > self.limit()
+        let margin = (self.limit() / 8).max(SCAN_MARGIN);
+        self.used().saturating_add(margin) > self.limit()
     }
 
     pub(crate) fn add(&self, n: u64) {

@@ -140,7 +140,7 @@ mod mapping;
 mod uffd;
 
 pub use backends::{FileBigFile, InjectedFailure, MemBigFile};
-pub use budget::{Budget, process_budget, set_process_budget};
+pub use budget::{Budget, SCAN_MARGIN, process_budget, set_process_budget};
 pub use error::{BoxError, Error, Result, SharedError};
 pub use fileh::{FileH, Options, Stats, View, ViewMut, Writeout};
 pub use mapping::Pod;

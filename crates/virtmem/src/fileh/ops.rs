@@ -51,7 +51,7 @@ impl FileH {
     }
 
     /// A scan is done with `blocks` it loaded: [`drop_behind`](Self::drop_behind)
-    /// once less than an eighth of the budget is free ([`Budget::nearly_full`]), else
+    /// once less than an eighth of the budget (at least [`SCAN_MARGIN`](crate::SCAN_MARGIN)) is free ([`Budget::nearly_full`]), else
     /// keep them resident for a next pass. `dropping` is the scan's own
     /// flag: set the first time it drops, after which it always drops (a
     /// scan that checked the budget each time would keep blocks again as

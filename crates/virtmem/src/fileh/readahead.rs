@@ -13,7 +13,7 @@
 //! without a fault per block.
 //!
 //! A stream that has walked [`LONG_STREAM`] blocks is a scan: once the
-//! budget is nearly full (an eighth free), the blocks it loaded are dropped when the
+//! budget is nearly full (an eighth, at least 64 MiB, free), the blocks it loaded are dropped when the
 //! reader is [`KEEP_BEHIND`] blocks past them, and their pages feed the next
 //! read-ahead loads (see [`super::evict`]). One pass over an array far
 //! bigger than the budget then neither evicts the working set nor makes the
