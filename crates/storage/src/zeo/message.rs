@@ -5,7 +5,7 @@
 //!
 //! With the `Z5` protocol every frame is one protocol-3 pickle of the tuple
 //! `(msgid, flags, name, args)` (ZEO's `marshal.py`), encoded and decoded
-//! here with the crate's own [`pickle`](crate::pickle) codec, which never
+//! here with the crate's own [`crate::pickle`] codec, which never
 //! executes anything it decodes. A call the client waits for has a positive
 //! msgid and flags `False`; a one-way call has msgid 0 and flags `True`; the
 //! heartbeat is `(-1, 0, '.reply', None)`, which the server ignores. The
