@@ -236,7 +236,7 @@ impl Shared {
             Action::Load => {
                 inc(&self.counters.loads);
                 // Errors are recorded, logged and poisoned inside.
-                let _ = self.load_and_map(blk, None, staging);
+                let _ = self.load_and_map(blk, None, false, staging);
                 Ok(())
             }
             Action::MakeDirty(mk) => self.unprotect(block_addr, mk),

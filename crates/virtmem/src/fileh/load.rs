@@ -46,12 +46,14 @@ impl Shared {
     }
 
     /// Load block `blk` (state Loading, owned by the caller) and map it.
-    /// `write`: the fault was a write (map writable and dirty). `ra`: a
-    /// read-ahead load in direction `dir` (hold back a marker page).
+    /// `ra`: a read-ahead load in direction `dir` (hold back a marker
+    /// page). `checked`: the caller returns a failure as a value (prefetch),
+    /// so it is not announced as a SIGBUS to come.
     pub(super) fn load_and_map(
         &self,
         blk: u64,
         ra: Option<i8>,
+        checked: bool,
         staging: &mut Option<Staging>,
     ) -> Result<()> {
         let (off, len) = self.block_range(blk);
@@ -61,8 +63,13 @@ impl Shared {
             Ok(x) => x,
             Err(e) => {
                 let msg = e.to_string();
-                eprintln!("virtmem: {msg}; the faulting access gets SIGBUS");
-                tracing::error!(blk, file = %self.name, "{msg}; the faulting access gets SIGBUS");
+                if checked {
+                    // Returned to the caller, who reports it with context.
+                    tracing::debug!(blk, file = %self.name, "{msg}; block poisoned");
+                } else {
+                    eprintln!("virtmem: {msg}; the faulting access gets SIGBUS");
+                    tracing::error!(blk, file = %self.name, "{msg}; the faulting access gets SIGBUS");
+                }
                 inc(&self.counters.load_failures);
                 let mut st = self.st.lock();
                 if let Error::Load { source, .. } = &e {

@@ -246,6 +246,6 @@ impl Shared {
             st.stream_loaded.insert(blk);
         }
         inc(&self.counters.readahead_loads);
-        let _ = self.load_and_map(blk, Some(dir), staging);
+        let _ = self.load_and_map(blk, Some(dir), false, staging);
     }
 }
