@@ -75,6 +75,7 @@ impl<T: Real> ZBigArray<T> {
         let fh: &virtmem::FileH = &h;
         let done = AtomicU64::new(0);
         let dropping = AtomicBool::new(false);
+        let cold = AtomicBool::new(false);
         let acc = (0..nblocks)
             .into_par_iter()
             .map(|b| -> Result<Acc, Error> {
@@ -87,10 +88,15 @@ impl<T: Real> ZBigArray<T> {
                 } else {
                     self.file().stored_block(blk)?
                 };
-                // Keep the disk busy ahead of the scan when the page cache
-                // is cold (advice: a no-op for pages already cached).
+                // Keep the disk busy ahead of the scan once it met a block
+                // that was not in the page cache (a warm scan looks nothing
+                // up twice).
+                if matches!(&stored, StoredBlock::Mapped(r) if !r.is_cached()) {
+                    cold.store(true, Ordering::Relaxed);
+                }
                 let ahead = blk + READ_AHEAD;
                 if ahead < nblocks as u64
+                    && cold.load(Ordering::Relaxed)
                     && let Ok(StoredBlock::Mapped(r)) = self.file().stored_block(ahead)
                 {
                     r.will_need();

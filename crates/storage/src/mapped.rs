@@ -31,6 +31,13 @@ pub trait MappedBytes: Send + Sync {
         let _ = range;
     }
 
+    /// Whether `range` is in the page cache (reading it costs no disk
+    /// I/O). Default: yes.
+    fn cached(&self, range: Range<usize>) -> bool {
+        let _ = range;
+        true
+    }
+
     /// Start reading `range` from the disk now, in the background (a scan
     /// asks for the blocks ahead of it, so the disk stays busy while it
     /// sums). Default: nothing.
@@ -69,6 +76,12 @@ impl MappedRecord {
     /// (see [`MappedBytes::release`]); the record stays readable.
     pub fn release(&self) {
         self.map.release(self.range.clone());
+    }
+
+    /// This record's pages are in the page cache (see
+    /// [`MappedBytes::cached`]).
+    pub fn is_cached(&self) -> bool {
+        self.map.cached(self.range.clone())
     }
 
     /// About to read this record: have its pages read in the background

@@ -23,6 +23,9 @@ use parking_lot::Mutex;
 use crate::Tid;
 use crate::mapped::{MappedBytes, MappedRecord};
 
+/// Page size (x86-64): advice and residency work in whole pages.
+const PAGE: usize = 4096;
+
 /// A read-only mapping of a data file.
 struct FileMap(memmap2::Mmap);
 
@@ -31,19 +34,22 @@ impl MappedBytes for FileMap {
         &self.0
     }
 
-    fn will_need(&self, range: std::ops::Range<usize>) {
-        const PAGE: usize = 4096;
+    fn cached(&self, range: std::ops::Range<usize>) -> bool {
         let start = range.start / PAGE * PAGE;
         let end = range.end.min(self.0.len());
-        if start >= end {
-            return;
-        }
+        // Its first and last pages tell (mincore): pages of a record are
+        // read and evicted together, near enough.
+        start >= end || (self.page_cached(start) && self.page_cached((end - 1) / PAGE * PAGE))
+    }
+
+    fn will_need(&self, range: std::ops::Range<usize>) {
         // Cached already (the usual case): the advice would only walk the
-        // page cache. Its first and last pages tell (mincore).
-        let last = (end - 1) / PAGE * PAGE;
-        if self.cached(start) && self.cached(last) {
+        // page cache.
+        if self.cached(range.clone()) {
             return;
         }
+        let start = range.start / PAGE * PAGE;
+        let end = range.end.min(self.0.len());
         // Advice only: failure costs nothing but speed.
         let _ = self
             .0
@@ -51,7 +57,6 @@ impl MappedBytes for FileMap {
     }
 
     fn release(&self, range: std::ops::Range<usize>) {
-        const PAGE: usize = 4096;
         let start = range.start.next_multiple_of(PAGE);
         let end = range.end.min(self.0.len()) / PAGE * PAGE;
         if start < end {
@@ -74,14 +79,14 @@ impl MappedBytes for FileMap {
 impl FileMap {
     /// The page at `off` (page-aligned, inside the mapping) is in the page
     /// cache.
-    fn cached(&self, off: usize) -> bool {
+    fn page_cached(&self, off: usize) -> bool {
         let mut vec = [0u8; 1];
         // SAFETY: `off` is a page inside our live mapping; mincore only
         // reports residency into `vec` (one byte for one page).
         let r = unsafe {
             nix::libc::mincore(
                 self.0.as_ptr().add(off) as *mut nix::libc::c_void,
-                4096,
+                PAGE,
                 vec.as_mut_ptr(),
             )
         };
