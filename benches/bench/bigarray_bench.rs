@@ -187,20 +187,7 @@ pub fn run(cfg: &Config, report: &mut Report) -> Result<(), String> {
     // `wendelin stat` in a fresh process (its whole run) beside an
     // all-threads mmap sum in this one.
     let db_path = dir.path().join("data.fs");
-    let (r, ours) = timed(|| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_wendelin"))
-            .arg("stat")
-            .arg(&db_path)
-            .arg("A")
-            .output()
-    });
-    let out = r.map_err(e)?;
-    if !out.status.success() {
-        return Err(format!(
-            "wendelin stat: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
+    let ours = timed_stat(&db_path)?;
     let p = pool(nt)?;
     let (_, base) = timed(|| p.install(|| mmap_sum(&map)));
     report.throughput(
@@ -219,16 +206,7 @@ pub fn run(cfg: &Config, report: &mut Report) -> Result<(), String> {
         // (pages still mapped here could not be dropped: unmap first).
         drop(map);
         Config::drop_caches()?;
-        let (r, ours) = timed(|| {
-            std::process::Command::new(env!("CARGO_BIN_EXE_wendelin"))
-                .arg("stat")
-                .arg(&db_path)
-                .arg("A")
-                .output()
-        });
-        if !r.map_err(e)?.status.success() {
-            return Err("wendelin stat (cold) failed".into());
-        }
+        let ours = timed_stat(&db_path)?;
         Config::drop_caches()?;
         let f = std::fs::File::open(&raw).map_err(e)?;
         // SAFETY: the file is private to this benchmark and not modified while mapped.
@@ -247,6 +225,25 @@ pub fn run(cfg: &Config, report: &mut Report) -> Result<(), String> {
     }
     import_row(dir.path(), &raw, total, report)?;
     Ok(())
+}
+
+/// Seconds a fresh `wendelin stat DB A` process takes (its whole run).
+fn timed_stat(db: &std::path::Path) -> Result<f64, String> {
+    let (r, secs) = timed(|| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_wendelin"))
+            .arg("stat")
+            .arg(db)
+            .arg("A")
+            .output()
+    });
+    let out = r.map_err(e)?;
+    if !out.status.success() {
+        return Err(format!(
+            "wendelin stat: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(secs)
 }
 
 /// The sum of the f64 values in `bytes`, in parallel on the current rayon pool.
