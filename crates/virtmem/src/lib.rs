@@ -46,10 +46,11 @@
 //! exceed it, the least recently faulted ones are dropped with
 //! `MADV_DONTNEED` and fault in again on next touch. Dirty blocks are never
 //! dropped. When faults walk a handle sequentially (forward or backward), idle
-//! handler threads load a bounded window of blocks ahead of the reader; each
-//! read-ahead block keeps its first page (in scan direction) back as a
-//! *marker* that is installed on the reader's first touch, which tells the
-//! engine the reader arrived and keeps the window moving.
+//! handler threads load a bounded window of blocks ahead of the reader; one
+//! read-ahead block in half a window keeps its first page (in scan
+//! direction), or in zero-copy mode the whole block, back as a *marker*
+//! that is installed on the reader's first touch, which tells the engine
+//! the reader arrived and keeps the window moving.
 //!
 //! A block that fails to load never reads as zeros: the error is recorded on
 //! the handle ([`FileH::load_errors`]), a line is logged, and the faulting

@@ -17,7 +17,7 @@
 
 use super::Shared;
 use super::options::inc;
-use super::state::{Block, State};
+use super::state::{Block, Marker, State};
 
 impl Shared {
     /// Drop least recently faulted clean blocks while the budget is exceeded.
@@ -66,7 +66,16 @@ impl Shared {
 
     /// Clean (out of the LRU) -> Evicting, un-accounted, under the lock.
     fn begin_evict(&self, st: &mut State, blk: u64) {
-        st.blocks.insert(blk, Block::Evicting { demanded: false });
+        let old = st.blocks.insert(blk, Block::Evicting { demanded: false });
+        if let Some(Block::Clean {
+            marker: Some(Marker::Block(b)),
+            ..
+        }) = old
+        {
+            // Held back whole, never installed: its pages go straight back
+            // to the recycling buffers.
+            self.return_recycled(b);
+        }
         st.busy += 1;
         self.budget.sub(self.bs as u64);
     }

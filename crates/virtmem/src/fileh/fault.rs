@@ -189,10 +189,10 @@ impl Shared {
                         // stray page behind.
                         inc(&self.counters.marker_hits);
                         let ba = base + blk as usize * self.bs;
-                        match self.fill_marker(ba, &mk, true) {
+                        match self.fill_marker(ba, mk, true) {
                             Ok(()) => Action::None,
                             Err(e) => {
-                                eprintln!("virtmem: installing a marker page of block {blk}: {e}");
+                                eprintln!("virtmem: installing a marker of block {blk}: {e}");
                                 Action::Poison(addr)
                             }
                         }
@@ -263,10 +263,10 @@ impl Shared {
     }
 
     /// The second half of Clean/Loading -> Dirty (the state says Dirty):
-    /// install the held-back marker page, if any, writable, then lift the
+    /// install the held-back marker, if any, writable, then lift the
     /// write protection of the block at `block_addr` and wake the waiters.
     pub(super) fn unprotect(&self, block_addr: usize, mk: Option<Marker>) -> std::io::Result<()> {
-        if let Some(mk) = &mk {
+        if let Some(mk) = mk {
             self.fill_marker(block_addr, mk, false)?;
         }
         self.uffd.writeprotect(block_addr, self.bs, false, true)

@@ -114,11 +114,13 @@ impl Shared {
                 let (marker, post) = match marker {
                     // Someone waits: install the marker now (under the lock,
                     // see handle_fault).
-                    Some(mk) if demanded => match self.fill_marker(addr, &mk, true) {
+                    Some(mk) if demanded => match self.fill_marker(addr, mk, true) {
                         Ok(()) => (None, Action::None),
                         Err(e) => {
-                            eprintln!("virtmem: installing a marker page of block {blk}: {e}");
-                            (Some(mk), Action::None)
+                            // The accesses fault again; the handler then finds
+                            // the block resident without pages and poisons.
+                            eprintln!("virtmem: installing a marker of block {blk}: {e}");
+                            (None, Action::None)
                         }
                     },
                     m => (m, Action::None),
@@ -162,7 +164,19 @@ impl Shared {
     ) -> Result<(bool, Option<Marker>, bool)> {
         // An evicted block's pages, if some are kept: load into them.
         if let Some(mut b) = self.take_recycled() {
-            let r = self.load_with(blk, addr, len, ra, &mut b, true);
+            let loaded = match self.read_block(blk, &mut b) {
+                Ok(l) => l,
+                Err(e) => {
+                    self.return_recycled(b);
+                    return Err(e);
+                }
+            };
+            if loaded == Loaded::Data && self.holds_marker(blk, ra) {
+                // A marker block is held back whole, in these pages: the
+                // reader's first touch moves it in (see `state::Marker`).
+                return Ok((false, Some(Marker::Block(b)), false));
+            }
+            let r = self.install(blk, addr, len, ra, loaded, &mut b, true);
             self.return_recycled(b);
             return r;
         }
@@ -195,14 +209,33 @@ impl Shared {
         buf: &mut Staging,
         movable: bool,
     ) -> Result<(bool, Option<Marker>, bool)> {
-        let loaded = self
-            .file
+        let loaded = self.read_block(blk, buf)?;
+        self.install(blk, addr, len, ra, loaded, buf, movable)
+    }
+
+    /// Read block `blk` from the file into `buf`.
+    fn read_block(&self, blk: u64, buf: &mut Staging) -> Result<Loaded> {
+        self.file
             .load_block(blk, buf.as_mut_slice())
             .map_err(|e| Error::Load {
                 blk,
                 file: self.name.clone(),
                 source: SharedError(Arc::from(e)),
-            })?;
+            })
+    }
+
+    /// Install block `blk`, read into `buf` as `loaded`, at `addr`.
+    #[allow(clippy::too_many_arguments)]
+    fn install(
+        &self,
+        blk: u64,
+        addr: usize,
+        len: usize,
+        ra: Option<i8>,
+        loaded: Loaded,
+        buf: &mut Staging,
+        movable: bool,
+    ) -> Result<(bool, Option<Marker>, bool)> {
         match loaded {
             Loaded::Hole => {
                 let Some(pm) = &self.holes.pagemap else {
@@ -234,52 +267,79 @@ impl Shared {
                 Ok((true, None, written))
             }
             Loaded::Data => {
-                let data = buf.as_slice();
-                let stride = (self.ra.window / 2).max(1);
-                let marker = ra.filter(|_| blk.is_multiple_of(stride)).map(|dir| {
-                    let page = if dir >= 0 { 0 } else { len / PAGE - 1 };
-                    let mo = page * PAGE;
-                    Marker {
-                        page,
-                        data: data[mo..mo + PAGE].into(),
-                    }
-                });
-                // A marker block is copied: dropping its marker page from a
-                // moved-in huge page would split it, and the block could
-                // then not be recycled whole (its buffer would be refilled
-                // with fresh, kernel-zeroed pages). One block in `stride`.
-                if movable && marker.is_none() && self.move_into_place(addr, buf)? {
+                // A marker block is copied (or held back whole by the
+                // caller): dropping its marker page from a moved-in huge
+                // page would split it, and the block could then not be
+                // recycled whole (its buffer would be refilled with fresh,
+                // kernel-zeroed pages).
+                if movable && !self.holds_marker(blk, ra) && self.move_into_place(addr, buf)? {
                     inc(&self.counters.moved_loads);
                     return Ok((false, None, false));
                 }
-                let data = buf.as_slice();
-                let Some(marker) = marker else {
-                    self.copy_all(addr, data, true)
-                        .map_err(Self::os("UFFDIO_COPY"))?;
-                    return Ok((false, None, false));
-                };
-                let (page, mo) = (marker.page, marker.page * PAGE);
-                if page == 0 {
-                    self.copy_all(addr + PAGE, &data[PAGE..], true)
-                } else {
-                    self.copy_all(addr, &data[..mo], true)
-                }
-                .map_err(Self::os("UFFDIO_COPY"))?;
-                Ok((false, Some(marker), false))
+                self.copy_into_place(blk, addr, ra, buf.as_slice())
             }
         }
     }
 
+    /// A read-ahead load of `blk` in direction `ra` holds a marker back
+    /// (one block in half a window).
+    pub(super) fn holds_marker(&self, blk: u64, ra: Option<i8>) -> bool {
+        let stride = (self.ra.window / 2).max(1);
+        ra.is_some() && blk.is_multiple_of(stride)
+    }
+
+    /// Copy the block's bytes `data` in at `addr` (write-protected, without
+    /// waking), holding a read-ahead marker page back if it carries one.
+    /// Returns (not a hole, the held-back marker, not written).
+    fn copy_into_place(
+        &self,
+        blk: u64,
+        addr: usize,
+        ra: Option<i8>,
+        data: &[u8],
+    ) -> Result<(bool, Option<Marker>, bool)> {
+        let len = data.len();
+        let Some(dir) = ra.filter(|_| self.holds_marker(blk, ra)) else {
+            self.copy_all(addr, data, true)
+                .map_err(Self::os("UFFDIO_COPY"))?;
+            return Ok((false, None, false));
+        };
+        let page = if dir >= 0 { 0 } else { len / PAGE - 1 };
+        let mo = page * PAGE;
+        if page == 0 {
+            self.copy_all(addr + PAGE, &data[PAGE..], true)
+        } else {
+            self.copy_all(addr, &data[..mo], true)
+        }
+        .map_err(Self::os("UFFDIO_COPY"))?;
+        let marker = Marker::Page {
+            page,
+            data: data[mo..mo + PAGE].into(),
+        };
+        Ok((false, Some(marker), false))
+    }
+
+    /// Install the held-back marker `mk` of the block at `block_addr`
+    /// (write-protected if `wp`) and wake the accesses waiting on it.
     pub(super) fn fill_marker(
         &self,
         block_addr: usize,
-        mk: &Marker,
+        mk: Marker,
         wp: bool,
     ) -> std::io::Result<()> {
-        let a = block_addr + mk.page * PAGE;
-        match self.uffd.copy(a, &mk.data, wp, true)? {
-            Fill::Done => Ok(()),
-            Fill::Exists(_) => self.uffd.wake(a, PAGE),
+        match mk {
+            Marker::Page { page, data } => {
+                let a = block_addr + page * PAGE;
+                match self.uffd.copy(a, &data, wp, true)? {
+                    Fill::Done => Ok(()),
+                    Fill::Exists(_) => self.uffd.wake(a, PAGE),
+                }
+            }
+            Marker::Block(mut b) => {
+                let r = self.install_held_block(block_addr, &mut b, wp);
+                self.return_recycled(b);
+                r
+            }
         }
     }
 

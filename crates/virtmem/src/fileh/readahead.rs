@@ -6,11 +6,12 @@
 //! scanning different parts of a handle each get read-ahead. Once a stream's
 //! direction is known, the blocks up to the window past it are queued as
 //! jobs; the handler threads that run read-ahead (all but one) take them
-//! from a queue counted by an eventfd semaphore. Each read-ahead block keeps
-//! its first page in scan direction back as a *marker* (see
-//! [`super::state::Marker`]): the reader's first touch of it installs the
-//! page and tells the engine the reader arrived, which moves the window on
-//! without a fault per block.
+//! from a queue counted by an eventfd semaphore. One read-ahead block in
+//! half a window holds back a *marker* (see [`super::state::Marker`]): its
+//! first page in scan direction, or, when the block was loaded into a
+//! recycled buffer of huge pages, the whole block, moved in whole on the
+//! reader's first touch. That touch tells the engine the reader arrived,
+//! which moves the window on without a fault per block.
 //!
 //! A stream that has walked [`LONG_STREAM`] blocks is a scan: once the
 //! budget is nearly full (an eighth, at least 64 MiB, free), the blocks it loaded are dropped when the

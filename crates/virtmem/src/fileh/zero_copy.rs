@@ -249,6 +249,25 @@ impl Shared {
         Ok(true)
     }
 
+    /// Install a read-ahead block held back whole in `buf` (see
+    /// `state::Marker::Block`) at `addr`, write-protected if `wp`, and wake
+    /// the accesses waiting on it: moved in, or copied while a mutable view
+    /// may exist.
+    pub(super) fn install_held_block(
+        &self,
+        addr: usize,
+        buf: &mut Staging,
+        wp: bool,
+    ) -> std::io::Result<()> {
+        let to_io = |e: crate::Error| std::io::Error::other(e.to_string());
+        if self.move_into_place(addr, buf).map_err(to_io)? {
+            inc(&self.counters.moved_loads);
+        } else {
+            self.copy_all(addr, buf.as_slice(), wp)?;
+        }
+        self.uffd.wake(addr, buf.as_slice().len())
+    }
+
     /// Evict the block at `addr` by moving its pages into a recycling
     /// buffer (see [`Recycled`]). False if not done (zero-copy off, no free
     /// buffer, or the block is not made of whole huge pages, e.g. a marker
