@@ -3,7 +3,8 @@
 //! (env `RA_WINDOW`: read-ahead window in blocks; `ZERO_COPY`: `1` (default),
 //! `0` (copy path) or `both` (alternate); `REPEAT`: scans per mode, each with
 //! a fresh handle, after one throwaway warm-up scan; medians are printed;
-//! `BUDGET_MIB`: the handle's budget, default the file size + 64 MiB).
+//! `BUDGET_MIB`: the handle's budget, default the file size + 64 MiB;
+//! `MAP_FILE=1`: map whole blocks straight from the file).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -31,7 +32,8 @@ fn scan_once(
     zero_copy: bool,
 ) -> Result<(f64, f64), Box<dyn std::error::Error>> {
     let bs = 2 << 20;
-    let file = Arc::new(FileBigFile::open(path.as_ref(), bs)?);
+    let map = std::env::var("MAP_FILE").is_ok_and(|v| v == "1");
+    let file = Arc::new(FileBigFile::open(path.as_ref(), bs)?.with_mapping(map));
     let opts = Options {
         reserve: size,
         budget: Some(

@@ -7,10 +7,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::{BigFile, BoxError, Loaded};
+use crate::{BigFile, BoxError, Loaded, MappableBlock};
 
 /// A file whose blocks live in memory. Blocks never stored are holes.
 ///
@@ -140,12 +141,32 @@ impl BigFile for MemBigFile {
 /// A plain OS file seen as blocks: block `blk` is bytes
 /// `[blk*block_size, (blk+1)*block_size)`; bytes past the end read as zeros
 /// (blocks entirely past the end are holes). Stores write with `pwrite`;
-/// [`FileBigFile::sync`] makes them durable.
+/// [`FileBigFile::sync`] makes them durable. With
+/// [`FileBigFile::with_mapping`], blocks wholly inside the file are offered
+/// for mapping in place ([`BigFile::map_block`]).
 #[derive(Debug)]
 pub struct FileBigFile {
-    file: File,
+    file: Arc<File>,
     block_size: usize,
     name: String,
+    mappable: bool,
+}
+
+/// A block of a [`FileBigFile`] offered for mapping.
+struct FileBlock {
+    file: Arc<File>,
+    offset: u64,
+}
+
+impl MappableBlock for FileBlock {
+    fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.file.as_fd()
+    }
+
+    fn offset(&self) -> u64 {
+        self.offset
+    }
 }
 
 impl FileBigFile {
@@ -158,10 +179,19 @@ impl FileBigFile {
             .truncate(false)
             .open(path)?;
         Ok(FileBigFile {
-            file,
+            file: Arc::new(file),
             block_size,
             name: path.display().to_string(),
+            mappable: false,
         })
+    }
+
+    /// Offer blocks wholly inside the file for mapping in place (read-only,
+    /// while no mutable view exists). Only for files nobody writes while
+    /// they are mapped: a store through another handle would show through.
+    pub fn with_mapping(mut self, on: bool) -> FileBigFile {
+        self.mappable = on;
+        self
     }
 
     /// fsync the file.
@@ -205,6 +235,23 @@ impl BigFile for FileBigFile {
             .ok_or_else(|| format!("block {blk}: offset overflows"))?;
         self.file.write_all_at(data, off)?;
         Ok(())
+    }
+
+    fn map_block(&self, blk: u64) -> Result<Option<Box<dyn MappableBlock>>, BoxError> {
+        if !self.mappable {
+            return Ok(None);
+        }
+        let bs = self.block_size as u64;
+        let off = blk
+            .checked_mul(bs)
+            .ok_or_else(|| format!("block {blk}: offset overflows"))?;
+        if off.saturating_add(bs) > self.file.metadata()?.len() {
+            return Ok(None);
+        }
+        Ok(Some(Box::new(FileBlock {
+            file: self.file.clone(),
+            offset: off,
+        })))
     }
 
     fn name(&self) -> String {

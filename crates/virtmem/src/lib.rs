@@ -157,6 +157,14 @@ pub enum Loaded {
     Hole,
 }
 
+/// A block's bytes as a range of a file (see [`BigFile::map_block`]).
+pub trait MappableBlock: Send {
+    /// The file.
+    fn fd(&self) -> std::os::fd::BorrowedFd<'_>;
+    /// Offset of the block's first byte in the file (a multiple of 4096).
+    fn offset(&self) -> u64;
+}
+
 /// A file of fixed-size blocks that a [`FileH`] maps.
 ///
 /// Methods are called from the handle's handler threads (and from the caller's
@@ -174,6 +182,20 @@ pub trait BigFile: Send + Sync + 'static {
 
     /// Store `data` (exactly one block) as the new content of block `blk`.
     fn store_block(&self, blk: u64, data: &[u8]) -> Result<(), BoxError>;
+
+    /// Where block `blk`'s bytes lie in a file the engine may map read-only
+    /// into the handle's mapping instead of loading them (no copy at all:
+    /// the page cache's own pages, like a plain `mmap`). `Ok(None)` (the
+    /// default): load it with [`Self::load_block`].
+    ///
+    /// The range must be exactly one block at a page-aligned offset, hold
+    /// what `load_block` would give, and never change while the handle may
+    /// map it (e.g. an append-only file's committed records). Asked only
+    /// while no mutable view exists and [`Options::map_files`] is on.
+    fn map_block(&self, blk: u64) -> Result<Option<Box<dyn MappableBlock>>, BoxError> {
+        let _ = blk;
+        Ok(None)
+    }
 
     /// A name for log lines and errors.
     fn name(&self) -> String {

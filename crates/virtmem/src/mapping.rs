@@ -151,6 +151,85 @@ impl Reservation {
         self.mem.len
     }
 
+    /// Map `len` bytes of the file `fd` from offset `foff` (page-aligned)
+    /// read-only over `[off, off+len)` (`MAP_FIXED | MAP_PRIVATE`,
+    /// populated): the page cache's pages, no copy. The range then belongs
+    /// to a file mapping, which the userfaultfd does not watch, until
+    /// [`Self::unmap_file`].
+    ///
+    /// # Safety
+    ///
+    /// The range lies in the reservation and holds no page any thread reads
+    /// (a block being loaded: its accesses wait for the handler), no
+    /// mutable slice overlaps it while it is mapped (writes would fault:
+    /// `PROT_READ`), and the file's bytes there never change while mapped.
+    pub unsafe fn map_file(
+        &self,
+        off: usize,
+        len: usize,
+        fd: std::os::fd::BorrowedFd<'_>,
+        foff: u64,
+    ) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        debug_assert!(off.checked_add(len).is_some_and(|e| e <= self.len()));
+        let foff = libc::off_t::try_from(foff).map_err(|_| io::Error::other("file offset"))?;
+        let at = self.addr() + off;
+        // SAFETY: replaces part of our own reservation (caller contract: no
+        // page there is read meanwhile); MAP_FIXED at an address we own.
+        let p = unsafe {
+            libc::mmap(
+                at as *mut libc::c_void,
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_POPULATE,
+                fd.as_raw_fd(),
+                foff,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        if p as usize != at {
+            return Err(io::Error::other("MAP_FIXED mapped elsewhere"));
+        }
+        Ok(())
+    }
+
+    /// Put fresh anonymous memory, like the reservation's own, back over
+    /// `[off, off+len)` (after [`Self::map_file`]); the caller registers it
+    /// with the userfaultfd again.
+    ///
+    /// # Safety
+    ///
+    /// The range lies in the reservation and no thread touches it until it
+    /// is registered again (the caller holds `&mut FileH`: no view alive).
+    pub unsafe fn unmap_file(&self, off: usize, len: usize) -> io::Result<()> {
+        debug_assert!(off.checked_add(len).is_some_and(|e| e <= self.len()));
+        let at = self.addr() + off;
+        // SAFETY: replaces part of our own reservation; nobody accesses it
+        // (caller contract).
+        let p = unsafe {
+            libc::mmap(
+                at as *mut libc::c_void,
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        if p as usize != at {
+            return Err(io::Error::other("MAP_FIXED mapped elsewhere"));
+        }
+        // The reservation's advice, so the range merges back into it.
+        // SAFETY: advice that does not change content; failure is harmless.
+        let _ = unsafe { self.mem.madvise(off, len, libc::MADV_NOHUGEPAGE) };
+        Ok(())
+    }
+
     /// Drop the pages of `[off, off+len)` (MADV_DONTNEED): the next access
     /// faults again. Also removes poison markers.
     ///

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use proptest::prelude::*;
-use virtmem::{BigFile, FileH, MemBigFile, Options, Writeout};
+use virtmem::{BigFile, BoxError, FileH, Loaded, MappableBlock, MemBigFile, Options, Writeout};
 
 const NB: u64 = 8;
 /// Small blocks: every load copies (`UFFDIO_COPY`).
@@ -74,11 +74,75 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    /// Blocks offered for mapping straight from a file (mapped while no
+    /// mutable view exists): same semantics.
+    #[test]
+    fn handle_matches_vec_model_mapped_blocks(
+        init in proptest::collection::vec(proptest::option::of(any::<u8>()), NB as usize),
+        ops in proptest::collection::vec(op(HUGE), 1..40),
+        zero_page_holes in any::<bool>(),
+    ) {
+        run_model_with(HUGE, init, ops, zero_page_holes, true)?;
+    }
+}
+
+/// A [`MemBigFile`] whose data blocks are also written to a file, at their
+/// block offsets, and offered for mapping from there.
+struct Mappable {
+    mem: Arc<MemBigFile>,
+    file: Arc<std::fs::File>,
+}
+
+struct Block(Arc<std::fs::File>, u64);
+
+impl MappableBlock for Block {
+    fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.0.as_fd()
+    }
+    fn offset(&self) -> u64 {
+        self.1
+    }
+}
+
+impl BigFile for Mappable {
+    fn block_size(&self) -> usize {
+        self.mem.block_size()
+    }
+    fn load_block(&self, blk: u64, buf: &mut [u8]) -> Result<Loaded, BoxError> {
+        self.mem.load_block(blk, buf)
+    }
+    fn store_block(&self, blk: u64, data: &[u8]) -> Result<(), BoxError> {
+        use std::os::unix::fs::FileExt;
+        self.file.write_all_at(data, blk * data.len() as u64)?;
+        self.mem.store_block(blk, data)
+    }
+    fn map_block(&self, blk: u64) -> Result<Option<Box<dyn MappableBlock>>, BoxError> {
+        Ok(self.mem.block(blk).map(|_| {
+            Box::new(Block(self.file.clone(), blk * self.block_size() as u64))
+                as Box<dyn MappableBlock>
+        }))
+    }
+}
+
 fn run_model(
     bs: usize,
     init: Vec<Option<u8>>,
     ops: Vec<Op>,
     zero_page_holes: bool,
+) -> Result<(), TestCaseError> {
+    run_model_with(bs, init, ops, zero_page_holes, false)
+}
+
+fn run_model_with(
+    bs: usize,
+    init: Vec<Option<u8>>,
+    ops: Vec<Op>,
+    zero_page_holes: bool,
+    mapped: bool,
 ) -> Result<(), TestCaseError> {
     #[allow(non_snake_case)]
     let (BS, SIZE) = (bs, bs * NB as usize);
@@ -93,6 +157,16 @@ fn run_model(
                 file.set_block(b as u64, &data);
             }
         }
+        let backing = tempfile::tempfile().unwrap();
+        {
+            use std::os::unix::fs::FileExt;
+            backing.write_all_at(&stored, 0).unwrap();
+        }
+        let mappable = Arc::new(Mappable {
+            mem: file.clone(),
+            file: Arc::new(backing),
+        });
+        let backend: Arc<dyn BigFile> = if mapped { mappable } else { file.clone() };
         let mut mem = stored.clone(); // what the mapping must show
         let mut dirty = BTreeSet::new();
         let opts = Options {
@@ -103,8 +177,9 @@ fn run_model(
             threads: 2,
             zero_page_holes,
             zero_copy: true,
+            map_files: true,
         };
-        let mut fh = FileH::open(file.clone() as Arc<dyn BigFile>, opts).unwrap();
+        let mut fh = FileH::open(backend, opts).unwrap();
         let trace = std::env::var_os("VIRTMEM_TRACE").is_some();
         for op in ops {
             if trace {
@@ -172,6 +247,15 @@ fn run_model(
         prop_assert!(fh.load_errors().is_empty());
         if BS == HUGE && std::env::var_os("VIRTMEM_TRACE").is_some() {
             eprintln!("stats {:?}", fh.stats());
+        }
+        if mapped && fh.zero_copy() && init.iter().any(Option::is_some) {
+            // The final full scan (a shared view) mapped what it loaded.
+            let st = fh.stats();
+            prop_assert!(
+                st.mapped_loads > 0 || st.loads + st.readahead_loads == 0,
+                "{:?}",
+                st
+            );
         }
     }
     Ok(())

@@ -25,9 +25,14 @@ impl Shared {
         while self.budget.over() {
             let victim = {
                 let mut st = self.st.lock();
-                let Some((_, blk)) = st.lru.pop_first() else {
+                let Some((tick, blk)) = st.lru.pop_first() else {
                     return;
                 };
+                if let Some(Block::Mapped { .. }) = st.blocks.get(&blk) {
+                    self.drop_mapped_pages(&mut st, blk, tick);
+                    inc(&self.counters.evictions);
+                    continue;
+                }
                 vtrace!(
                     "T evict blk {blk} state {}",
                     st.blocks.get(&blk).map_or("absent", Block::name)
@@ -49,6 +54,12 @@ impl Shared {
         for &blk in blocks {
             {
                 let mut st = self.st.lock();
+                if let Some(Block::Mapped { tick: Some(t) }) = st.blocks.get(&blk) {
+                    let t = *t;
+                    self.drop_mapped_pages(&mut st, blk, t);
+                    inc(&self.counters.dropped_behind);
+                    continue;
+                }
                 let Some(Block::Clean {
                     tick, hole: false, ..
                 }) = st.blocks.get(&blk)

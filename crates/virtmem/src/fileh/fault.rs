@@ -200,7 +200,10 @@ impl Shared {
                         Action::Wake(addr)
                     }
                 }
-                Some(Block::Dirty) => Action::Wake(addr),
+                // Mapped from its file: a message queued before the
+                // mapping replaced the range (its accesses now read the
+                // file's pages).
+                Some(Block::Dirty | Block::Mapped { .. }) => Action::Wake(addr),
                 Some(Block::Poisoned) => {
                     if wp {
                         Action::Wake(addr)

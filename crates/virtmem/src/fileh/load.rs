@@ -58,6 +58,14 @@ impl Shared {
     ) -> Result<()> {
         let (off, len) = self.block_range(blk);
         let addr = self.map.addr() + off;
+        if self.map_files && self.zero_copy_on() {
+            if self.skip_mapped_marker(blk, ra, checked) {
+                return Ok(());
+            }
+            if self.load_mapped(blk, addr, len)? {
+                return self.finish_mapped(blk, addr, len);
+            }
+        }
         let r = self.load_into_place(blk, addr, len, ra, staging);
         let (hole, marker, written) = match r {
             Ok(x) => x,

@@ -8,6 +8,7 @@
 //! - [`state`]: the block state machine under the state lock;
 //! - [`fault`]: the handler threads and the service of a fault;
 //! - [`load`]: loading a block and installing it (copy path, holes);
+//! - [`mapped`]: blocks mapped straight from their file (no copy);
 //! - [`zero_copy`]: moving loaded pages into place, recycling evicted ones;
 //! - [`readahead`]: sequential-stream detection and read-ahead jobs;
 //! - [`evict`]: keeping clean blocks within the budget, drop-behind;
@@ -45,6 +46,7 @@ macro_rules! vtrace {
 mod evict;
 mod fault;
 mod load;
+mod mapped;
 mod ops;
 mod options;
 mod readahead;
@@ -82,6 +84,10 @@ struct Shared {
     ra: Readahead,
     holes: Holes,
     zc: ZeroCopy,
+    /// Map blocks from their file when it offers (see [`mapped`]).
+    map_files: bool,
+    /// Blocks of this handle mapped from their file now.
+    mapped_here: AtomicUsize,
 }
 
 /// A handle on a [`BigFile`]: one mapping of the whole file, loaded lazily.
@@ -213,6 +219,8 @@ impl FileH {
                 zeros: Mutex::new(None),
             },
             zc: ZeroCopy::new(move_pm),
+            map_files: opts.map_files,
+            mapped_here: AtomicUsize::new(0),
         });
         vtrace!("T open");
         let mut fh = FileH {
@@ -316,6 +324,7 @@ impl FileH {
     pub fn view_mut<T: Pod>(&mut self, offset: u64, count: usize) -> Result<ViewMut<'_, T>> {
         let off = self.check::<T>(offset, count)?;
         self.sh.zc.writer_coming();
+        self.sh.unmap_all()?;
         Ok(ViewMut {
             // SAFETY: `check` tested bounds and alignment; `&mut self`
             // guarantees that no other view of the mapping exists.
@@ -350,12 +359,13 @@ impl FileH {
         self.sh.st.lock().blocks.contains_key(&blk)
     }
 
-    /// Number of blocks resident now (clean, dirty or holes).
+    /// Number of blocks resident now (clean, dirty, holes, or mapped from
+    /// their file).
     pub fn resident_blocks(&self) -> usize {
         let st = self.sh.st.lock();
         st.blocks
             .values()
-            .filter(|b| matches!(b, Block::Clean { .. } | Block::Dirty))
+            .filter(|b| matches!(b, Block::Clean { .. } | Block::Dirty | Block::Mapped { .. }))
             .count()
     }
 
@@ -392,8 +402,14 @@ impl Drop for FileH {
         let clean = st
             .blocks
             .values()
-            .filter(|b| matches!(b, Block::Clean { hole: false, .. }))
+            .filter(|b| {
+                matches!(
+                    b,
+                    Block::Clean { hole: false, .. } | Block::Mapped { tick: Some(_) }
+                )
+            })
             .count() as u64;
+        sh.release_mapped_count();
         sh.budget.sub(clean * sh.bs as u64 + sh.recycled_bytes());
     }
 }

@@ -216,20 +216,33 @@ impl FileH {
             // Drop the range even for an absent block: no page may survive
             // an invalidation, whatever the bookkeeping says.
             let (off, len) = sh.block_range(blk);
-            // SAFETY: a block's range; `&mut self`: no view is alive.
-            unsafe { sh.map.dontneed(off, len) }.map_err(|source| Error::Os {
-                op: "madvise(MADV_DONTNEED)",
-                source,
-            })?;
+            if let Some(Block::Mapped { .. }) = st.blocks.get(&blk) {
+                // Registered anonymous memory again (see `mapped`).
+                sh.unmap_block(blk)?;
+            } else {
+                // SAFETY: a block's range; `&mut self`: no view is alive.
+                unsafe { sh.map.dontneed(off, len) }.map_err(|source| Error::Os {
+                    op: "madvise(MADV_DONTNEED)",
+                    source,
+                })?;
+            }
             let Some(b) = st.blocks.get(&blk) else {
                 return Ok(());
             };
-            if let Block::Clean { tick, hole, .. } = b {
-                let (tick, hole) = (*tick, *hole);
-                st.lru.remove(&tick);
-                if !hole {
+            match b {
+                Block::Clean { tick, hole, .. } => {
+                    let (tick, hole) = (*tick, *hole);
+                    st.lru.remove(&tick);
+                    if !hole {
+                        sh.budget.sub(sh.bs as u64);
+                    }
+                }
+                Block::Mapped { tick: Some(t) } => {
+                    let t = *t;
+                    st.lru.remove(&t);
                     sh.budget.sub(sh.bs as u64);
                 }
+                _ => {}
             }
             st.blocks.remove(&blk);
             st.dirty.remove(&blk);

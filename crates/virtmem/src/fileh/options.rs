@@ -40,6 +40,12 @@ pub struct Options {
     /// that are then moved into place. Falls back to `UFFDIO_COPY` otherwise.
     /// Default `true`.
     pub zero_copy: bool,
+    /// Map blocks the file can show in place ([`BigFile::map_block`])
+    /// straight from their file, read-only, while no mutable view exists
+    /// and zero-copy is on (see `fileh/mapped.rs`). Default `true`.
+    ///
+    /// [`BigFile::map_block`]: crate::BigFile::map_block
+    pub map_files: bool,
 }
 
 impl Default for Options {
@@ -53,6 +59,7 @@ impl Default for Options {
             threads: ncpu.max(2) + 1,
             zero_page_holes: true,
             zero_copy: true,
+            map_files: true,
         }
     }
 }
@@ -102,6 +109,9 @@ pub struct Stats {
     /// Clean blocks a scan dropped once done with them
     /// ([`FileH::drop_behind`](super::FileH::drop_behind), read-ahead streams).
     pub dropped_behind: u64,
+    /// Blocks mapped straight from their file
+    /// ([`BigFile::map_block`](crate::BigFile::map_block)).
+    pub mapped_loads: u64,
 }
 
 /// The live counters behind [`Stats`].
@@ -116,6 +126,7 @@ pub(super) struct Counters {
     pub(super) moved_loads: AtomicU64,
     pub(super) recycled: AtomicU64,
     pub(super) dropped_behind: AtomicU64,
+    pub(super) mapped_loads: AtomicU64,
 }
 
 impl Counters {
@@ -132,6 +143,7 @@ impl Counters {
             moved_loads: l(&self.moved_loads),
             recycled: l(&self.recycled),
             dropped_behind: l(&self.dropped_behind),
+            mapped_loads: l(&self.mapped_loads),
         }
     }
 }

@@ -11,6 +11,8 @@
 //!  Clean --write-protect fault--> Dirty --MARKSTORED--> Clean
 //!  Clean --over budget--> Evicting --MADV_DONTNEED--> absent
 //!  Dirty --discard/invalidate--> absent;  Clean/Poisoned --invalidate--> absent
+//!  Loading --mapped from the file--> Mapped --over budget/behind a scan--> Mapped (pages dropped)
+//!  Mapped --invalidate / a mutable view--> absent (anonymous memory, registered again)
 //! ```
 //!
 //! Invariants: a Clean or Dirty block has all its pages present except a
@@ -64,6 +66,12 @@ pub(super) enum Block {
     },
     /// Written since load or last MARKSTORED; fully present and writable.
     Dirty,
+    /// Mapped read-only straight from the file that stores it (see
+    /// `fileh/mapped.rs`); a file mapping, not watched by the userfaultfd.
+    /// `tick`: accounted in the budget and in the LRU; `None` once its
+    /// pages were dropped (it stays mapped: a touch reads the page cache
+    /// again, unseen by the engine).
+    Mapped { tick: Option<u64> },
     /// Being dropped to respect the budget.
     Evicting { demanded: bool },
     /// Failed to load; its pages are poisoned.
@@ -82,6 +90,7 @@ impl Block {
             Block::Clean { hole: true, .. } => "Clean(hole)",
             Block::Clean { .. } => "Clean",
             Block::Dirty => "Dirty",
+            Block::Mapped { .. } => "Mapped",
             Block::Evicting { .. } => "Evicting",
             Block::Poisoned => "Poisoned",
         }

@@ -120,6 +120,13 @@ impl ZeroCopy {
         }
     }
 
+    /// The gate, held shared, if no mutable view may exist: for installs
+    /// that must not overlap one (a mapped block, see `super::mapped`).
+    pub(super) fn no_writers_gate(&self) -> Option<parking_lot::RwLockReadGuard<'_, ()>> {
+        let g = self.gate.read();
+        (!self.writers.load(Ordering::Relaxed)).then_some(g)
+    }
+
     /// A mutable view is being made: wait for moves being write-protected
     /// (read-ahead may run), then make later loads copy.
     pub(super) fn writer_coming(&self) {

@@ -1,0 +1,237 @@
+//! Blocks mapped straight from their file ([`BigFile::map_block`]): no
+//! copy at all, the page cache's own pages, as a plain `mmap` reads them.
+//!
+//! Every other load puts a block's bytes into the handle's anonymous memory
+//! with at least one copy out of the page cache, and a profile of one
+//! reader summing 2 GiB through a view spent 38% of its time in that copy
+//! against 22% summing (a copy costs about 1.7x a sum; two readers on two
+//! cores cannot reach half of a plain mmap's speed that way). When the file
+//! says where a block's bytes lie (a page-aligned, never rewritten range:
+//! FileStorage's ZBlk0 payloads are written page-aligned for this), the
+//! load maps that range read-only over the block (`MAP_FIXED |
+//! MAP_PRIVATE`, populated) instead.
+//!
+//! A mapped block's range is a file mapping, which userfaultfd cannot
+//! watch: its writes would not be seen, and its pages, once dropped, come
+//! back from the page cache on the next touch without a fault the engine
+//! hears about. Hence the rules:
+//!
+//! - Blocks are mapped only while no mutable view can exist (the same gate
+//!   as zero-copy moves, [`super::zero_copy`]): a mutable view first puts
+//!   every mapped block back to registered anonymous memory (under `&mut
+//!   FileH`, so no access races with the swap), and they reload on touch.
+//!   Mapped blocks are `PROT_READ`: a write through a shared view (not
+//!   possible in safe Rust) would fault, never go unseen.
+//! - The budget counts a mapped block like a loaded one until its pages
+//!   are dropped (eviction, drop-behind): `MADV_DONTNEED` then only unmaps
+//!   the page-cache pages, and any later touch reads the same bytes again
+//!   from the page cache. So one pass over an array keeps the resident set
+//!   within the budget; a block touched again after its pages were dropped
+//!   is page cache mapped into the process (as for `numpy.memmap`), which
+//!   the kernel reclaims under memory pressure.
+//! - Invalidation (another transaction changed the block) happens under
+//!   `&mut FileH` too and puts the anonymous memory back.
+//! - Each mapped block is a separate mapping (VMA): at most
+//!   [`MAX_MAPPED`] per process; past that, blocks load the ordinary way.
+//!
+//! Read-ahead maps blocks ahead of a scan like it loads them, but leaves
+//! its marker blocks (one in half a window) unmapped: the reader's touch
+//! of one is a fault that maps it and moves the window on.
+//!
+//! [`BigFile::map_block`]: crate::BigFile::map_block
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::error::Result;
+use crate::uffd;
+
+use super::Shared;
+use super::options::inc;
+use super::state::Block;
+
+/// Blocks mapped from files at once, per process: a mapping each, and the
+/// kernel allows about 65k per process (`vm.max_map_count`); this leaves
+/// most of them to the rest of the process. 16384 blocks of 2 MiB: 32 GiB.
+pub const MAX_MAPPED: usize = 16384;
+
+/// Blocks mapped from files now, in all handles of the process.
+static MAPPED: AtomicUsize = AtomicUsize::new(0);
+
+impl Shared {
+    /// Map block `blk` (Loading, owned by the caller) at `addr` straight
+    /// from its file, if the file offers it and no mutable view may exist.
+    /// `Ok(false)`: not mapped, load it the ordinary way.
+    pub(super) fn load_mapped(&self, blk: u64, addr: usize, len: usize) -> Result<bool> {
+        if !self.map_files || !self.zero_copy_on() {
+            return Ok(false);
+        }
+        // Held to the end of the mapping: a mutable view waits for it.
+        let Some(_gate) = self.zc.no_writers_gate() else {
+            return Ok(false);
+        };
+        let Ok(Some(m)) = self.file.map_block(blk) else {
+            return Ok(false);
+        };
+        if !m.offset().is_multiple_of(crate::mapping::PAGE as u64) {
+            return Ok(false);
+        }
+        if MAPPED.fetch_add(1, Ordering::Relaxed) >= MAX_MAPPED {
+            MAPPED.fetch_sub(1, Ordering::Relaxed);
+            return Ok(false);
+        }
+        // SAFETY: the block's range in our reservation, Loading under this
+        // thread: no page, its accesses wait for the handler; no mutable
+        // view exists (checked under the gate, which a mutable view takes
+        // exclusively); the file's bytes there never change (the
+        // `map_block` contract).
+        let r = unsafe {
+            self.map
+                .map_file(addr - self.map.addr(), len, m.fd(), m.offset())
+        };
+        if let Err(e) = r {
+            MAPPED.fetch_sub(1, Ordering::Relaxed);
+            vtrace!("T mapping blk {blk} failed: {e}; loading it");
+            // A failed MAP_FIXED may have left the range unmapped: put the
+            // registered anonymous memory back (nobody accesses it: Loading).
+            self.unmap_range(addr, len)?;
+            return Ok(false);
+        }
+        self.mapped_here.fetch_add(1, Ordering::Relaxed);
+        inc(&self.counters.mapped_loads);
+        Ok(true)
+    }
+
+    /// Put registered anonymous memory back over the block at `addr` (a
+    /// mapped block being dropped, or a failed mapping).
+    ///
+    /// The caller guarantees that nothing touches the range meanwhile
+    /// (`&mut FileH`, or the block is Loading under its thread).
+    fn unmap_range(&self, addr: usize, len: usize) -> Result<()> {
+        // SAFETY: the block's range in our reservation; nobody touches it
+        // until it is registered again (caller contract).
+        unsafe { self.map.unmap_file(addr - self.map.addr(), len) }
+            .map_err(Self::os("mmap(MAP_FIXED) of anonymous memory"))?;
+        // SAFETY: our reservation's range, fresh anonymous memory, as at open.
+        unsafe {
+            self.uffd.register(
+                addr,
+                len,
+                uffd::REGISTER_MODE_MISSING | uffd::REGISTER_MODE_WP,
+            )
+        }
+        .map_err(Self::os("UFFDIO_REGISTER"))
+    }
+
+    /// Unmap mapped block `blk` (state Mapped, taken out of the table by the
+    /// caller, who holds `&mut FileH`): registered anonymous memory again.
+    pub(super) fn unmap_block(&self, blk: u64) -> Result<()> {
+        let (off, len) = self.block_range(blk);
+        self.unmap_range(self.map.addr() + off, len)?;
+        MAPPED.fetch_sub(1, Ordering::Relaxed);
+        self.mapped_here.fetch_sub(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// A mutable view is coming (`&mut FileH`): put every mapped block back
+    /// to registered anonymous memory; they reload on touch.
+    pub(super) fn unmap_all(&self) -> Result<()> {
+        if self.mapped_here.load(Ordering::Relaxed) == 0 {
+            return Ok(());
+        }
+        let mut st = self.quiesce();
+        let mapped: Vec<(u64, Option<u64>)> = st
+            .blocks
+            .iter()
+            .filter_map(|(b, s)| match s {
+                Block::Mapped { tick } => Some((*b, *tick)),
+                _ => None,
+            })
+            .collect();
+        let mut r = Ok(());
+        for (blk, tick) in mapped {
+            if let Err(e) = self.unmap_block(blk) {
+                r = Err(e);
+                break;
+            }
+            st.blocks.remove(&blk);
+            if let Some(t) = tick {
+                st.lru.remove(&t);
+                self.budget.sub(self.bs as u64);
+            }
+        }
+        st.paused = false;
+        r
+    }
+
+    /// Drop the pages of mapped block `blk` (accounted, `tick`) for the
+    /// budget or behind a scan: it stays mapped, a later touch reads the
+    /// page cache again (see the module docs). Under the state lock.
+    pub(super) fn drop_mapped_pages(&self, st: &mut super::state::State, blk: u64, tick: u64) {
+        st.lru.remove(&tick);
+        st.blocks.insert(blk, Block::Mapped { tick: None });
+        self.budget.sub(self.bs as u64);
+        let (off, len) = self.block_range(blk);
+        // SAFETY: a mapped block's range (a read-only file mapping): the
+        // next access reads the same file bytes from the page cache.
+        if let Err(e) = unsafe { self.map.dontneed(off, len) } {
+            vtrace!("T dropping the pages of mapped blk {blk}: {e}");
+        }
+    }
+
+    /// Mapped blocks of this handle (its share of [`MAX_MAPPED`]), to give
+    /// back when it closes.
+    pub(super) fn release_mapped_count(&self) {
+        let n = self.mapped_here.swap(0, Ordering::Relaxed);
+        MAPPED.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// A read-ahead marker block while blocks are mapped: left unmapped
+    /// (true: the Loading state is undone) unless an access waits for it
+    /// already, so the reader's touch faults and moves the window on.
+    pub(super) fn skip_mapped_marker(&self, blk: u64, ra: Option<i8>, checked: bool) -> bool {
+        if checked || !self.holds_marker(blk, ra) {
+            return false;
+        }
+        // Only if the file would have it mapped: markers of blocks that
+        // load the ordinary way are held back by the load (`state::Marker`).
+        if !matches!(self.file.map_block(blk), Ok(Some(_))) {
+            return false;
+        }
+        let mut st = self.st.lock();
+        if !matches!(
+            st.blocks.get(&blk),
+            Some(Block::Loading {
+                demanded: false,
+                write: false
+            })
+        ) {
+            return false;
+        }
+        st.blocks.remove(&blk);
+        st.stream_loaded.remove(&blk);
+        st.busy -= 1;
+        self.idle.notify_all();
+        true
+    }
+
+    /// Loading -> Mapped (accounted) after [`Self::load_mapped`], then wake
+    /// the accesses waiting for the block.
+    pub(super) fn finish_mapped(&self, blk: u64, addr: usize, len: usize) -> Result<()> {
+        {
+            let mut st = self.st.lock();
+            vtrace!(
+                "T mapped blk {blk} state {}",
+                st.blocks.get(&blk).map_or("absent", Block::name)
+            );
+            let tick = st.next_tick();
+            st.blocks.insert(blk, Block::Mapped { tick: Some(tick) });
+            st.lru.insert(tick, blk);
+            self.budget.add(self.bs as u64);
+            st.busy -= 1;
+            self.idle.notify_all();
+        }
+        self.uffd.wake(addr, len).map_err(Self::os("UFFDIO_WAKE"))?;
+        self.evict_over_budget();
+        Ok(())
+    }
+}

@@ -1,0 +1,166 @@
+//! Blocks mapped straight from their file (`BigFile::map_block`, here a
+//! `FileBigFile` with mapping on): reads are exact and cost no copy, the
+//! budget bounds what a scan keeps mapped, a mutable view puts them back
+//! to registered anonymous memory (so writes are tracked exactly), and
+//! invalidation reloads them from the file's new bytes.
+
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use virtmem::{BigFile, FileBigFile, FileH, Options, Writeout};
+
+const BS: usize = 2 << 20;
+
+fn pat(blk: u64) -> Vec<u8> {
+    (0..BS)
+        .map(|i| ((i / 8) as u64 ^ blk.wrapping_mul(0x9E37_79B9)) as u8)
+        .collect()
+}
+
+fn file(dir: &tempfile::TempDir, n: u64) -> (std::path::PathBuf, Arc<FileBigFile>) {
+    let path = dir.path().join("blocks");
+    let f = FileBigFile::open(&path, BS).unwrap().with_mapping(true);
+    for b in 0..n {
+        f.file().write_all_at(&pat(b), b * BS as u64).unwrap();
+    }
+    (path, Arc::new(f))
+}
+
+fn open(f: &Arc<FileBigFile>, n: u64, budget_blocks: u64) -> FileH {
+    let opts = Options {
+        reserve: n * BS as u64,
+        budget: Some(budget_blocks * BS as u64),
+        ..Options::default()
+    };
+    FileH::open(f.clone() as Arc<dyn BigFile>, opts).unwrap()
+}
+
+fn off(b: u64) -> u64 {
+    b * BS as u64
+}
+
+#[test]
+fn a_scan_maps_blocks_and_keeps_within_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 64u64;
+    let (_, f) = file(&dir, n);
+    let fh = open(&f, n, 8);
+    if !fh.zero_copy() {
+        eprintln!("zero-copy unavailable here (no UFFDIO_MOVE or THP): blocks are not mapped");
+        return;
+    }
+    for b in 0..n {
+        let v = fh.bytes(off(b)..off(b + 1)).unwrap();
+        assert!(v[..] == pat(b)[..], "block {b}");
+        // A handler thread adds a block before evicting one: a block of
+        // slack per handler thread.
+        let slack = Options::default().threads as u64;
+        assert!(
+            fh.budget().used() <= (8 + slack) * BS as u64,
+            "budget {}",
+            fh.budget().used()
+        );
+    }
+    let st = fh.stats();
+    assert!(st.mapped_loads >= n - 2, "{st:?}");
+    assert_eq!(st.moved_loads, 0, "{st:?}");
+    // Twice, backwards: blocks whose pages were dropped read the same.
+    for b in (0..n).rev() {
+        let v = fh.bytes(off(b)..off(b + 1)).unwrap();
+        assert!(v[..] == pat(b)[..], "block {b} again");
+    }
+    assert!(fh.load_errors().is_empty());
+}
+
+#[test]
+fn a_mutable_view_unmaps_and_writes_are_tracked() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 6u64;
+    let (_, f) = file(&dir, n);
+    let mut fh = open(&f, n, 64);
+    if !fh.zero_copy() {
+        eprintln!("zero-copy unavailable here: blocks are not mapped");
+        return;
+    }
+    // Map every block.
+    {
+        let v = fh.bytes(0..off(n)).unwrap();
+        for b in 0..n {
+            assert!(v[off(b) as usize..off(b + 1) as usize] == pat(b)[..]);
+        }
+    }
+    assert!(fh.stats().mapped_loads >= n - 1, "{:?}", fh.stats());
+    assert_eq!(fh.resident_blocks() as u64, n);
+    // A mutable view: blocks go back to anonymous memory and reload; only
+    // the written blocks are dirty, and their stores hold the writes.
+    {
+        let mut v = fh.bytes_mut(off(1)..off(5)).unwrap();
+        v[10] = 0xEE;
+        v[3 * BS + 77] = 0xDD;
+    }
+    assert_eq!(fh.dirty_blocks(), vec![1, 4]);
+    fh.writeout(Writeout::STORE | Writeout::MARKSTORED).unwrap();
+    let mut b1 = pat(1);
+    b1[10] = 0xEE;
+    let mut b4 = pat(4);
+    b4[77] = 0xDD;
+    let mut got = vec![0u8; BS];
+    f.file().read_exact_at(&mut got, off(1)).unwrap();
+    assert!(got == b1);
+    f.file().read_exact_at(&mut got, off(4)).unwrap();
+    assert!(got == b4);
+    // Shared views again (blocks map again), then writes once more.
+    let v = fh.bytes(0..off(n)).unwrap().to_vec();
+    assert!(v[off(1) as usize..off(2) as usize] == b1[..]);
+    assert!(v[off(4) as usize..off(5) as usize] == b4[..]);
+    fh.bytes_mut(off(2) + 5..off(2) + 6).unwrap()[0] ^= 1;
+    assert_eq!(fh.dirty_blocks(), vec![2]);
+    assert!(fh.load_errors().is_empty());
+}
+
+#[test]
+fn invalidation_reloads_a_mapped_block_from_new_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 4u64;
+    let (_, f) = file(&dir, n);
+    let mut fh = open(&f, n, 64);
+    if !fh.zero_copy() {
+        eprintln!("zero-copy unavailable here: blocks are not mapped");
+        return;
+    }
+    assert!(fh.bytes(off(2)..off(3)).unwrap()[..] == pat(2)[..]);
+    assert!(fh.stats().mapped_loads >= 1);
+    // Someone else commits new bytes for block 2: the handle is told.
+    fh.invalidate(2).unwrap();
+    let new = vec![0x42u8; BS];
+    f.file().write_all_at(&new, off(2)).unwrap();
+    assert!(fh.bytes(off(2)..off(3)).unwrap()[..] == new[..]);
+    assert!(fh.bytes(off(1)..off(2)).unwrap()[..] == pat(1)[..]);
+    // Invalidated while mapped, then written: tracked.
+    fh.invalidate(1).unwrap();
+    fh.bytes_mut(off(1)..off(1) + 1).unwrap()[0] = 9;
+    assert_eq!(fh.dirty_blocks(), vec![1]);
+}
+
+#[test]
+fn two_threads_scan_mapped_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 48u64;
+    let (_, f) = file(&dir, n);
+    let fh = open(&f, n, 12);
+    std::thread::scope(|s| {
+        for t in 0..2u64 {
+            let fh = &fh;
+            s.spawn(move || {
+                for b in (t * n / 2)..((t + 1) * n / 2) {
+                    let v = fh.bytes(off(b)..off(b + 1)).unwrap();
+                    assert!(v[..] == pat(b)[..], "thread {t} block {b}");
+                }
+            });
+        }
+    });
+    assert!(fh.load_errors().is_empty());
+    if fh.zero_copy() {
+        assert!(fh.stats().mapped_loads > 0, "{:?}", fh.stats());
+    }
+}
