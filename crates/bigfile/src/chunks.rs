@@ -10,8 +10,9 @@
 //! with one class-pickle decode per block ([`ClassPrefix`]), and a block is
 //! assembled with one copy per chunk and zeros only in the gaps
 //! ([`assemble_chunks`], [`zero_gap`]). The fault handlers' read path
-//! loads instead of lending (see `SnapshotFile::assemble_zblk1`): mapped
-//! pages of a scanned file would count in the process's RSS.
+//! does the same and then releases the mapped pages of the block's records
+//! (see `SnapshotFile::assemble_zblk1`), so a scan does not keep the file's
+//! pages in the process's RSS.
 
 use crate::objects::MODULE;
 use crate::zblk::{AssembleError, place_chunk};
