@@ -15,7 +15,7 @@
 //! pages in the process's RSS.
 
 use crate::objects::MODULE;
-use crate::zblk::{AssembleError, place_chunk};
+use crate::zblk::{AssembleError, chunk_span, place_chunk};
 use storage::pickle::BytesStateReader;
 use storage::{MappedRecord, Tid};
 
@@ -79,6 +79,19 @@ pub fn assemble_chunks(
         stop = Some(end);
     }
     zero_gap(buf, stop.unwrap_or(0), buf.len() as i64);
+    Ok(())
+}
+
+/// Check `chunks` (offset order, as stored) as [`assemble_chunks`] would
+/// for a block of `blksize` bytes, without assembling them.
+pub fn check_chunks(
+    chunks: &[(i64, storage::Oid, ChunkBytes)],
+    blksize: usize,
+) -> Result<(), AssembleError> {
+    let mut stop: Option<u64> = None;
+    for (off, _, c) in chunks {
+        stop = Some(chunk_span(blksize, stop, *off, c.bytes().len())?.1);
+    }
     Ok(())
 }
 
