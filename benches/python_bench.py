@@ -5,6 +5,12 @@ best of a few runs of a fresh process). Real wendelin.core `A[:].sum()`
 when WENDELIN_CORE_PYTHON names a Python with it installed (see
 ../shared/tools/build-wendelin-core-peer.sh); skipped otherwise.
 
+Write + commit: a new 2 GiB f8 array written from numpy values in slices
+of 256 MiB (`A[lo:hi] = chunk`), one commit per slice, into a fresh
+database, timed from the first slice to the last commit; ours vs real
+wendelin.core (`ZBigArray`, `transaction.commit()`, with
+WENDELIN_CORE_VIRTMEM=rw:uvmm), each the best of a few fresh processes.
+
     .venv/bin/python benches/python_bench.py [--gib 2] [--dir /tmp/wr-bench] [--budget 512MiB]
 """
 import argparse
@@ -62,9 +68,69 @@ t = time.perf_counter(); s = A[:].sum(); dt = time.perf_counter() - t
 print(dt, s)
 '''
 
+# Write + commit (the same slices and values on both sides).
+WRITE_SLICE = 256 << 20
 
-def run(py, code, *args):
-    out = subprocess.run([py, "-c", code, *map(str, args)], capture_output=True, text=True)
+WR_WRITE = r'''
+import sys, time, numpy as np, wendelin_rs as wr
+path, n, budget, slice_bytes = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+rows, step = n // 1024, max(1, int(sys.argv[4]) // 8192)
+chunk = np.arange(step * 1024, dtype="f8").reshape(step, 1024) * 0.5
+db = wr.DB(path, ram_budget=budget)
+c = db.open()
+A = c.create_array("A", (rows, 1024), "f8")
+c.commit()
+t = time.perf_counter()
+for lo in range(0, rows, step):
+    hi = min(rows, lo + step)
+    A[lo:hi] = chunk[: hi - lo]
+    c.commit()
+dt = time.perf_counter() - t
+print(dt, float(A[rows - 1, 1023]))
+'''
+
+WC_WRITE = r'''
+import sys, time, numpy as np, transaction
+from ZODB.FileStorage import FileStorage
+from ZODB import DB
+from wendelin.bigarray.array_zodb import ZBigArray
+path, n, slice_bytes = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rows, step = n // 1024, max(1, slice_bytes // 8192)
+chunk = np.arange(step * 1024, dtype="f8").reshape(step, 1024) * 0.5
+root = DB(FileStorage(path)).open().root()
+root["A"] = A = ZBigArray((rows, 1024), "f8")
+transaction.commit()
+t = time.perf_counter()
+for lo in range(0, rows, step):
+    hi = min(rows, lo + step)
+    A[lo:hi] = chunk[: hi - lo]
+    transaction.commit()
+dt = time.perf_counter() - t
+print(dt, float(A[rows - 1, 1023]))
+'''
+
+
+def fresh_db(path):
+    for ext in ("", ".index", ".lock", ".tmp"):
+        if os.path.exists(path + ext):
+            os.remove(path + ext)
+    return path
+
+
+def best_write(py, code, path, *args, reps=3, env=None):
+    """Best time of `reps` fresh processes, each writing a fresh database."""
+    runs = []
+    for _ in range(reps):
+        fresh_db(path)
+        runs.append(run(py, code, path, *args, env=env))
+    fresh_db(path)
+    return min(r[0] for r in runs), runs[0][1]
+
+
+def run(py, code, *args, env=None):
+    out = subprocess.run(
+        [py, "-c", code, *map(str, args)], capture_output=True, text=True, env=env
+    )
     if out.returncode != 0:
         raise SystemExit(f"child failed:\n{out.stdout}\n{out.stderr}")
     dt, s = out.stdout.split()[-2:]
@@ -114,6 +180,25 @@ def main():
     for k in res:
         if k != "memmap":
             print(f"ratio {k} / memmap (throughput): {base / res[k][0]:.2f}x")
+    # Write + commit, ours vs real wendelin.core.
+    step_rows = max(1, WRITE_SLICE // 8192)
+    last = 0.5 * ((n // 1024 - 1) % step_rows * 1024 + 1023)
+    wres = {}
+    wres["write wendelin_rs"] = best_write(
+        sys.executable, WR_WRITE, a.dir + "/write-rs.fs", n, a.budget, WRITE_SLICE, reps=a.reps
+    )
+    if wc:
+        env = dict(os.environ, WENDELIN_CORE_VIRTMEM="rw:uvmm")
+        wres["write wendelin.core"] = best_write(
+            wc, WC_WRITE, a.dir + "/write-wc.fs", n, WRITE_SLICE, reps=a.reps, env=env
+        )
+    for k, (dt, s) in wres.items():
+        ok = "ok" if s == last else f"WRONG last value {s} != {last}"
+        print(f"{k:22s} {dt:7.3f}s  {gib / dt:6.2f} GiB/s  {ok}  (+commit, {WRITE_SLICE >> 20} MiB per txn)")
+    if "write wendelin.core" in wres:
+        r = wres["write wendelin.core"][0] / wres["write wendelin_rs"][0]
+        print(f"ratio write+commit wendelin_rs / wendelin.core (throughput): {r:.2f}x")
+    res.update(wres)
     print(json.dumps({k: v[0] for k, v in res.items()}))
 
 

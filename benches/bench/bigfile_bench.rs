@@ -50,6 +50,8 @@ pub fn run(cfg: &Config, report: &mut Report) -> Result<(), String> {
     r.map_err(e)?;
     let _ = std::fs::remove_file(&raw);
 
+    // ZBlk0's cold read of this run: the baseline of ZBlk1's.
+    let mut zblk0_read_s = None;
     for (label, format) in [("ZBlk0", ZBlkFormat::ZBlk0), ("ZBlk1", ZBlkFormat::ZBlk1)] {
         let path = dir.path().join(format!("{label}.fs"));
         let db = DB::open(path.to_str().ok_or("path")?).map_err(e)?;
@@ -118,6 +120,20 @@ pub fn run(cfg: &Config, report: &mut Report) -> Result<(), String> {
             "pread of Data.fs",
             pread_s * total as f64 / flen as f64,
         );
+        match (format, zblk0_read_s) {
+            (ZBlkFormat::ZBlk0, _) => zblk0_read_s = Some(read_s),
+            (ZBlkFormat::ZBlk1, Some(base)) => report.throughput(
+                &format!(
+                    "bigfile: cold read {} MiB via handle, ZBlk1 vs ZBlk0",
+                    total >> 20
+                ),
+                total,
+                read_s,
+                "ZBlk0 cold read, same run",
+                base,
+            ),
+            _ => {}
+        }
     }
 
     // Database growth per transaction that changes 8 bytes.

@@ -10,11 +10,12 @@
 //! with one class-pickle decode per block ([`ClassPrefix`]), and a block is
 //! assembled with one copy per chunk and zeros only in the gaps
 //! ([`assemble_chunks`], [`zero_gap`]). The fault handlers' read path
-//! loads instead of lending (see `SnapshotFile::assemble_zblk1`): mapped
-//! pages of a scanned file would count in the process's RSS.
+//! does the same and then releases the mapped pages of the block's records
+//! (see `SnapshotFile::assemble_zblk1`), so a scan does not keep the file's
+//! pages in the process's RSS.
 
 use crate::objects::MODULE;
-use crate::zblk::{AssembleError, place_chunk};
+use crate::zblk::{AssembleError, chunk_span, place_chunk};
 use storage::pickle::BytesStateReader;
 use storage::{MappedRecord, Tid};
 
@@ -78,6 +79,19 @@ pub fn assemble_chunks(
         stop = Some(end);
     }
     zero_gap(buf, stop.unwrap_or(0), buf.len() as i64);
+    Ok(())
+}
+
+/// Check `chunks` (offset order, as stored) as [`assemble_chunks`] would
+/// for a block of `blksize` bytes, without assembling them.
+pub fn check_chunks(
+    chunks: &[(i64, storage::Oid, ChunkBytes)],
+    blksize: usize,
+) -> Result<(), AssembleError> {
+    let mut stop: Option<u64> = None;
+    for (off, _, c) in chunks {
+        stop = Some(chunk_span(blksize, stop, *off, c.bytes().len())?.1);
+    }
     Ok(())
 }
 

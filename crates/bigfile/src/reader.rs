@@ -2,13 +2,14 @@
 //! no locks shared with user threads): what the fault handlers use.
 
 use crate::Error;
-use crate::chunks::{ChunkBytes, ClassPrefix, zero_gap};
+use crate::chunks::{ChunkBytes, ClassPrefix, assemble_chunks};
 use crate::objects::{
     ZBigFile, ZBlkRecord, decode_zblk, decode_zdata, fast_payload, is_payload_tail, payload_layout,
 };
-use crate::zblk::{ZBlkKind, assemble_zblk0, place_chunk};
+use crate::zblk::{ZBlkKind, assemble_zblk0};
 use storage::btree::SnapshotReader;
-use storage::{GenericObject, Oid, Snapshot, Storage, Tid, Value};
+use storage::mapped::release_together;
+use storage::{GenericObject, MappedRecord, Oid, Snapshot, Storage, Tid, Value};
 
 /// What the content of one block depended on when it was read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -132,19 +133,15 @@ impl<'a> SnapshotFile<'a> {
         chunktab: Oid,
         deps: &mut Vec<Oid>,
     ) -> Result<Vec<(i64, Oid)>, Error> {
-        let items = self.reader().items(chunktab, &mut |o| deps.push(o))?;
-        items
-            .into_iter()
-            .map(|(k, v)| {
-                let off = k
-                    .as_int()
-                    .ok_or_else(|| self.err(blk, "chunk offset is not an int"))?;
-                let o = v
-                    .ref_oid()
-                    .ok_or_else(|| self.err(blk, "chunk value is not a reference"))?;
-                Ok((off, o))
+        // Buckets are read without building value trees (`int_ref_items`).
+        self.reader()
+            .int_ref_items(chunktab, &mut |o| deps.push(o))
+            .map_err(|e| match e {
+                storage::Error::BadState { oid, msg } => {
+                    self.err(blk, format!("chunk table node {oid}: {msg}"))
+                }
+                e => e.into(),
             })
-            .collect()
     }
 
     /// The stored chunks `refs` of a ZBlk1 (offset order) with their
@@ -318,42 +315,26 @@ impl<'a> SnapshotFile<'a> {
         Ok(Some(r.serial))
     }
 
-    /// Fill `buf` from the ZData chunks `refs` (offset order): the records
-    /// are loaded in one batch (`Storage::load_many_before`: a few large
-    /// reads for chunks that lie together in the file) and each payload,
-    /// located without decoding the record ([`ClassPrefix`]), copied into
-    /// place; odd records are decoded generically. (Not lent from the
-    /// storage's mapping: a scan would keep every mapped page of the file
-    /// in the process's RSS, beyond the handle's RAM budget.)
+    /// Fill `buf` from the ZData chunks `refs` (offset order) in one pass:
+    /// each payload is copied straight out of the storage's file mapping
+    /// into place ([`Self::chunk_payloads`]: located without decoding the
+    /// record, no per-chunk buffer or syscall; records the storage cannot
+    /// lend are loaded in one batch), zeros only in the gaps. The mapped
+    /// pages are released right after (`storage::mapped::release_together`):
+    /// a scan does not keep the file's pages in the process's RSS beyond
+    /// the handle's RAM budget.
     fn assemble_zblk1(&self, blk: u64, refs: &[(i64, Oid)], buf: &mut [u8]) -> Result<(), Error> {
-        let oids: Vec<Oid> = refs.iter().map(|&(_, o)| o).collect();
-        let recs = self
-            .snap
-            .storage
-            .load_many_before(&oids, self.snap.at.successor())?;
-        let mut class = ClassPrefix::default();
-        let mut stop: Option<u64> = None;
-        for (&(off, o), r) in refs.iter().zip(recs) {
-            let r = r.ok_or(Error::Storage(storage::Error::NotFound {
-                oid: o,
-                tid: Some(self.snap.at),
-            }))?;
-            let owned;
-            let payload: &[u8] = match class.payload(&r.data) {
-                Some((p, n)) => &r.data[p..p + n],
-                None => {
-                    owned = decode_zdata(o, &r.data)?;
-                    &owned
-                }
-            };
-            let start = stop.unwrap_or(0);
-            let end =
-                place_chunk(buf, stop, off, payload).map_err(|e| self.err(blk, e.to_string()))?;
-            zero_gap(buf, start, off);
-            stop = Some(end);
-        }
-        zero_gap(buf, stop.unwrap_or(0), buf.len() as i64);
-        Ok(())
+        let chunks = self.chunk_payloads(refs)?;
+        let r = assemble_chunks(&chunks, buf).map_err(|e| self.err(blk, e.to_string()));
+        let mapped: Vec<&MappedRecord> = chunks
+            .iter()
+            .filter_map(|(_, _, c)| match c {
+                ChunkBytes::Mapped(m) => Some(m),
+                ChunkBytes::Loaded { .. } => None,
+            })
+            .collect();
+        release_together(&mapped);
+        r
     }
 
     /// Stream the file's bytes `range` (holes as zeros) to `f`, one block at

@@ -118,6 +118,17 @@ impl ChunkDelta<'_> {
     pub fn is_empty(&self) -> bool {
         !self.clear && self.set.is_empty() && self.delete.is_empty()
     }
+
+    /// True if applying this delta to the chunks `old` (those it was
+    /// computed from) changes the block's bytes: a cleared table, or a set
+    /// or deleted chunk whose old bytes differ beyond trailing zeros (a
+    /// foreign writer may have stored chunks with trailing zeros).
+    pub fn changes_content<B: AsRef<[u8]>>(&self, old: &BTreeMap<usize, B>) -> bool {
+        let old_of = |off: &usize| old.get(off).map_or(&[][..], |b| trim_zeros(b.as_ref()));
+        self.clear
+            || self.set.iter().any(|(off, n)| old_of(off) != *n)
+            || self.delete.iter().any(|off| !old_of(off).is_empty())
+    }
 }
 
 /// Compare `block` against the chunks stored now (`old`: offset -> stored
@@ -227,20 +238,31 @@ pub fn place_chunk(
     off: i64,
     data: &[u8],
 ) -> Result<u64, AssembleError> {
+    let (start, end) = chunk_span(out.len(), prev_end, off, data.len())?;
+    // Both bounds were checked against out.len() by chunk_span.
+    out[start as usize..end as usize].copy_from_slice(data);
+    Ok(end)
+}
+
+/// Where a chunk of `len` bytes at `off` lies in a block of `blksize`
+/// bytes, `[start, end)`, checked as [`place_chunk`] checks it (without
+/// copying: the commit's writer validates a stored table it compares
+/// chunk by chunk).
+pub fn chunk_span(
+    blksize: usize,
+    prev_end: Option<u64>,
+    off: i64,
+    len: usize,
+) -> Result<(u64, u64), AssembleError> {
     let start = u64::try_from(off).map_err(|_| AssembleError::NegativeOffset(off))?;
     if prev_end.is_some_and(|p| start < p) {
         return Err(AssembleError::Overlap { offset: off });
     }
-    let end = start + data.len() as u64;
-    if end > out.len() as u64 {
-        return Err(AssembleError::TooLong {
-            len: end,
-            blksize: out.len(),
-        });
+    let end = start + len as u64;
+    if end > blksize as u64 {
+        return Err(AssembleError::TooLong { len: end, blksize });
     }
-    // Both bounds were checked against out.len() just above.
-    out[start as usize..end as usize].copy_from_slice(data);
-    Ok(end)
+    Ok((start, end))
 }
 
 /// Number of bytes that differ between `a` and `b`, counting a length
@@ -345,6 +367,25 @@ mod tests {
         assert_eq!(d.set.len(), 1);
         assert_eq!(d.set[0].0, 2 * CHUNK_SIZE);
         assert_eq!(d.set[0].1, &block[2 * CHUNK_SIZE..2 * CHUNK_SIZE + 6]);
+    }
+
+    #[test]
+    fn delta_tells_content_changes_from_trailing_zeros() {
+        let mut block = vec![0u8; 2 * CHUNK_SIZE];
+        block[0] = 1;
+        // A foreign writer stored chunk 0 with trailing zeros and an
+        // all-zero chunk 1: same content, though the delta rewrites both.
+        let old: BTreeMap<usize, Vec<u8>> = [(0usize, vec![1u8, 0, 0]), (CHUNK_SIZE, vec![0u8; 4])]
+            .into_iter()
+            .collect();
+        let d = chunk_delta(&old, &block);
+        assert!(!d.is_empty());
+        assert!(!d.changes_content(&old));
+        block[CHUNK_SIZE + 1] = 5;
+        assert!(chunk_delta(&old, &block).changes_content(&old));
+        block[CHUNK_SIZE + 1] = 0;
+        block[1] = 2;
+        assert!(chunk_delta(&old, &block).changes_content(&old));
     }
 
     #[test]

@@ -31,6 +31,13 @@ pub trait MappedBytes: Send + Sync {
         let _ = range;
     }
 
+    /// Map the pages of `range` into the process now, with one call
+    /// instead of a page fault per few pages (a reader about to touch all
+    /// of them: a ZBlk1 block's records). Default: nothing.
+    fn populate(&self, range: Range<usize>) {
+        let _ = range;
+    }
+
     /// Whether `range` is in the page cache (reading it costs no disk
     /// I/O). Default: yes.
     fn cached(&self, range: Range<usize>) -> bool {
@@ -100,6 +107,39 @@ impl MappedRecord {
             range: start..end,
             serial: self.serial,
         })
+    }
+}
+
+/// Records further apart than this are released separately by
+/// [`release_together`] (the pages between them are not ours to drop).
+const RELEASE_GAP: usize = 64 << 10;
+
+/// Done reading all of `recs`: unmap their pages from the process, the
+/// pages between records that lie close together in the same mapping
+/// included (see [`MappedBytes::release`]). One `madvise` per run of
+/// neighbouring records: a 4 KiB record rarely holds a whole page of its
+/// own, so releasing records one by one would leave most pages mapped.
+pub fn release_together(recs: &[&MappedRecord]) {
+    let mut spans: Vec<(usize, usize, &Arc<dyn MappedBytes>)> = recs
+        .iter()
+        .map(|r| (r.range.start, r.range.end, &r.map))
+        .collect();
+    spans.sort_unstable_by_key(|&(s, _, m)| (Arc::as_ptr(m) as *const u8 as usize, s));
+    let mut run: Option<(usize, usize, &Arc<dyn MappedBytes>)> = None;
+    for (s, e, m) in spans {
+        run = match run {
+            Some((rs, re, rm)) if Arc::ptr_eq(rm, m) && s <= re.saturating_add(RELEASE_GAP) => {
+                Some((rs, re.max(e), rm))
+            }
+            Some((rs, re, rm)) => {
+                rm.release(rs..re);
+                Some((s, e, m))
+            }
+            None => Some((s, e, m)),
+        };
+    }
+    if let Some((rs, re, rm)) = run {
+        rm.release(rs..re);
     }
 }
 

@@ -10,16 +10,69 @@
 //! another process that rewrites one block drops that block and no other.
 
 use crate::reader::BlockDeps;
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
 use storage::Oid;
+
+/// The blocks that depend on one object. Almost always one block (a ZBlk,
+/// a ZData chunk: a ZBlk1 block records 514 of them per load), kept inline
+/// without an allocation; a shared tree node has many.
+pub(super) enum Blocks {
+    /// One block.
+    One(u64),
+    /// Several blocks.
+    Many(BTreeSet<u64>),
+}
+
+impl Blocks {
+    /// The blocks, in order.
+    pub(super) fn iter(&self) -> impl Iterator<Item = &u64> {
+        let (one, many) = match self {
+            Blocks::One(b) => (Some(b), None),
+            Blocks::Many(s) => (None, Some(s.iter())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
+
+    fn insert(&mut self, blk: u64) {
+        match self {
+            Blocks::One(b) if *b == blk => {}
+            Blocks::One(b) => *self = Blocks::Many([*b, blk].into_iter().collect()),
+            Blocks::Many(s) => {
+                s.insert(blk);
+            }
+        }
+    }
+
+    /// Remove `blk`; true if no block is left.
+    fn remove(&mut self, blk: u64) -> bool {
+        match self {
+            Blocks::One(b) => *b == blk,
+            Blocks::Many(s) => {
+                s.remove(&blk);
+                s.is_empty()
+            }
+        }
+    }
+}
+
+/// Add `blk` to the blocks depending on `o`.
+fn add(map: &mut HashMap<Oid, Blocks>, o: Oid, blk: u64) {
+    match map.entry(o) {
+        Entry::Occupied(mut e) => e.get_mut().insert(blk),
+        Entry::Vacant(e) => {
+            e.insert(Blocks::One(blk));
+        }
+    }
+}
 
 /// Which blocks depend on which objects (for exact invalidation).
 #[derive(Default)]
 pub(super) struct Deps {
     /// blktab node -> blocks whose lookup went through it.
-    pub(super) path: HashMap<Oid, BTreeSet<u64>>,
+    pub(super) path: HashMap<Oid, Blocks>,
     /// ZBlk / chunk table / ZData -> blocks whose content it is.
-    pub(super) direct: HashMap<Oid, BTreeSet<u64>>,
+    pub(super) direct: HashMap<Oid, Blocks>,
     /// What each loaded block depended on.
     pub(super) per_blk: HashMap<u64, BlockDeps>,
 }
@@ -28,10 +81,10 @@ impl Deps {
     pub(super) fn record(&mut self, blk: u64, d: BlockDeps) {
         self.forget(blk);
         for o in &d.path {
-            self.path.entry(*o).or_default().insert(blk);
+            add(&mut self.path, *o, blk);
         }
         for o in &d.direct {
-            self.direct.entry(*o).or_default().insert(blk);
+            add(&mut self.direct, *o, blk);
         }
         self.per_blk.insert(blk, d);
     }
@@ -40,11 +93,8 @@ impl Deps {
         if let Some(d) = self.per_blk.remove(&blk) {
             for (map, oids) in [(&mut self.path, &d.path), (&mut self.direct, &d.direct)] {
                 for o in oids {
-                    if let Some(s) = map.get_mut(o) {
-                        s.remove(&blk);
-                        if s.is_empty() {
-                            map.remove(o);
-                        }
+                    if map.get_mut(o).is_some_and(|s| s.remove(blk)) {
+                        map.remove(o);
                     }
                 }
             }

@@ -13,10 +13,12 @@
 
 use super::backend::Backend;
 use crate::Error;
-use crate::chunks::{ChunkBytes, assemble_chunks};
+use crate::chunks::{ChunkBytes, assemble_chunks, check_chunks};
 use crate::objects::{MODULE, ZBlk1};
 use crate::reader::{BlockDeps, SnapshotFile, StoredZBlk};
-use crate::zblk::{CHUNK_SIZE, ZBlkFormat, ZBlkKind, choose_auto, chunk_delta, trim_zeros};
+use crate::zblk::{
+    AssembleError, CHUNK_SIZE, ZBlkFormat, ZBlkKind, choose_auto, chunk_delta, trim_zeros,
+};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use storage::btree::{self, BTree};
@@ -116,6 +118,16 @@ impl Writer {
         old: &mut [u8],
         old_chunks: &mut Vec<(i64, Oid, ChunkBytes)>,
     ) -> Result<(), Error> {
+        let block_err = |e: AssembleError| Error::Block {
+            file: b.file,
+            blk,
+            msg: e.to_string(),
+        };
+        // A ZBlk1 that stays a ZBlk1 is compared chunk by chunk: its old
+        // bytes are not assembled into `old` (2 MiB copied and compared for
+        // an 8-byte change), only its table checked; a table of another
+        // chunk layout is assembled (it is rewritten whole).
+        let mut by_chunks = false;
         match stored {
             None => old.fill(0),
             Some((zoid, StoredZBlk::ZBlk0 { .. })) => {
@@ -124,19 +136,38 @@ impl Writer {
             }
             Some((_, StoredZBlk::ZBlk1 { chunktab, .. })) => {
                 *old_chunks = sf.chunks(blk, chunktab)?;
-                assemble_chunks(old_chunks, old).map_err(|e| Error::Block {
-                    file: b.file,
-                    blk,
-                    msg: e.to_string(),
-                })?;
+                by_chunks = force.is_none() && self.format == ZBlkFormat::ZBlk1;
+                if by_chunks {
+                    check_chunks(old_chunks, old.len()).map_err(block_err)?;
+                }
             }
+        }
+        let old_map: BTreeMap<usize, &[u8]> = old_chunks
+            .iter()
+            .filter_map(|(off, _, d)| usize::try_from(*off).ok().map(|o| (o, d.bytes())))
+            .collect();
+        let pre_delta = by_chunks
+            .then(|| chunk_delta(&old_map, data))
+            .filter(|d| !d.clear);
+        if pre_delta.is_none() && matches!(stored, Some((_, StoredZBlk::ZBlk1 { .. }))) {
+            assemble_chunks(old_chunks, old).map_err(block_err)?;
         }
         let old_ref = stored.map(|(z, _)| z);
         let new_t = trim_zeros(data);
-        let old_t = trim_zeros(old);
-        if force.is_none() && new_t == old_t && (old_ref.is_some() || new_t.is_empty()) {
+        let unchanged = match &pre_delta {
+            Some(d) => !d.changes_content(&old_map),
+            None => new_t == trim_zeros(old),
+        };
+        if force.is_none() && unchanged && (old_ref.is_some() || new_t.is_empty()) {
             return Ok(()); // unchanged: nothing is written
         }
+        // The old bytes, trimmed (not assembled when compared by chunks:
+        // then only a ZBlk1 kept as ZBlk1 follows, which does not use them).
+        let old_t: &[u8] = if pre_delta.is_some() {
+            &[]
+        } else {
+            trim_zeros(old)
+        };
         let kind = match (force, self.format) {
             (Some(k), _) => k,
             (None, ZBlkFormat::ZBlk0) => ZBlkKind::ZBlk0,
@@ -187,15 +218,14 @@ impl Writer {
                     .store_bytes_now(zoid, serial, MODULE, "ZBlk0", new_t)?;
             }
             (ZBlkKind::ZBlk1, Some((zoid, (OldZBlk::ZBlk1(chunktab), serial)))) => {
-                let old_map: BTreeMap<usize, &[u8]> = old_chunks
-                    .iter()
-                    .filter_map(|(off, _, d)| usize::try_from(*off).ok().map(|o| (o, d.bytes())))
-                    .collect();
                 let oids: HashMap<i64, (Oid, Tid)> = old_chunks
                     .iter()
                     .map(|(off, o, c)| (*off, (*o, c.serial())))
                     .collect();
-                let delta = chunk_delta(&old_map, data);
+                let delta = match pre_delta {
+                    Some(d) => d,
+                    None => chunk_delta(&old_map, data),
+                };
                 let tab = BTree {
                     family: &btree::IO,
                     oid: chunktab,

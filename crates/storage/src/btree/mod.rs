@@ -17,16 +17,19 @@
 //! - this file: the [`BTree`] handle and lookups through a connection;
 //! - `write`: insert and remove, with Python's splits;
 //! - `read`: [`SnapshotReader`], lookups straight from a storage snapshot;
+//! - `int_refs`: int -> reference trees (chunk tables) read without value trees;
 //! - `conflict`: [`BTreeResolver`], the three-way bucket merge.
 
 mod conflict;
 mod family;
+mod int_refs;
 mod node;
 mod read;
 mod write;
 
 pub use conflict::{BTreeResolver, resolve_conflict};
 pub use family::{Family, IO, KeyKind, LO, OO, family_of, key_cmp};
+pub use int_refs::{IntRefBucket, parse_bucket};
 pub use node::{Bucket, TreeNode, TreeState};
 pub use read::SnapshotReader;
 

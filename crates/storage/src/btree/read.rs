@@ -13,6 +13,7 @@
 use super::node::{Bucket, TreeNode, TreeState, child_index, search};
 use crate::error::{Error, Result};
 use crate::ids::Oid;
+use crate::persistent::PersistentClass;
 use crate::snapshot::Snapshot;
 use crate::value::Value;
 
@@ -63,50 +64,11 @@ impl<'a> SnapshotReader<'a> {
 
     /// All items of the tree rooted at `root`, in key order.
     pub fn items(&self, root: Oid, visit: &mut dyn FnMut(Oid)) -> Result<Vec<(Value, Value)>> {
-        visit(root);
-        let n: TreeNode = self.load(root)?;
-        let (first, children) = match n.state {
-            TreeState::Empty => return Ok(Vec::new()),
-            TreeState::Inline(items) => return Ok(items),
-            TreeState::General {
-                first, children, ..
-            } => (first, children),
-        };
-        // interior nodes are visited too, so changes to them are seen (the
-        // root, loaded above, is not loaded again)
-        let mut stack = Vec::new();
-        let mut pending = children;
-        loop {
-            for (c, is_bucket) in pending {
-                if !is_bucket {
-                    visit(c);
-                    stack.push(c);
-                }
-            }
-            let Some(o) = stack.pop() else { break };
-            let t: TreeNode = self.load(o)?;
-            pending = match t.state {
-                TreeState::General { children, .. } => children,
-                _ => Vec::new(),
-            };
-        }
-        let mut out = Vec::new();
-        let mut b = Some(first);
-        let mut guard = 0u64;
-        while let Some(o) = b {
-            guard += 1;
-            if guard > 1 << 32 {
-                return Err(Error::BadState {
-                    oid: o,
-                    msg: "bucket chain does not end".into(),
-                });
-            }
-            visit(o);
-            let bk: Bucket = self.load(o)?;
-            out.extend(bk.items);
-            b = bk.next.as_ref().and_then(Value::ref_oid);
-        }
-        Ok(out)
+        self.walk(root, visit, Ok, |o, data| {
+            let bk = Bucket::from_record(o, data)?;
+            let next = bk.next.as_ref().and_then(Value::ref_oid);
+            Ok((bk.items, next))
+        })
     }
 
     /// The largest key of the tree rooted at `root`.

@@ -8,7 +8,9 @@
 //! fresh buffer, and the caller copies the payload a third time into the
 //! block. Here the latest record positions of all the objects are taken
 //! from the index at once, the file's mapping (see [`super::mapped`]) is
-//! made to cover the indexed data, and each record's header is read and
+//! made to cover the indexed data, the pages of records lying together are
+//! mapped in with one call per run (`MappedBytes::populate`, not a page
+//! fault every few pages), and each record's header is read and
 //! checked in place, exactly as a single load checks it; the record data is
 //! then lent as a slice of the mapping. Whatever the fast path cannot
 //! answer (a revision newer than the snapshot, a record without data that
@@ -21,7 +23,33 @@ use super::Shared;
 use super::format::{DATA_HDR_LEN, DataHeader};
 use crate::error::Result;
 use crate::ids::{Oid, Tid};
-use crate::mapped::MappedRecord;
+use crate::mapped::{MappedBytes, MappedRecord};
+
+/// Records further apart than this are populated separately.
+const MAX_GAP: u64 = 64 << 10;
+/// Bytes populated past the last record start of a run (room for its data:
+/// a ZData record of a 4 KiB chunk).
+const TAIL: u64 = 8 << 10;
+
+/// Map the pages of the records at `at` in with one `populate` per run of
+/// records lying close together (each run up to a little past its last
+/// record's start), instead of a page fault every few pages.
+fn populate_runs(map: &dyn MappedBytes, at: &[Option<u64>], end: u64) {
+    let mut pos: Vec<u64> = at.iter().flatten().copied().collect();
+    pos.sort_unstable();
+    let mut i = 0;
+    while i < pos.len() {
+        let mut j = i + 1;
+        while j < pos.len() && pos[j] - pos[j - 1] <= MAX_GAP {
+            j += 1;
+        }
+        let stop = pos[j - 1].saturating_add(DATA_HDR_LEN + TAIL).min(end);
+        if let (Ok(a), Ok(b)) = (usize::try_from(pos[i]), usize::try_from(stop)) {
+            map.populate(a..b);
+        }
+        i = j;
+    }
+}
 
 impl Shared {
     /// `Storage::map_many_before`: see the module documentation.
@@ -43,6 +71,7 @@ impl Shared {
         else {
             return Ok(out);
         };
+        populate_runs(map.as_ref(), &at, end);
         let bytes = map.bytes();
         for (k, pos) in at.into_iter().enumerate() {
             let Some(pos) = pos else { continue };

@@ -56,6 +56,17 @@ impl MappedBytes for FileMap {
             .advise_range(memmap2::Advice::WillNeed, start, end - start);
     }
 
+    fn populate(&self, range: std::ops::Range<usize>) {
+        let start = range.start / PAGE * PAGE;
+        let end = range.end.min(self.0.len());
+        if start < end {
+            // Advice only: on failure the pages fault in when read.
+            let _ = self
+                .0
+                .advise_range(memmap2::Advice::PopulateRead, start, end - start);
+        }
+    }
+
     fn release(&self, range: std::ops::Range<usize>) {
         let start = range.start.next_multiple_of(PAGE);
         let end = range.end.min(self.0.len()) / PAGE * PAGE;

@@ -29,14 +29,9 @@ pub struct BytesStateLayout {
     pub len: u64,
 }
 
-const PROTO: u8 = 0x80;
-const BINBYTES: u8 = b'B';
-const BINSTRING: u8 = b'T';
-const SHORT_BINBYTES: u8 = b'C';
-const SHORT_BINSTRING: u8 = b'U';
-const BINPUT: u8 = b'q';
-const LONG_BINPUT: u8 = b'r';
-const STOP: u8 = b'.';
+use super::opcodes::{
+    BINBYTES, BINPUT, BINSTRING, LONG_BINPUT, PROTO, SHORT_BINBYTES, SHORT_BINSTRING, STOP,
+};
 
 /// The layout of a record whose state pickle starts with a plain byte
 /// string, from the record's first bytes `head` (the whole class pickle and

@@ -20,6 +20,7 @@
 mod bytes_state;
 mod decode;
 mod encode;
+pub(crate) mod opcodes;
 
 pub use bytes_state::{
     BytesStateLayout, BytesStateReader, bytes_state, bytes_state_layout, is_bytes_state_tail,
