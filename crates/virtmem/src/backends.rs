@@ -159,9 +159,9 @@ struct FileBlock {
 }
 
 impl MappableBlock for FileBlock {
-    fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+    fn fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         use std::os::fd::AsFd;
-        self.file.as_fd()
+        Some(self.file.as_fd())
     }
 
     fn offset(&self) -> u64 {

@@ -159,8 +159,8 @@ pub enum Loaded {
 
 /// A block's bytes as a range of a file (see [`BigFile::map_block`]).
 pub trait MappableBlock: Send {
-    /// The file.
-    fn fd(&self) -> std::os::fd::BorrowedFd<'_>;
+    /// The file (`None`: not mappable after all; the block is loaded).
+    fn fd(&self) -> Option<std::os::fd::BorrowedFd<'_>>;
     /// Offset of the block's first byte in the file (a multiple of 4096).
     fn offset(&self) -> u64;
 }

@@ -99,9 +99,9 @@ struct Mappable {
 struct Block(Arc<std::fs::File>, u64);
 
 impl MappableBlock for Block {
-    fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+    fn fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         use std::os::fd::AsFd;
-        self.0.as_fd()
+        Some(self.0.as_fd())
     }
     fn offset(&self) -> u64 {
         self.1

@@ -72,9 +72,12 @@ impl Shared {
         let Ok(Some(m)) = self.file.map_block(blk) else {
             return Ok(false);
         };
-        if !m.offset().is_multiple_of(crate::mapping::PAGE as u64) {
+        let Some(fd) = m
+            .fd()
+            .filter(|_| m.offset().is_multiple_of(crate::mapping::PAGE as u64))
+        else {
             return Ok(false);
-        }
+        };
         if MAPPED.fetch_add(1, Ordering::Relaxed) >= MAX_MAPPED {
             MAPPED.fetch_sub(1, Ordering::Relaxed);
             return Ok(false);
@@ -86,7 +89,7 @@ impl Shared {
         // `map_block` contract).
         let r = unsafe {
             self.map
-                .map_file(addr - self.map.addr(), len, m.fd(), m.offset())
+                .map_file(addr - self.map.addr(), len, fd, m.offset())
         };
         if let Err(e) = r {
             MAPPED.fetch_sub(1, Ordering::Relaxed);
