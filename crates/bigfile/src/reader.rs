@@ -262,7 +262,7 @@ impl<'a> SnapshotFile<'a> {
     /// (the caller then decodes it generically).
     fn read_zblk0_direct(&self, blk: u64, zoid: Oid, buf: &mut [u8]) -> Result<Option<Tid>, Error> {
         let before = self.snap.at.successor();
-        let mut head = [0u8; 512];
+        let mut head = [0u8; storage::pickle::BYTES_STATE_HEAD];
         let Some(r) = self
             .snap
             .storage
@@ -383,7 +383,7 @@ impl<'a> SnapshotFile<'a> {
     /// record's head (its large payload is not read); only a ZBlk1's small
     /// record is loaded, for its chunk table.
     pub fn stored_zblk(&self, zoid: Oid) -> Result<StoredZBlk, Error> {
-        let mut head = [0u8; 512];
+        let mut head = [0u8; storage::pickle::BYTES_STATE_HEAD];
         let r = self
             .snap
             .storage

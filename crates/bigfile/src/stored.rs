@@ -48,7 +48,7 @@ impl SnapshotFile<'_> {
             return Ok(StoredBlock::Unavailable);
         };
         let data = rec.data();
-        let head = &data[..data.len().min(512)];
+        let head = &data[..data.len().min(storage::pickle::BYTES_STATE_HEAD)];
         let Some((off, len)) = payload_layout(head, &["ZBlk0", "ZBlk"]) else {
             return Ok(StoredBlock::Unavailable);
         };

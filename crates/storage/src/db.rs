@@ -29,13 +29,18 @@ use crate::error::{Error, Result};
 use crate::ids::{Oid, Tid};
 use crate::pickle::{self, Dialect};
 use crate::snapshot::Snapshot;
-use crate::storage::{ConflictResolver, Storage, StorageTxn, TxnMeta};
+use crate::storage::{AlignedRecord, ConflictResolver, Storage, StorageTxn, TxnMeta};
 use crate::transaction::{CommitPhase, DataManager, SortKey, Synchronizer, TransactionManager};
 use crate::value::Value;
 use parking_lot::{MappedMutexGuard, Mutex, MutexGuard};
 use std::any::Any;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+
+/// Byte payloads at least this long (ZBlk0 blocks; not 4 KiB ZData
+/// chunks, which padding would double) are stored page-aligned by
+/// [`Connection::store_bytes_now`].
+pub const ALIGNED_PAYLOAD_MIN: usize = 256 << 10;
 
 /// Oids whose state changed between two snapshots of a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -433,6 +438,9 @@ impl Connection {
     /// [`store_now`](Connection::store_now) of an object of class
     /// `module.name` whose state is the byte string `payload`, streamed: the
     /// payload goes to the storage as it is, never copied into a pickle.
+    /// A payload of [`ALIGNED_PAYLOAD_MIN`] bytes or more (a ZBlk0 block)
+    /// is stored with [`StorageTxn::store_aligned`]: FileStorage places it
+    /// at a page boundary of its file, for readers that map it in place.
     pub fn store_bytes_now(
         &self,
         oid: Oid,
@@ -441,12 +449,35 @@ impl Connection {
         name: &str,
         payload: &[u8],
     ) -> Result<()> {
-        let (head, tail) =
-            pickle::encode_bytes_record_parts(module, name, payload.len(), self.shared.dialect)?;
-        self.store_parts_now(oid, serial, &[&head, payload, tail])
+        let dialect = self.shared.dialect;
+        let tail: &[u8] = b".";
+        if payload.len() < ALIGNED_PAYLOAD_MIN {
+            let (head, tail) =
+                pickle::encode_bytes_record_parts(module, name, payload.len(), dialect)?;
+            return self.store_parts_now(oid, serial, &[&head, payload, tail]);
+        }
+        let head = |pad: usize| {
+            pickle::encode_bytes_record_head(module, name, payload.len(), pad, dialect)
+        };
+        let rec = AlignedRecord {
+            head: &head,
+            payload,
+            tail,
+        };
+        self.store_with_txn(oid, |txn| txn.store_aligned(oid, serial, rec))
     }
 
     fn store_parts_now(&self, oid: Oid, serial: Tid, parts: &[&[u8]]) -> Result<()> {
+        self.store_with_txn(oid, |txn| txn.store_parts(oid, serial, parts))
+    }
+
+    /// Store `oid` during the commit phase through `store` on the storage
+    /// transaction; a cached copy is dropped.
+    fn store_with_txn(
+        &self,
+        oid: Oid,
+        store: impl FnOnce(&mut dyn StorageTxn) -> Result<()>,
+    ) -> Result<()> {
         let mut st = self.shared.state.lock();
         let st = &mut *st;
         self.shared.ensure_txn(st)?;
@@ -454,7 +485,7 @@ impl Connection {
             .txn
             .as_mut()
             .ok_or_else(|| Error::Protocol("store outside two-phase commit".into()))?;
-        txn.store_parts(oid, serial, parts)?;
+        store(&mut **txn)?;
         if !st.modified.contains(&oid) && !st.added.contains(&oid) {
             st.cache.remove(&oid);
         }

@@ -76,7 +76,8 @@ pub mod zeo;
 
 pub use btree::BTree;
 pub use db::{
-    Connection, DB, GenericObject, Invalidation, Persistent, PersistentClass, PersistentMapping,
+    ALIGNED_PAYLOAD_MIN, Connection, DB, GenericObject, Invalidation, Persistent, PersistentClass,
+    PersistentMapping,
 };
 pub use error::{Error, Result};
 pub use filestorage::{FileStorage, PackStats};
@@ -85,7 +86,8 @@ pub use mapped::MappedRecord;
 pub use open::{open_storage, open_storage_with};
 pub use snapshot::Snapshot;
 pub use storage::{
-    ConflictResolver, DataRecord, LoadedRecord, RangeLoad, Storage, StorageTxn, TxnInfo, TxnMeta,
+    AlignedRecord, ConflictResolver, DataRecord, LoadedRecord, PAYLOAD_ALIGN, RangeLoad, Storage,
+    StorageTxn, TxnInfo, TxnMeta,
 };
 pub use transaction::{
     CommitPhase, DataManager, SortKey, Synchronizer, TransactionManager, WeakTransactionManager,

@@ -14,6 +14,7 @@
 //! where loading them first (pread into the engine's pages) spends as much
 //! time copying as summing.
 
+use std::fs::File;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -50,6 +51,13 @@ pub trait MappedBytes: Send + Sync {
     /// sums). Default: nothing.
     fn will_need(&self, range: Range<usize>) {
         let _ = range;
+    }
+
+    /// The file this is a mapping of, from its offset 0 (byte `i` of
+    /// [`bytes`](MappedBytes::bytes) is byte `i` of the file), for readers
+    /// that map a range of it elsewhere themselves. Default: none.
+    fn file(&self) -> Option<&File> {
+        None
     }
 }
 
@@ -95,6 +103,15 @@ impl MappedRecord {
     /// (see [`MappedBytes::will_need`]).
     pub fn will_need(&self) {
         self.map.will_need(self.range.clone());
+    }
+
+    /// The file the record lies in and the file offset of its first byte
+    /// ([`Self::data`]`[0]`), for readers that map the record's bytes from
+    /// the file themselves (a large byte payload stored with
+    /// [`crate::StorageTxn::store_aligned`] starts at a multiple of
+    /// [`crate::PAYLOAD_ALIGN`]). `None` if the mapping has no file.
+    pub fn file_range(&self) -> Option<(&File, u64)> {
+        Some((self.map.file()?, self.range.start as u64))
     }
 
     /// The same mapping, narrowed to `sub` (relative to [`Self::data`]);

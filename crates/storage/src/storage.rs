@@ -219,6 +219,26 @@ pub trait Storage: Send + Sync {
     ) -> Result<Box<dyn Iterator<Item = Result<TxnInfo>> + '_>>;
 }
 
+/// A record stored with [`StorageTxn::store_aligned`]: `head(pad)`,
+/// `payload`, `tail` one after the other, where `head(pad)` is `head(0)`
+/// with exactly `pad` bytes of no-op padding (see
+/// `pickle::encode_bytes_record_head`): every `pad` but 1 reads as the same
+/// record.
+#[derive(Clone, Copy)]
+pub struct AlignedRecord<'a> {
+    /// The record up to the payload, padded by the argument.
+    pub head: &'a dyn Fn(usize) -> Result<Vec<u8>>,
+    /// The payload.
+    pub payload: &'a [u8],
+    /// The record after the payload.
+    pub tail: &'a [u8],
+}
+
+/// The file offset alignment of payloads stored with
+/// [`StorageTxn::store_aligned`]: a page, so that the payload can be mapped
+/// from the file (`mmap` maps whole pages).
+pub const PAYLOAD_ALIGN: u64 = 4096;
+
 /// A transaction in two-phase commit on one storage.
 pub trait StorageTxn: Send {
     /// The tid this transaction will commit as.
@@ -236,6 +256,16 @@ pub trait StorageTxn: Send {
     /// as they are; this default joins them.
     fn store_parts(&mut self, oid: Oid, serial: Tid, parts: &[&[u8]]) -> Result<()> {
         self.store(oid, serial, parts.concat())
+    }
+
+    /// [`store_parts`](StorageTxn::store_parts) of a record with a large
+    /// byte payload that readers may map from the storage file in place
+    /// (see [`AlignedRecord`]): a storage that writes records at known file
+    /// offsets (FileStorage) pads the head so that the payload starts at a
+    /// multiple of [`PAYLOAD_ALIGN`] in its file. This default (ZEO, other
+    /// storages) stores it unpadded.
+    fn store_aligned(&mut self, oid: Oid, serial: Tid, rec: AlignedRecord<'_>) -> Result<()> {
+        self.store_parts(oid, serial, &[&(rec.head)(0)?, rec.payload, rec.tail])
     }
 
     /// Fail with [`crate::Error::Conflict`] unless `oid`'s committed revision

@@ -12,7 +12,9 @@
 //!    on leaves a tail every reader (and Python) ignores.
 //! 2. `store` checks the serial (conflict / resolution through the
 //!    transaction's [`ConflictResolver`]) and writes each record directly
-//!    after the header.
+//!    after the header. `store_aligned` pads a large byte payload's pickle
+//!    (no-op opcodes, `pickle::padding`) so that the payload starts at a
+//!    page boundary of the file, where readers can map it in place.
 //! 3. `vote` writes the real length, the trailer, and flushes.
 //! 4. `finish` flips the status byte to `' '` and `fdatasync`s; only then is
 //!    the transaction published in the index and `finish` returns.
@@ -28,7 +30,8 @@ use super::format::{DATA_HDR_LEN, DataHeader, STATUS_CHECKPOINT, STATUS_COMMITTE
 use super::lock::{FileLock, SlotGuard};
 use crate::error::{Error, Result};
 use crate::ids::{Oid, Tid};
-use crate::storage::{ConflictResolver, StorageTxn, TxnMeta};
+use crate::pickle;
+use crate::storage::{AlignedRecord, ConflictResolver, PAYLOAD_ALIGN, StorageTxn, TxnMeta};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
@@ -126,33 +129,25 @@ impl FsTxn {
             .map_err(|e| Error::io(&self.fs.path, "write", e))
     }
 
-    fn rollback(&mut self) {
-        if let Err(e) = self.file.set_len(self.header.pos) {
-            tracing::error!(path = %self.fs.path.display(), error = %e, "could not truncate an aborted transaction; it stays as an ignored tail");
-        }
-    }
-}
-
-impl StorageTxn for FsTxn {
-    fn tid(&self) -> Tid {
-        self.header.tid
-    }
-
-    fn store(&mut self, oid: Oid, serial: Tid, data: Vec<u8>) -> Result<()> {
-        self.store_parts(oid, serial, &[&data])
-    }
-
-    fn store_parts(&mut self, oid: Oid, serial: Tid, parts: &[&[u8]]) -> Result<()> {
+    /// Before storing a revision of `oid` based on `serial` whose record
+    /// is `parts`: check the serial against the committed one, resolving
+    /// a conflict through the resolver. Returns the committed revision's
+    /// offset (the new record's `prev`) and the resolved record that
+    /// replaces `parts`, if there was a conflict.
+    fn check_store(
+        &mut self,
+        oid: Oid,
+        serial: Tid,
+        parts: &[&[u8]],
+    ) -> Result<(u64, Option<Vec<u8>>)> {
         if self.voted {
             return Err(Error::Protocol("store after vote".into()));
         }
-        let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
-        if len == 0 {
+        if parts.iter().all(|p| p.is_empty()) {
             return Err(Error::Protocol(format!("oid {oid}: empty record data")));
         }
         let committed = self.fs.committed_serial(&self.file, oid)?;
         let prev = committed.map_or(0, |c| c.1);
-        let mut resolved = None;
         if let Some((ctid, _)) = committed
             && ctid != serial
         {
@@ -170,12 +165,11 @@ impl StorageTxn for FsTxn {
             }
             let old = self.fs.load_serial(oid, serial)?;
             let cur = self.fs.load_serial(oid, ctid)?;
-            resolved = Some(
-                resolver
-                    .resolve(oid, &old, &cur, &parts.concat())
-                    .map_err(|r| conflict(Some(r)))?,
-            );
+            let resolved = resolver
+                .resolve(oid, &old, &cur, &parts.concat())
+                .map_err(|r| conflict(Some(r)))?;
             self.resolved.push(oid);
+            return Ok((prev, Some(resolved)));
         } else if committed.is_none() && serial != Tid::ZERO {
             return Err(Error::Conflict {
                 oid,
@@ -184,14 +178,13 @@ impl StorageTxn for FsTxn {
                 reason: Some("object does not exist in the database".into()),
             });
         }
-        let resolved_parts;
-        let (parts, len) = match &resolved {
-            Some(r) => {
-                resolved_parts = [r.as_slice()];
-                (&resolved_parts[..], r.len() as u64)
-            }
-            None => (parts, len),
-        };
+        Ok((prev, None))
+    }
+
+    /// Write the record of `oid` whose data is `parts` at the end of the
+    /// transaction: the header and each part go out as separate writes (no
+    /// copy of large records).
+    fn write_record(&mut self, oid: Oid, prev: u64, parts: &[&[u8]]) -> Result<()> {
         let h = DataHeader {
             pos: self.write_pos,
             oid,
@@ -199,10 +192,8 @@ impl StorageTxn for FsTxn {
             prev,
             tloc: self.header.pos,
             vlen: 0,
-            plen: len,
+            plen: parts.iter().map(|p| p.len() as u64).sum(),
         };
-        // The header and each part go out as separate writes: no copy of
-        // large records.
         self.write(&h.to_bytes(), self.write_pos)?;
         let mut at = self.write_pos + DATA_HDR_LEN;
         for p in parts {
@@ -212,6 +203,58 @@ impl StorageTxn for FsTxn {
         self.records.push((oid, self.write_pos));
         self.write_pos = at;
         Ok(())
+    }
+
+    fn rollback(&mut self) {
+        if let Err(e) = self.file.set_len(self.header.pos) {
+            tracing::error!(path = %self.fs.path.display(), error = %e, "could not truncate an aborted transaction; it stays as an ignored tail");
+        }
+    }
+}
+
+impl StorageTxn for FsTxn {
+    fn tid(&self) -> Tid {
+        self.header.tid
+    }
+
+    fn store(&mut self, oid: Oid, serial: Tid, data: Vec<u8>) -> Result<()> {
+        self.store_parts(oid, serial, &[&data])
+    }
+
+    fn store_parts(&mut self, oid: Oid, serial: Tid, parts: &[&[u8]]) -> Result<()> {
+        let (prev, resolved) = self.check_store(oid, serial, parts)?;
+        match &resolved {
+            Some(r) => self.write_record(oid, prev, &[r]),
+            None => self.write_record(oid, prev, parts),
+        }
+    }
+
+    fn store_aligned(&mut self, oid: Oid, serial: Tid, rec: AlignedRecord<'_>) -> Result<()> {
+        let AlignedRecord {
+            head,
+            payload,
+            tail,
+        } = rec;
+        let head0 = head(0)?;
+        let (prev, resolved) = self.check_store(oid, serial, &[&head0, payload, tail])?;
+        if let Some(r) = &resolved {
+            // A merged record: rare, and not what scans map.
+            return self.write_record(oid, prev, &[r]);
+        }
+        let unpadded = self.write_pos + DATA_HDR_LEN + head0.len() as u64;
+        let pad = pickle::padding_to_align(unpadded, PAYLOAD_ALIGN);
+        if pad == 0 {
+            return self.write_record(oid, prev, &[&head0, payload, tail]);
+        }
+        let padded = head(pad)?;
+        if padded.len() != head0.len() + pad {
+            return Err(Error::Protocol(format!(
+                "oid {oid}: a head padded by {pad} bytes is {} bytes, not {}",
+                padded.len(),
+                head0.len() + pad
+            )));
+        }
+        self.write_record(oid, prev, &[&padded, payload, tail])
     }
 
     fn check_current(&mut self, oid: Oid, serial: Tid) -> Result<()> {

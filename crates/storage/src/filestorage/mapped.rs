@@ -26,12 +26,16 @@ use crate::mapped::{MappedBytes, MappedRecord};
 /// Page size (x86-64): advice and residency work in whole pages.
 const PAGE: usize = 4096;
 
-/// A read-only mapping of a data file.
-struct FileMap(memmap2::Mmap);
+/// A read-only mapping of a data file, from its offset 0, and the file.
+struct FileMap(memmap2::Mmap, Arc<File>);
 
 impl MappedBytes for FileMap {
     fn bytes(&self) -> &[u8] {
         &self.0
+    }
+
+    fn file(&self) -> Option<&File> {
+        Some(&self.1)
     }
 
     fn cached(&self, range: std::ops::Range<usize>) -> bool {
@@ -108,8 +112,8 @@ impl FileMap {
 /// The current mapping of a FileStorage's data file.
 #[derive(Default)]
 pub(super) struct Mapping {
-    /// The file mapped (to notice a pack's new file) and its mapping.
-    current: Mutex<Option<(Arc<File>, Arc<FileMap>)>>,
+    /// The mapping, with the file mapped (to notice a pack's new file).
+    current: Mutex<Option<Arc<FileMap>>>,
 }
 
 impl Mapping {
@@ -119,7 +123,7 @@ impl Mapping {
     pub(super) fn covering(&self, file: &Arc<File>, end: usize) -> Option<Arc<dyn MappedBytes>> {
         let mut cur = self.current.lock();
         let fresh = match cur.as_ref() {
-            Some((f, m)) if Arc::ptr_eq(f, file) && m.0.len() >= end => None,
+            Some(m) if Arc::ptr_eq(&m.1, file) && m.0.len() >= end => None,
             _ => {
                 // SAFETY: the file's committed records are never rewritten
                 // or truncated while the storage is open (see the module
@@ -128,13 +132,13 @@ impl Mapping {
                 if m.len() < end {
                     return None;
                 }
-                Some(Arc::new(FileMap(m)))
+                Some(Arc::new(FileMap(m, file.clone())))
             }
         };
         if let Some(m) = fresh {
-            *cur = Some((file.clone(), m));
+            *cur = Some(m);
         }
-        let map: Arc<dyn MappedBytes> = cur.as_ref()?.1.clone();
+        let map: Arc<dyn MappedBytes> = cur.as_ref()?.clone();
         Some(map)
     }
 

@@ -7,7 +7,9 @@
 //! state pickle is a single byte string. Every writer (Python's pickler and
 //! ours) lays such a state out the same way: `[PROTO n]`, one of
 //! `BINBYTES`/`SHORT_BINBYTES` (py3) or `BINSTRING`/`SHORT_BINSTRING` (py2)
-//! with its length, the raw bytes, then `[BINPUT n | LONG_BINPUT n] STOP`.
+//! with its length, the raw bytes, then `[BINPUT n | LONG_BINPUT n] STOP`;
+//! ours may put no-op padding after `PROTO` to place the bytes at a page
+//! boundary of the file (see `padding`), which is skipped here.
 //! Knowing that, a reader can locate the bytes from the first few hundred
 //! bytes of the record (the class pickle plus the opcode) and copy them
 //! straight to their destination, without materializing a value tree. Any
@@ -33,9 +35,16 @@ use super::opcodes::{
     BINBYTES, BINPUT, BINSTRING, LONG_BINPUT, PROTO, SHORT_BINBYTES, SHORT_BINSTRING, STOP,
 };
 
+/// How many first bytes of a record [`bytes_state_layout`] needs to locate
+/// the payload of a record we write: its class pickle (well under 512
+/// bytes for every class with a byte-string state), `PROTO`, the most
+/// padding we insert and the payload's opcode and length.
+pub const BYTES_STATE_HEAD: usize = 512 + super::padding::MAX_PADDING;
+
 /// The layout of a record whose state pickle starts with a plain byte
-/// string, from the record's first bytes `head` (the whole class pickle and
-/// the state's first opcode and length must be in it). `None` if the head
+/// string, from the record's first bytes `head` (the whole class pickle,
+/// any padding and the state's first opcode and length must be in it:
+/// [`BYTES_STATE_HEAD`] bytes are enough for every record we write). `None` if the head
 /// is not of that form. The record must then end right after the payload
 /// with bytes accepted by [`is_bytes_state_tail`].
 pub fn bytes_state_layout(head: &[u8]) -> Option<BytesStateLayout> {
@@ -56,6 +65,7 @@ fn state_layout(head: &[u8], mut at: usize) -> Option<(usize, u64)> {
     if head.get(at) == Some(&PROTO) {
         at += 2;
     }
+    let at = super::padding::skip(head, at);
     match *head.get(at)? {
         BINBYTES | BINSTRING => {
             let l = u32::from_le_bytes(head.get(at + 1..at + 5)?.try_into().ok()?);

@@ -36,13 +36,22 @@ struct Enc<'o> {
 /// Append the start of the pickle of a byte string of `len` bytes (PROTO,
 /// the opcode and the length): the bytes themselves and `STOP` follow. What
 /// [`encode_into`] writes for `Value::Bytes`, for writers that send the
-/// payload separately instead of copying it into the pickle.
-pub fn encode_bytes_head(out: &mut Vec<u8>, len: usize, dialect: Dialect) -> Result<()> {
+/// payload separately instead of copying it into the pickle. `pad` bytes
+/// of no-op padding go between PROTO and the opcode (see `padding`).
+pub fn encode_bytes_head(
+    out: &mut Vec<u8>,
+    len: usize,
+    pad: usize,
+    dialect: Dialect,
+) -> Result<()> {
     out.push(0x80);
     out.push(match dialect {
         Dialect::Py3 => 3,
         Dialect::Py2 => 2,
     });
+    if !super::padding::push_padding(out, pad, dialect) {
+        return Err(err(format!("no pickle padding is {pad} bytes long")));
+    }
     let (short, long) = bytes_ops(dialect);
     len_prefix(out, Some(short), long, len)
 }

@@ -21,11 +21,14 @@ mod bytes_state;
 mod decode;
 mod encode;
 pub(crate) mod opcodes;
+mod padding;
 
 pub use bytes_state::{
-    BytesStateLayout, BytesStateReader, bytes_state, bytes_state_layout, is_bytes_state_tail,
+    BYTES_STATE_HEAD, BytesStateLayout, BytesStateReader, bytes_state, bytes_state_layout,
+    is_bytes_state_tail,
 };
 pub use decode::{Decoder, MAX_DEPTH};
+pub use padding::{MAX_PADDING, padding_to_align, push_padding};
 
 use crate::error::{Error, Result};
 use crate::value::Value;
@@ -111,10 +114,27 @@ pub fn encode_bytes_record_parts(
     len: usize,
     dialect: Dialect,
 ) -> Result<(Vec<u8>, &'static [u8])> {
-    let mut head = Vec::with_capacity(64 + module.len() + name.len());
+    Ok((
+        encode_bytes_record_head(module, name, len, 0, dialect)?,
+        b".",
+    ))
+}
+
+/// The head of [`encode_bytes_record_parts`] with exactly `pad` bytes of
+/// no-op padding between the state's `PROTO` and the payload's opcode
+/// (FORMATS.md §3.5): `pad` bytes longer, and the record reads as the
+/// same value. `pad == 1` is impossible (an error): see [`padding_to_align`].
+pub fn encode_bytes_record_head(
+    module: &str,
+    name: &str,
+    len: usize,
+    pad: usize,
+    dialect: Dialect,
+) -> Result<Vec<u8>> {
+    let mut head = Vec::with_capacity(64 + module.len() + name.len() + pad);
     encode::encode_into(&mut head, &Value::global(module, name), dialect)?;
-    encode::encode_bytes_head(&mut head, len, dialect)?;
-    Ok((head, b"."))
+    encode::encode_bytes_head(&mut head, len, pad, dialect)?;
+    Ok(head)
 }
 
 /// The class of a record as `(module, name)`, from a decoded class-metadata

@@ -468,3 +468,74 @@ fn bytes_record_parts_match_encode_record() {
         }
     }
 }
+
+/// Padding of every length a writer may insert (0, 2..=4095, 4097, and
+/// more) reads as the unpadded record, is exactly that long, and is
+/// skipped by the readers that locate a payload without decoding.
+#[test]
+fn padded_bytes_records_read_as_unpadded() {
+    const M: &str = "wendelin.bigfile.file_zodb";
+    for dialect in [Dialect::Py3, Dialect::Py2] {
+        let payload: Vec<u8> = (0..300u32).map(|i| (i % 253) as u8).collect();
+        let want = decode_record(
+            &encode_record(M, "ZBlk0", &Value::Bytes(payload.clone()), dialect).expect("encode"),
+        )
+        .expect("decode");
+        let head0 = encode_bytes_record_head(M, "ZBlk0", payload.len(), 0, dialect).expect("head");
+        let mut reader = BytesStateReader::default();
+        for n in (0..=8200).filter(|&n| n != 1) {
+            let head =
+                encode_bytes_record_head(M, "ZBlk0", payload.len(), n, dialect).expect("head");
+            assert_eq!(head.len(), head0.len() + n, "{dialect:?} pad {n}");
+            let rec = [head.as_slice(), &payload, b"."].concat();
+            assert_eq!(
+                decode_record(&rec).expect("decode padded"),
+                want,
+                "{dialect:?} pad {n}"
+            );
+            let (l, p) = bytes_state(&rec).expect("fast path");
+            assert_eq!(
+                (l.offset, p),
+                (head.len(), payload.as_slice()),
+                "{dialect:?} pad {n}"
+            );
+            let (_, _, r) = reader.payload(&rec).expect("reader");
+            assert_eq!(r, head.len()..head.len() + payload.len());
+            if n <= MAX_PADDING {
+                let l =
+                    bytes_state_layout(&rec[..BYTES_STATE_HEAD.min(rec.len())]).expect("layout");
+                assert_eq!((l.offset, l.len), (head.len(), payload.len() as u64));
+            }
+        }
+        assert!(encode_bytes_record_head(M, "ZBlk0", 10, 1, dialect).is_err());
+        assert!(!push_padding(&mut Vec::new(), 1, dialect));
+    }
+}
+
+/// A head cut inside the padding is never mistaken for a plain record:
+/// whatever layout it yields, the whole record's tail check refutes it.
+#[test]
+fn truncated_padding_is_not_a_payload() {
+    let payload = vec![7u8; 5000];
+    let head = encode_bytes_record_head("m", "C", payload.len(), 3000, Dialect::Py3).expect("head");
+    let rec = [head.as_slice(), &payload, b"."].concat();
+    for cut in [40, 100, 2000, head.len() - 1] {
+        if let Some(l) = bytes_state_layout(&rec[..cut]) {
+            let end = l.offset + l.len as usize;
+            assert!(
+                !rec.get(end..).is_some_and(is_bytes_state_tail),
+                "cut {cut}"
+            );
+        }
+    }
+}
+
+#[test]
+fn padding_to_align_lands_on_the_boundary() {
+    for at in 0..3 * 4096u64 {
+        let pad = padding_to_align(at, 4096);
+        assert_ne!(pad, 1);
+        assert!(pad <= MAX_PADDING);
+        assert_eq!((at + pad as u64) % 4096, 0, "at {at}");
+    }
+}

@@ -179,7 +179,7 @@ impl Shared {
             return Ok(Vec::new());
         };
         let at = d.pos + DATA_HDR_LEN;
-        const HEAD: u64 = 4096;
+        const HEAD: u64 = pickle::BYTES_STATE_HEAD as u64;
         if d.plen > HEAD {
             // A plain byte-string state has no references: tell from its
             // first bytes and its last few, without reading the payload.
