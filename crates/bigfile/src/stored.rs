@@ -18,7 +18,9 @@ use storage::MappedRecord;
 
 use crate::Error;
 use crate::objects::{is_payload_tail, payload_layout};
-use crate::reader::SnapshotFile;
+use crate::reader::{BlockDeps, SnapshotFile};
+use crate::zblk::ZBlkKind;
+use storage::Oid;
 
 /// What is stored for one block.
 #[derive(Debug, Clone)]
@@ -36,10 +38,27 @@ impl SnapshotFile<'_> {
     /// What is stored for block `blk` at this snapshot, lent in place if
     /// possible (see the module docs).
     pub fn stored_block(&self, blk: u64) -> Result<StoredBlock, Error> {
-        let mut path = Vec::new();
-        let Some(zoid) = self.zblk_ref(blk, &mut path)? else {
-            return Ok(StoredBlock::Hole);
+        Ok(self.stored_block_deps(blk)?.0)
+    }
+
+    /// [`Self::stored_block`] with what the block depends on (the blktab
+    /// path, the ZBlk and its revision), as a load records it for exact
+    /// invalidation.
+    pub(crate) fn stored_block_deps(&self, blk: u64) -> Result<(StoredBlock, BlockDeps), Error> {
+        let mut deps = BlockDeps::default();
+        let Some(zoid) = self.zblk_ref(blk, &mut deps.path)? else {
+            return Ok((StoredBlock::Hole, deps));
         };
+        deps.direct.push(zoid);
+        let stored = self.stored_zblk0(zoid)?;
+        if let StoredBlock::Mapped(rec) = &stored {
+            deps.zblk = Some((zoid, ZBlkKind::ZBlk0, rec.serial));
+        }
+        Ok((stored, deps))
+    }
+
+    /// The ZBlk `zoid` at this snapshot as a ZBlk0 payload lent in place.
+    fn stored_zblk0(&self, zoid: Oid) -> Result<StoredBlock, Error> {
         let Some(rec) = self
             .snap
             .storage

@@ -135,6 +135,10 @@ impl virtmem::BigFile for Backend {
         Ok(w.store(self, blk, data, None)?)
     }
 
+    fn map_block(&self, blk: u64) -> Result<Option<Box<dyn virtmem::MappableBlock>>, BoxError> {
+        Ok(self.mappable(blk)?)
+    }
+
     fn name(&self) -> String {
         format!("ZBigFile {} in {}", self.file, self.storage.name())
     }

@@ -9,6 +9,8 @@
 //! - `options`: what a handle is opened with;
 //! - `access`: shared read views, exclusive writes, misuse as errors;
 //! - `backend`: the `virtmem::BigFile` that loads and stores blocks;
+//! - `mapped`: committed ZBlk0 blocks offered to virtmem for mapping
+//!   straight from the storage file (no copy);
 //! - `deps`: which blocks depend on which objects (exact invalidation);
 //! - `invalidate`: dropping exactly the blocks others changed;
 //! - `writer`: the commit's STORE of one block into ZBlk objects;
@@ -22,6 +24,7 @@ mod access;
 mod backend;
 mod deps;
 mod invalidate;
+mod mapped;
 mod options;
 mod siblings;
 mod spill;

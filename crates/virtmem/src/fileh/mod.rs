@@ -360,12 +360,17 @@ impl FileH {
     }
 
     /// Number of blocks resident now (clean, dirty, holes, or mapped from
-    /// their file).
+    /// their file and not dropped since).
     pub fn resident_blocks(&self) -> usize {
         let st = self.sh.st.lock();
         st.blocks
             .values()
-            .filter(|b| matches!(b, Block::Clean { .. } | Block::Dirty | Block::Mapped { .. }))
+            .filter(|b| {
+                matches!(
+                    b,
+                    Block::Clean { .. } | Block::Dirty | Block::Mapped { tick: Some(_) }
+                )
+            })
             .count()
     }
 
