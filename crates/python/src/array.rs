@@ -290,6 +290,8 @@ impl Array {
             .map_err(|_| ShapeError::new_err("array larger than the address space"))?;
         let fh = self.inner.file();
         let writable = writable && !fh.is_read_only();
+        // numpy arrays outlive any guard (see `lend_raw_views`).
+        fh.lend_raw_views();
         let addr = {
             let h = fh.fileh_read().py()?;
             let v = h

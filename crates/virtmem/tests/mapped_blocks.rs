@@ -164,3 +164,42 @@ fn two_threads_scan_mapped_blocks() {
         assert!(fh.stats().mapped_loads > 0, "{:?}", fh.stats());
     }
 }
+
+#[test]
+fn dropped_mapped_blocks_go_back_to_the_engine_when_no_view_is_alive() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 40u64;
+    let (_, f) = file(&dir, n);
+    let mut fh = open(&f, n, 8);
+    if !fh.zero_copy() {
+        eprintln!("zero-copy unavailable here: blocks are not mapped");
+        return;
+    }
+    let pass = |fh: &FileH| {
+        for b in 0..n {
+            let v = fh.bytes(off(b)..off(b + 1)).unwrap();
+            assert!(v[..] == pat(b)[..], "block {b}");
+        }
+    };
+    pass(&fh);
+    assert!(fh.has_dropped_mapped(), "{:?}", fh.stats());
+    // Touching dropped blocks again while they stay mapped is unseen by the
+    // engine (no load: the page cache, as numpy.memmap).
+    let loads = fh.stats().mapped_loads;
+    let _ = fh.bytes(off(0)..off(1)).unwrap()[7];
+    assert_eq!(fh.stats().mapped_loads, loads);
+    // Put back: the next pass maps them again through the engine (and its
+    // budget), and reads the same.
+    fh.unmap_dropped().unwrap();
+    assert!(!fh.has_dropped_mapped());
+    pass(&fh);
+    assert!(
+        fh.stats().mapped_loads >= loads + n - 10,
+        "{:?}",
+        fh.stats()
+    );
+    assert!(fh.load_errors().is_empty());
+    // Writes after all that are tracked exactly.
+    fh.bytes_mut(off(3)..off(3) + 1).unwrap()[0] ^= 1;
+    assert_eq!(fh.dirty_blocks(), vec![3]);
+}

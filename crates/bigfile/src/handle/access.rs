@@ -18,6 +18,7 @@
 use crate::Error;
 use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use storage::Oid;
 use virtmem::FileH;
@@ -41,6 +42,10 @@ pub fn views_held_by_this_thread() -> bool {
 pub(super) struct AccessLock {
     lock: RwLock<FileH>,
     file: Oid,
+    /// Pointers into the mapping were handed out that outlive the guards
+    /// (the Python binding's numpy arrays): no moment without views can be
+    /// told, so mapped blocks whose pages were dropped stay mapped.
+    raw_views: AtomicBool,
 }
 
 /// Shared access; dropping it releases the view.
@@ -74,7 +79,32 @@ impl AccessLock {
         AccessLock {
             lock: RwLock::new(fh),
             file,
+            raw_views: AtomicBool::new(false),
         }
+    }
+
+    /// A view is starting: if no view is alive now (the lock is free) and
+    /// mapped blocks had their pages dropped, put them back to the engine's
+    /// memory (virtmem `FileH::unmap_dropped`: no reader can be in them, so
+    /// a next touch loads them through the budget instead of mapping page
+    /// cache unseen). Never waits: a view or writer elsewhere makes
+    /// `try_write` fail, and a later view does it.
+    fn unmap_dropped_if_idle(&self) {
+        if self.raw_views.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Some(mut w) = self.lock.try_write()
+            && w.has_dropped_mapped()
+            && let Err(e) = w.unmap_dropped()
+        {
+            tracing::warn!(file = %self.file, "putting dropped mapped blocks back: {e}");
+        }
+    }
+
+    /// Pointers into the mapping are handed out beyond any guard (see
+    /// `raw_views`).
+    pub(super) fn lend_raw_views(&self) {
+        self.raw_views.store(true, Ordering::Relaxed);
     }
 
     fn key(&self) -> usize {
@@ -110,6 +140,7 @@ impl AccessLock {
                 what: format!("{what} inside a mutable view of the same file"),
             });
         }
+        self.unmap_dropped_if_idle();
         // Recursive: a nested view in this thread does not queue behind a
         // writer waiting for the outer one.
         let guard = self

@@ -278,6 +278,16 @@ impl ZBigFileH {
         })
     }
 
+    /// The caller hands out pointers into the mapping that outlive the
+    /// guards of [`Self::fileh_read`] (e.g. numpy arrays over it): blocks
+    /// mapped straight from the storage file whose pages were dropped then
+    /// stay mapped for the handle's life (a touch reads page cache the RAM
+    /// budget does not see, as `numpy.memmap` does), since no moment
+    /// without readers can be told to put them back.
+    pub fn lend_raw_views(&self) {
+        self.shared.fileh.lend_raw_views();
+    }
+
     /// Is this handle read-only (opened on a historical or read-only
     /// connection)?
     pub fn is_read_only(&self) -> bool {

@@ -24,11 +24,22 @@
 //!   possible in safe Rust) would fault, never go unseen.
 //! - The budget counts a mapped block like a loaded one until its pages
 //!   are dropped (eviction, drop-behind): `MADV_DONTNEED` then only unmaps
-//!   the page-cache pages, and any later touch reads the same bytes again
-//!   from the page cache. So one pass over an array keeps the resident set
-//!   within the budget; a block touched again after its pages were dropped
-//!   is page cache mapped into the process (as for `numpy.memmap`), which
-//!   the kernel reclaims under memory pressure.
+//!   the page-cache pages (safe with readers: a later touch reads the same
+//!   bytes again from the page cache), so one pass over an array keeps the
+//!   resident set within the budget. Putting the anonymous memory back
+//!   needs no reader in the block (a touch between the `mmap` and the
+//!   registration would read a fresh zero page), so it waits for the next
+//!   moment without views ([`FileH::unmap_dropped`], which the bigfile
+//!   layer calls when the last view of a handle ends). Until then a dropped
+//!   block touched again is page cache mapped into the process, unseen by
+//!   the budget (as for `numpy.memmap`; the kernel reclaims such pages
+//!   under memory pressure). `mremap` of a registered placeholder over the
+//!   block would be atomic, but keeps the registration only with
+//!   `UFFD_FEATURE_EVENT_REMAP`, whose event blocks the remapping thread
+//!   until a handler reads it while every `UFFDIO_*` call fails with
+//!   `EAGAIN`: handlers retrying those would never read it.
+//!
+//! [`FileH::unmap_dropped`]: super::FileH::unmap_dropped
 //! - Invalidation (another transaction changed the block) happens under
 //!   `&mut FileH` too and puts the anonymous memory back.
 //! - Each mapped block is a separate mapping (VMA): at most
@@ -157,13 +168,43 @@ impl Shared {
                 break;
             }
             st.blocks.remove(&blk);
-            if let Some(t) = tick {
-                st.lru.remove(&t);
-                self.budget.sub(self.bs as u64);
+            match tick {
+                Some(t) => {
+                    st.lru.remove(&t);
+                    self.budget.sub(self.bs as u64);
+                }
+                None => {
+                    self.mapped_dropped.fetch_sub(1, Ordering::Relaxed);
+                }
             }
         }
         st.paused = false;
         r
+    }
+
+    /// Put the mapped blocks whose pages were dropped back to registered
+    /// anonymous memory (the caller holds `&mut FileH`: no view is alive),
+    /// so that touching them again goes through the engine and its budget
+    /// instead of mapping page cache unseen. Loads of other blocks go on.
+    pub(super) fn unmap_dropped(&self) -> Result<()> {
+        if self.mapped_dropped.load(Ordering::Relaxed) == 0 {
+            return Ok(());
+        }
+        let dropped: Vec<u64> = {
+            let st = self.st.lock();
+            st.blocks
+                .iter()
+                .filter(|(_, s)| matches!(s, Block::Mapped { tick: None }))
+                .map(|(b, _)| *b)
+                .collect()
+        };
+        for blk in dropped {
+            // Read-ahead skips blocks in the table, so none loads it meanwhile.
+            self.unmap_block(blk)?;
+            self.st.lock().blocks.remove(&blk);
+            self.mapped_dropped.fetch_sub(1, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// Drop the pages of mapped block `blk` (accounted, `tick`) for the
@@ -173,6 +214,7 @@ impl Shared {
         st.lru.remove(&tick);
         st.blocks.insert(blk, Block::Mapped { tick: None });
         self.budget.sub(self.bs as u64);
+        self.mapped_dropped.fetch_add(1, Ordering::Relaxed);
         let (off, len) = self.block_range(blk);
         // SAFETY: a mapped block's range (a read-only file mapping): the
         // next access reads the same file bytes from the page cache.

@@ -88,6 +88,8 @@ struct Shared {
     map_files: bool,
     /// Blocks of this handle mapped from their file now.
     mapped_here: AtomicUsize,
+    /// Of those, blocks whose pages were dropped (see [`mapped`]).
+    mapped_dropped: AtomicUsize,
 }
 
 /// A handle on a [`BigFile`]: one mapping of the whole file, loaded lazily.
@@ -221,6 +223,7 @@ impl FileH {
             zc: ZeroCopy::new(move_pm),
             map_files: opts.map_files,
             mapped_here: AtomicUsize::new(0),
+            mapped_dropped: AtomicUsize::new(0),
         });
         vtrace!("T open");
         let mut fh = FileH {
@@ -331,6 +334,21 @@ impl FileH {
             slice: unsafe { self.sh.map.slice_mut(off, count) },
             offset,
         })
+    }
+
+    /// Blocks mapped straight from their file whose pages were dropped
+    /// (for the budget or behind a scan) and that still show the file's
+    /// pages: see [`Self::unmap_dropped`].
+    pub fn has_dropped_mapped(&self) -> bool {
+        self.sh.mapped_dropped.load(Ordering::Relaxed) > 0
+    }
+
+    /// Put blocks mapped from their file whose pages were dropped back to
+    /// the engine's memory, so that a next touch loads them through the
+    /// budget (until then such a touch maps page cache unseen). Call it
+    /// when no view is alive, e.g. when the last one ends.
+    pub fn unmap_dropped(&mut self) -> Result<()> {
+        self.sh.unmap_dropped()
     }
 
     /// Dirty blocks, ascending.

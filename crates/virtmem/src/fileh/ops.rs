@@ -242,6 +242,9 @@ impl FileH {
                     st.lru.remove(&t);
                     sh.budget.sub(sh.bs as u64);
                 }
+                Block::Mapped { tick: None } => {
+                    sh.mapped_dropped.fetch_sub(1, Ordering::Relaxed);
+                }
                 _ => {}
             }
             st.blocks.remove(&blk);
