@@ -128,8 +128,11 @@ impl Writer {
         // an 8-byte change), only its table checked; a table of another
         // chunk layout is assembled (it is rewritten whole).
         let mut by_chunks = false;
+        // A hole's old bytes are zeros: known without filling and scanning
+        // 2 MiB of them (a first write of a big array is all holes).
+        let hole = stored.is_none();
         match stored {
-            None => old.fill(0),
+            None => {}
             Some((zoid, StoredZBlk::ZBlk0 { .. })) => {
                 let mut deps = BlockDeps::default();
                 sf.read_zblk(blk, zoid, old, &mut deps)?;
@@ -156,6 +159,7 @@ impl Writer {
         let new_t = trim_zeros(data);
         let unchanged = match &pre_delta {
             Some(d) => !d.changes_content(&old_map),
+            None if hole => new_t.is_empty(),
             None => new_t == trim_zeros(old),
         };
         if force.is_none() && unchanged && (old_ref.is_some() || new_t.is_empty()) {
@@ -163,7 +167,7 @@ impl Writer {
         }
         // The old bytes, trimmed (not assembled when compared by chunks:
         // then only a ZBlk1 kept as ZBlk1 follows, which does not use them).
-        let old_t: &[u8] = if pre_delta.is_some() {
+        let old_t: &[u8] = if pre_delta.is_some() || hole {
             &[]
         } else {
             trim_zeros(old)

@@ -275,6 +275,32 @@ impl Shared {
         self.uffd.wake(addr, buf.as_slice().len())
     }
 
+    /// Give the (empty, Loading) block at `addr` writable zero pages by
+    /// moving in fresh huge pages (the kernel zeroes each in one go) rather
+    /// than copying 2 MiB of zeros into 512 separately allocated pages (a
+    /// first write to a hole; measured: the copy was 19% of writing a new
+    /// 2 GiB array from Python). The block becomes dirty, so a write racing
+    /// with the move needs no protection. False: not possible here, copy.
+    pub(super) fn move_in_zeros(&self, addr: usize, len: usize) -> std::io::Result<bool> {
+        let Some(pm) = self.zc.pagemap.as_ref().filter(|_| self.zero_copy_on()) else {
+            return Ok(false);
+        };
+        let mut buf = Staging::new(len)?;
+        buf.populate()?;
+        if !pm.all_huge(buf.addr(), len)? {
+            return Ok(false);
+        }
+        // SAFETY: `buf` is ours and holds fresh zero pages; the destination
+        // is a Loading block with no page (its accesses wait), about to
+        // become dirty.
+        let (moved, why) = unsafe { self.uffd.move_pages(addr, buf.addr(), len) };
+        if let Some(e) = why {
+            vtrace!("T moving zeros in stopped after {moved} of {len} bytes: {e}");
+            self.copy_all(addr + moved, &buf.as_slice()[moved..], false)?;
+        }
+        Ok(true)
+    }
+
     /// Evict the block at `addr` by moving its pages into a recycling
     /// buffer (see [`Recycled`]). False if not done (zero-copy off, no free
     /// buffer, or the block is not made of whole huge pages, e.g. a marker
