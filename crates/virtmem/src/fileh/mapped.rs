@@ -105,9 +105,13 @@ impl Shared {
         if let Err(e) = r {
             MAPPED.fetch_sub(1, Ordering::Relaxed);
             vtrace!("T mapping blk {blk} failed: {e}; loading it");
-            // A failed MAP_FIXED may have left the range unmapped: put the
-            // registered anonymous memory back (nobody accesses it: Loading).
-            self.unmap_range(addr, len)?;
+            // The range is left as it is: the kernel keeps the old mapping
+            // when a MAP_FIXED fails (Linux >= 6.12 restores it), and
+            // putting anonymous memory back here would open a window in
+            // which a reader of this Loading block (whose accesses wait on
+            // the userfaultfd) reads fresh zeros instead. Should the range
+            // be gone after all, the ordinary load fails and the block is
+            // poisoned: an access gets SIGBUS, never wrong bytes.
             return Ok(false);
         }
         self.mapped_here.fetch_add(1, Ordering::Relaxed);
@@ -115,11 +119,11 @@ impl Shared {
         Ok(true)
     }
 
-    /// Put registered anonymous memory back over the block at `addr` (a
-    /// mapped block being dropped, or a failed mapping).
+    /// Put registered anonymous memory back over the mapped block at
+    /// `addr`.
     ///
     /// The caller guarantees that nothing touches the range meanwhile
-    /// (`&mut FileH`, or the block is Loading under its thread).
+    /// (`&mut FileH`: no view is alive).
     fn unmap_range(&self, addr: usize, len: usize) -> Result<()> {
         // SAFETY: the block's range in our reservation; nobody touches it
         // until it is registered again (caller contract).
