@@ -203,3 +203,39 @@ fn dropped_mapped_blocks_go_back_to_the_engine_when_no_view_is_alive() {
     fh.bytes_mut(off(3)..off(3) + 1).unwrap()[0] ^= 1;
     assert_eq!(fh.dirty_blocks(), vec![3]);
 }
+
+#[test]
+fn a_mutable_view_unmaps_only_the_blocks_it_covers() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 6u64;
+    let (_, f) = file(&dir, n);
+    let mut fh = open(&f, n, 64);
+    if !fh.zero_copy() {
+        eprintln!("zero-copy unavailable here: blocks are not mapped");
+        return;
+    }
+    assert!(fh.bytes(0..off(n)).unwrap()[..] == (0..n).flat_map(pat).collect::<Vec<_>>()[..]);
+    let mapped = fh.stats().mapped_loads;
+    assert_eq!(mapped, n, "{:?}", fh.stats());
+    // A write to block 2 only: block 2 reloads into the engine's memory,
+    // the others stay mapped (reading them again loads nothing).
+    fh.bytes_mut(off(2) + 9..off(2) + 10).unwrap()[0] ^= 0x80;
+    assert_eq!(fh.dirty_blocks(), vec![2]);
+    let loads = fh.stats().loads;
+    let v = fh.bytes(0..off(n)).unwrap().to_vec();
+    for b in [0u64, 1, 3, 4, 5] {
+        assert!(
+            v[off(b) as usize..off(b + 1) as usize] == pat(b)[..],
+            "block {b}"
+        );
+    }
+    let mut want2 = pat(2);
+    want2[9] ^= 0x80;
+    assert!(v[off(2) as usize..off(3) as usize] == want2[..]);
+    assert_eq!(fh.stats().loads, loads, "no block loaded again");
+    assert_eq!(fh.stats().mapped_loads, mapped);
+    fh.writeout(Writeout::STORE | Writeout::MARKSTORED).unwrap();
+    let mut got = vec![0u8; BS];
+    f.file().read_exact_at(&mut got, off(2)).unwrap();
+    assert!(got == want2);
+}

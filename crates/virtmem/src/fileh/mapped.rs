@@ -18,8 +18,9 @@
 //!
 //! - Blocks are mapped only while no mutable view can exist (the same gate
 //!   as zero-copy moves, [`super::zero_copy`]): a mutable view first puts
-//!   every mapped block back to registered anonymous memory (under `&mut
-//!   FileH`, so no access races with the swap), and they reload on touch.
+//!   the mapped blocks it covers back to registered anonymous memory (under
+//!   `&mut FileH`, so no access races with the swap), and they reload on
+//!   touch; mapped blocks outside its range cannot be written through it.
 //!   Mapped blocks are `PROT_READ`: a write through a shared view (not
 //!   possible in safe Rust) would fault, never go unseen.
 //! - The budget counts a mapped block like a loaded one until its pages
@@ -150,9 +151,12 @@ impl Shared {
         Ok(())
     }
 
-    /// A mutable view is coming (`&mut FileH`): put every mapped block back
-    /// to registered anonymous memory; they reload on touch.
-    pub(super) fn unmap_all(&self) -> Result<()> {
+    /// A mutable view of `blocks` is coming (`&mut FileH`): put the mapped
+    /// blocks among them back to registered anonymous memory; they reload
+    /// on touch. Mapped blocks outside stay: the view cannot reach them,
+    /// and no block is mapped while it may exist (the zero-copy gate), so
+    /// a read-mostly handle that writes a little keeps its mapped blocks.
+    pub(super) fn unmap_for_writes(&self, blocks: std::ops::RangeInclusive<u64>) -> Result<()> {
         if self.mapped_here.load(Ordering::Relaxed) == 0 {
             return Ok(());
         }
@@ -161,7 +165,7 @@ impl Shared {
             .blocks
             .iter()
             .filter_map(|(b, s)| match s {
-                Block::Mapped { tick } => Some((*b, *tick)),
+                Block::Mapped { tick } if blocks.contains(b) => Some((*b, *tick)),
                 _ => None,
             })
             .collect();

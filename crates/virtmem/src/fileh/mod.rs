@@ -327,7 +327,12 @@ impl FileH {
     pub fn view_mut<T: Pod>(&mut self, offset: u64, count: usize) -> Result<ViewMut<'_, T>> {
         let off = self.check::<T>(offset, count)?;
         self.sh.zc.writer_coming();
-        self.sh.unmap_all()?;
+        let bytes = count.saturating_mul(size_of::<T>());
+        if bytes > 0 {
+            let bs = self.sh.bs as u64;
+            let last = (offset + bytes as u64 - 1) / bs;
+            self.sh.unmap_for_writes(offset / bs..=last)?;
+        }
         Ok(ViewMut {
             // SAFETY: `check` tested bounds and alignment; `&mut self`
             // guarantees that no other view of the mapping exists.
