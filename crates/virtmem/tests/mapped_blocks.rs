@@ -35,20 +35,32 @@ fn open(f: &Arc<FileBigFile>, n: u64, budget_blocks: u64) -> FileH {
     FileH::open(f.clone() as Arc<dyn BigFile>, opts).unwrap()
 }
 
+/// A handle on a fresh file of `n` blocks with mapping on, or `None` (said
+/// on stderr) where zero-copy, hence mapping, is unavailable.
+fn mapped_handle(
+    n: u64,
+    budget_blocks: u64,
+) -> Option<(tempfile::TempDir, Arc<FileBigFile>, FileH)> {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, f) = file(&dir, n);
+    let fh = open(&f, n, budget_blocks);
+    if !fh.zero_copy() {
+        eprintln!("zero-copy unavailable here (no UFFDIO_MOVE or THP): blocks are not mapped");
+        return None;
+    }
+    Some((dir, f, fh))
+}
+
 fn off(b: u64) -> u64 {
     b * BS as u64
 }
 
 #[test]
 fn a_scan_maps_blocks_and_keeps_within_the_budget() {
-    let dir = tempfile::tempdir().unwrap();
     let n = 64u64;
-    let (_, f) = file(&dir, n);
-    let fh = open(&f, n, 8);
-    if !fh.zero_copy() {
-        eprintln!("zero-copy unavailable here (no UFFDIO_MOVE or THP): blocks are not mapped");
+    let Some((_dir, _f, fh)) = mapped_handle(n, 8) else {
         return;
-    }
+    };
     for b in 0..n {
         let v = fh.bytes(off(b)..off(b + 1)).unwrap();
         assert!(v[..] == pat(b)[..], "block {b}");
@@ -74,14 +86,10 @@ fn a_scan_maps_blocks_and_keeps_within_the_budget() {
 
 #[test]
 fn a_mutable_view_unmaps_and_writes_are_tracked() {
-    let dir = tempfile::tempdir().unwrap();
     let n = 6u64;
-    let (_, f) = file(&dir, n);
-    let mut fh = open(&f, n, 64);
-    if !fh.zero_copy() {
-        eprintln!("zero-copy unavailable here: blocks are not mapped");
+    let Some((_dir, f, mut fh)) = mapped_handle(n, 64) else {
         return;
-    }
+    };
     // Map every block.
     {
         let v = fh.bytes(0..off(n)).unwrap();
@@ -120,14 +128,10 @@ fn a_mutable_view_unmaps_and_writes_are_tracked() {
 
 #[test]
 fn invalidation_reloads_a_mapped_block_from_new_bytes() {
-    let dir = tempfile::tempdir().unwrap();
     let n = 4u64;
-    let (_, f) = file(&dir, n);
-    let mut fh = open(&f, n, 64);
-    if !fh.zero_copy() {
-        eprintln!("zero-copy unavailable here: blocks are not mapped");
+    let Some((_dir, f, mut fh)) = mapped_handle(n, 64) else {
         return;
-    }
+    };
     assert!(fh.bytes(off(2)..off(3)).unwrap()[..] == pat(2)[..]);
     assert!(fh.stats().mapped_loads >= 1);
     // Someone else commits new bytes for block 2: the handle is told.
@@ -167,14 +171,10 @@ fn two_threads_scan_mapped_blocks() {
 
 #[test]
 fn dropped_mapped_blocks_go_back_to_the_engine_when_no_view_is_alive() {
-    let dir = tempfile::tempdir().unwrap();
     let n = 40u64;
-    let (_, f) = file(&dir, n);
-    let mut fh = open(&f, n, 8);
-    if !fh.zero_copy() {
-        eprintln!("zero-copy unavailable here: blocks are not mapped");
+    let Some((_dir, _f, mut fh)) = mapped_handle(n, 8) else {
         return;
-    }
+    };
     let pass = |fh: &FileH| {
         for b in 0..n {
             let v = fh.bytes(off(b)..off(b + 1)).unwrap();
@@ -206,14 +206,10 @@ fn dropped_mapped_blocks_go_back_to_the_engine_when_no_view_is_alive() {
 
 #[test]
 fn a_mutable_view_unmaps_only_the_blocks_it_covers() {
-    let dir = tempfile::tempdir().unwrap();
     let n = 6u64;
-    let (_, f) = file(&dir, n);
-    let mut fh = open(&f, n, 64);
-    if !fh.zero_copy() {
-        eprintln!("zero-copy unavailable here: blocks are not mapped");
+    let Some((_dir, f, mut fh)) = mapped_handle(n, 64) else {
         return;
-    }
+    };
     assert!(fh.bytes(0..off(n)).unwrap()[..] == (0..n).flat_map(pat).collect::<Vec<_>>()[..]);
     let mapped = fh.stats().mapped_loads;
     assert_eq!(mapped, n, "{:?}", fh.stats());
