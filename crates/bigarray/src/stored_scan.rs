@@ -98,21 +98,20 @@ impl<T: Real> ZBigArray<T> {
         let cold = AtomicBool::new(false);
         // Workers take blocks in file order (one shared cursor), so the
         // scan reads the file front to back as one stream, as a cold disk
-        // wants; each block's statistics land in its slot and are merged in
-        // a fixed order, so the result does not depend on who took what.
+        // wants; each worker keeps its blocks' statistics by block number,
+        // and they are merged in a fixed order, so the result does not
+        // depend on who took what.
         let next = AtomicU64::new(0);
         let nb = nblocks as u64;
         let workers = rayon::current_num_threads().max(1);
-        let slots: Vec<parking_lot::Mutex<Acc>> = (0..nblocks)
-            .map(|_| parking_lot::Mutex::new(Acc::EMPTY))
-            .collect();
-        (0..workers)
+        let taken = (0..workers)
             .into_par_iter()
-            .try_for_each(|_| -> Result<(), Error> {
+            .map(|_| -> Result<Vec<(usize, Acc)>, Error> {
+                let mut mine = Vec::new();
                 loop {
                     let blk = next.fetch_add(1, Ordering::Relaxed);
                     if blk >= nb {
-                        return Ok(());
+                        return Ok(mine);
                     }
                     let b = blk as usize;
                     let first = b * per_block;
@@ -156,16 +155,17 @@ impl<T: Real> ZBigArray<T> {
                             acc
                         }
                     };
-                    if let Some(slot) = slots.get(b) {
-                        *slot.lock() = acc;
-                    }
+                    mine.push((b, acc));
                     progress(done.fetch_add(nbytes as u64, Ordering::Relaxed) + nbytes as u64);
                 }
-            })?;
-        let accs: Vec<Acc> = slots
-            .into_iter()
-            .map(parking_lot::Mutex::into_inner)
-            .collect();
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        let mut accs = vec![Acc::EMPTY; nblocks];
+        for (b, acc) in taken.into_iter().flatten() {
+            if let Some(slot) = accs.get_mut(b) {
+                *slot = acc;
+            }
+        }
         let acc = merge_pairwise(&accs);
         Ok(Some(acc))
     }
