@@ -160,6 +160,26 @@ impl Shared {
         if self.mapped_here.load(Ordering::Relaxed) == 0 {
             return Ok(());
         }
+        // Nothing mapped (or being mapped) in the range: no need to stop
+        // read-ahead and wait for loads (a write to a handle that maps other
+        // blocks is the common case).
+        {
+            let st = self.st.lock();
+            let busy = |s: &Block| matches!(s, Block::Mapped { .. } | Block::Loading { .. });
+            let span = blocks
+                .end()
+                .saturating_sub(*blocks.start())
+                .saturating_add(1);
+            // Walk whichever is smaller: the range or the resident blocks.
+            let any = if span <= st.blocks.len() as u64 {
+                blocks.clone().any(|b| st.blocks.get(&b).is_some_and(busy))
+            } else {
+                st.blocks.iter().any(|(b, s)| blocks.contains(b) && busy(s))
+            };
+            if !any {
+                return Ok(());
+            }
+        }
         let mut st = self.quiesce();
         let mapped: Vec<(u64, Option<u64>)> = st
             .blocks
