@@ -26,10 +26,11 @@ fn file(dir: &tempfile::TempDir, n: u64) -> (std::path::PathBuf, Arc<FileBigFile
     (path, Arc::new(f))
 }
 
-fn open(f: &Arc<FileBigFile>, n: u64, budget_blocks: u64) -> FileH {
+fn open(f: &Arc<FileBigFile>, n: u64, budget_blocks: u64, readahead: bool) -> FileH {
     let opts = Options {
         reserve: n * BS as u64,
         budget: Some(budget_blocks * BS as u64),
+        readahead,
         ..Options::default()
     };
     FileH::open(f.clone() as Arc<dyn BigFile>, opts).unwrap()
@@ -41,9 +42,20 @@ fn mapped_handle(
     n: u64,
     budget_blocks: u64,
 ) -> Option<(tempfile::TempDir, Arc<FileBigFile>, FileH)> {
+    mapped_handle_with(n, budget_blocks, true)
+}
+
+/// As `mapped_handle`, read-ahead on or off. Read-ahead leaves the blocks it
+/// loads as markers (unmapped), and which blocks it reaches before their
+/// fault depends on timing: a test that counts mapped blocks turns it off.
+fn mapped_handle_with(
+    n: u64,
+    budget_blocks: u64,
+    readahead: bool,
+) -> Option<(tempfile::TempDir, Arc<FileBigFile>, FileH)> {
     let dir = tempfile::tempdir().unwrap();
     let (_, f) = file(&dir, n);
-    let fh = open(&f, n, budget_blocks);
+    let fh = open(&f, n, budget_blocks, readahead);
     if !fh.zero_copy() {
         eprintln!("zero-copy unavailable here (no UFFDIO_MOVE or THP): blocks are not mapped");
         return None;
@@ -87,7 +99,7 @@ fn a_scan_maps_blocks_and_keeps_within_the_budget() {
 #[test]
 fn a_mutable_view_unmaps_and_writes_are_tracked() {
     let n = 6u64;
-    let Some((_dir, f, mut fh)) = mapped_handle(n, 64) else {
+    let Some((_dir, f, mut fh)) = mapped_handle_with(n, 64, false) else {
         return;
     };
     // Map every block.
@@ -151,7 +163,7 @@ fn two_threads_scan_mapped_blocks() {
     let dir = tempfile::tempdir().unwrap();
     let n = 48u64;
     let (_, f) = file(&dir, n);
-    let fh = open(&f, n, 12);
+    let fh = open(&f, n, 12, true);
     std::thread::scope(|s| {
         for t in 0..2u64 {
             let fh = &fh;
@@ -207,7 +219,7 @@ fn dropped_mapped_blocks_go_back_to_the_engine_when_no_view_is_alive() {
 #[test]
 fn a_mutable_view_unmaps_only_the_blocks_it_covers() {
     let n = 6u64;
-    let Some((_dir, f, mut fh)) = mapped_handle(n, 64) else {
+    let Some((_dir, f, mut fh)) = mapped_handle_with(n, 64, false) else {
         return;
     };
     assert!(fh.bytes(0..off(n)).unwrap()[..] == (0..n).flat_map(pat).collect::<Vec<_>>()[..]);
