@@ -362,10 +362,22 @@ impl Array {
         py.detach(|| fh.fileh().map(drop)).py()
     }
 
-    /// Virtmem counters of the array's mapping (a dict).
+    /// Virtmem counters of the array's mapping (a dict: each counter by
+    /// name, and `debug`, all of them as one string).
     fn engine_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.inner.file().stats().py()?;
         let d = PyDict::new(py);
+        for (k, v) in [
+            ("faults", s.faults),
+            ("loads", s.loads),
+            ("readahead_loads", s.readahead_loads),
+            ("evictions", s.evictions),
+            ("load_failures", s.load_failures),
+            ("moved_loads", s.moved_loads),
+            ("mapped_loads", s.mapped_loads),
+        ] {
+            d.set_item(k, v)?;
+        }
         d.set_item("debug", format!("{s:?}"))?;
         Ok(d)
     }

@@ -23,6 +23,10 @@ pub const SCAN_MARGIN: u64 = 64 << 20;
 pub struct Budget {
     limit: AtomicU64,
     used: AtomicU64,
+    /// Of `used`, bytes that cannot be evicted until a transaction boundary
+    /// (blocks mapped read-write, see `fileh/mapped_rw.rs`): at most half
+    /// the limit, so that evictable blocks keep room.
+    pinned: AtomicU64,
 }
 
 impl Budget {
@@ -31,6 +35,7 @@ impl Budget {
         Arc::new(Budget {
             limit: AtomicU64::new(limit),
             used: AtomicU64::new(0),
+            pinned: AtomicU64::new(0),
         })
     }
 
@@ -69,6 +74,30 @@ impl Budget {
 
     pub(crate) fn sub(&self, n: u64) {
         self.used.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// Reserve `n` bytes of the pinned half of the budget: false if that
+    /// would pin more than half the limit. The caller adds the bytes to
+    /// `used` too, and unpins them when the block goes.
+    pub(crate) fn try_pin(&self, n: u64) -> bool {
+        let half = self.limit() / 2;
+        self.pinned
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {
+                p.checked_add(n).filter(|&q| q <= half)
+            })
+            .is_ok()
+    }
+
+    /// Whether [`Self::try_pin`] of `n` bytes would succeed now.
+    pub(crate) fn can_pin(&self, n: u64) -> bool {
+        self.pinned
+            .load(Ordering::Relaxed)
+            .checked_add(n)
+            .is_some_and(|q| q <= self.limit() / 2)
+    }
+
+    pub(crate) fn unpin(&self, n: u64) {
+        self.pinned.fetch_sub(n, Ordering::Relaxed);
     }
 
     pub(crate) fn over(&self) -> bool {

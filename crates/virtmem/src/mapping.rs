@@ -152,36 +152,47 @@ impl Reservation {
     }
 
     /// Map `len` bytes of the file `fd` from offset `foff` (page-aligned)
-    /// read-only over `[off, off+len)` (`MAP_FIXED | MAP_PRIVATE`,
-    /// populated): the page cache's pages, no copy. The range then belongs
-    /// to a file mapping, which the userfaultfd does not watch, until
+    /// over `[off, off+len)` (`MAP_FIXED | MAP_PRIVATE`, populated for
+    /// reading): the page cache's pages, no copy. `writable`: `PROT_READ |
+    /// PROT_WRITE`, a write copies the page into private anonymous memory
+    /// (copy-on-write, found by [`Pagemap::copied_on_write`]) and the file
+    /// is never written; otherwise `PROT_READ`. The range then belongs to a
+    /// file mapping, which the userfaultfd does not watch, until
     /// [`Self::unmap_file`].
     ///
     /// # Safety
     ///
     /// The range lies in the reservation and holds no page any thread reads
-    /// (a block being loaded: its accesses wait for the handler), no
-    /// mutable slice overlaps it while it is mapped (writes would fault:
-    /// `PROT_READ`), and the file's bytes there never change while mapped.
+    /// (a block being loaded: its accesses wait for the handler), and the
+    /// file's bytes there never change while mapped. Read-only: no mutable
+    /// slice overlaps it while it is mapped (writes would fault).
     pub unsafe fn map_file(
         &self,
         off: usize,
         len: usize,
         fd: std::os::fd::BorrowedFd<'_>,
         foff: u64,
+        writable: bool,
     ) -> io::Result<()> {
         use std::os::fd::AsRawFd;
         debug_assert!(off.checked_add(len).is_some_and(|e| e <= self.len()));
         let foff = libc::off_t::try_from(foff).map_err(|_| io::Error::other("file offset"))?;
         let at = self.addr() + off;
+        // A writable private mapping is populated with MADV_POPULATE_READ:
+        // MAP_POPULATE would fault it in for writing, copying every page.
+        let (prot, populate) = if writable {
+            (libc::PROT_READ | libc::PROT_WRITE, 0)
+        } else {
+            (libc::PROT_READ, libc::MAP_POPULATE)
+        };
         // SAFETY: replaces part of our own reservation (caller contract: no
         // page there is read meanwhile); MAP_FIXED at an address we own.
         let p = unsafe {
             libc::mmap(
                 at as *mut libc::c_void,
                 len,
-                libc::PROT_READ,
-                libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_POPULATE,
+                prot,
+                libc::MAP_PRIVATE | libc::MAP_FIXED | populate,
                 fd.as_raw_fd(),
                 foff,
             )
@@ -191,6 +202,11 @@ impl Reservation {
         }
         if p as usize != at {
             return Err(io::Error::other("MAP_FIXED mapped elsewhere"));
+        }
+        if writable {
+            // SAFETY: populating for reading maps the file's pages; it
+            // changes no content. Failure only leaves pages to fault in.
+            let _ = unsafe { self.mem.madvise(off, len, libc::MADV_POPULATE_READ) };
         }
         Ok(())
     }
@@ -376,6 +392,7 @@ struct PageRegion {
     categories: u64,
 }
 
+const PAGE_IS_FILE: u64 = 1 << 2;
 const PAGE_IS_PRESENT: u64 = 1 << 3;
 const PAGE_IS_PFNZERO: u64 = 1 << 5;
 const PAGE_IS_HUGE: u64 = 1 << 6;
@@ -416,6 +433,22 @@ impl Pagemap {
             },
         )?;
         Ok(found)
+    }
+
+    /// True if some page of `[addr, addr+len)` is present and not a file
+    /// page: in a private file mapping, a page some write copied (see
+    /// [`Reservation::map_file`]).
+    pub fn copied_on_write(&self, addr: usize, len: usize) -> io::Result<bool> {
+        self.find(
+            addr,
+            len,
+            PmScanArg {
+                category_inverted: PAGE_IS_FILE,
+                category_mask: PAGE_IS_PRESENT | PAGE_IS_FILE,
+                return_mask: PAGE_IS_PRESENT,
+                ..PmScanArg::default()
+            },
+        )
     }
 
     /// True if every page of `[addr, addr+len)` is present and part of a

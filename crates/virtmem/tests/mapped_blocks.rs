@@ -67,12 +67,9 @@ fn off(b: u64) -> u64 {
     b * BS as u64
 }
 
-#[test]
-fn a_scan_maps_blocks_and_keeps_within_the_budget() {
-    let n = 64u64;
-    let Some((_dir, _f, fh)) = mapped_handle(n, 8) else {
-        return;
-    };
+/// Read blocks `0..n` one by one, checking their bytes and that the budget
+/// of `budget_blocks` holds after each.
+fn scan_within_budget(fh: &FileH, n: u64, budget_blocks: u64) {
     for b in 0..n {
         let v = fh.bytes(off(b)..off(b + 1)).unwrap();
         assert!(v[..] == pat(b)[..], "block {b}");
@@ -80,11 +77,20 @@ fn a_scan_maps_blocks_and_keeps_within_the_budget() {
         // slack per handler thread.
         let slack = Options::default().threads as u64;
         assert!(
-            fh.budget().used() <= (8 + slack) * BS as u64,
-            "budget {}",
+            fh.budget().used() <= (budget_blocks + slack) * BS as u64,
+            "budget {} after block {b}",
             fh.budget().used()
         );
     }
+}
+
+#[test]
+fn a_scan_maps_blocks_and_keeps_within_the_budget() {
+    let n = 64u64;
+    let Some((_dir, _f, fh)) = mapped_handle(n, 8) else {
+        return;
+    };
+    scan_within_budget(&fh, n, 8);
     let st = fh.stats();
     assert!(st.mapped_loads >= n - 2, "{st:?}");
     assert_eq!(st.moved_loads, 0, "{st:?}");
@@ -246,4 +252,98 @@ fn a_mutable_view_unmaps_only_the_blocks_it_covers() {
     let mut got = vec![0u8; BS];
     f.file().read_exact_at(&mut got, off(2)).unwrap();
     assert!(got == want2);
+}
+
+/// A handle as the Python binding opens one for a writable connection:
+/// blocks mapped read-write, no zero-copy moves, read-ahead off (so counts
+/// are exact). `None` where the kernel lacks PAGEMAP_SCAN.
+fn rw_handle(n: u64, budget_blocks: u64) -> Option<(tempfile::TempDir, Arc<FileBigFile>, FileH)> {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, f) = file(&dir, n);
+    let opts = Options {
+        reserve: n * BS as u64,
+        budget: Some(budget_blocks * BS as u64),
+        readahead: false,
+        zero_copy: false,
+        map_files_writable: true,
+        ..Options::default()
+    };
+    let fh = FileH::open(f.clone() as Arc<dyn BigFile>, opts).unwrap();
+    if !fh.maps_writable() {
+        eprintln!("PAGEMAP_SCAN unavailable: blocks are not mapped read-write");
+        return None;
+    }
+    Some((dir, f, fh))
+}
+
+#[test]
+fn read_write_mapped_blocks_find_writes_store_and_remap() {
+    let n = 6u64;
+    let Some((_dir, f, mut fh)) = rw_handle(n, 64) else {
+        return;
+    };
+    assert!(fh.bytes(0..off(n)).unwrap()[..] == (0..n).flat_map(pat).collect::<Vec<_>>()[..]);
+    assert_eq!(fh.stats().mapped_loads, n, "{:?}", fh.stats());
+    assert!(fh.dirty_blocks().is_empty(), "reads dirty nothing");
+    // Writes land in the mapping itself (no block is put back or loaded
+    // again): blocks 2 and 4 are found written, the file is untouched.
+    {
+        let mut v = fh.bytes_mut(0..off(n)).unwrap();
+        v[off(2) as usize + 9] ^= 0x80;
+        v[off(4) as usize + BS - 1] ^= 0x01;
+    }
+    assert_eq!(fh.stats().mapped_loads, n, "{:?}", fh.stats());
+    assert_eq!(fh.dirty_blocks(), vec![2, 4]);
+    let mut got = vec![0u8; BS];
+    f.file().read_exact_at(&mut got, off(2)).unwrap();
+    assert!(got == pat(2), "a private mapping never writes the file");
+    let (mut want2, mut want4) = (pat(2), pat(4));
+    want2[9] ^= 0x80;
+    want4[BS - 1] ^= 0x01;
+    // Commit: stored, then unmapped; the next read maps the stored bytes.
+    fh.writeout(Writeout::STORE | Writeout::MARKSTORED).unwrap();
+    assert!(fh.dirty_blocks().is_empty());
+    f.file().read_exact_at(&mut got, off(2)).unwrap();
+    assert!(got == want2);
+    f.file().read_exact_at(&mut got, off(4)).unwrap();
+    assert!(got == want4);
+    assert!(!fh.is_resident(2) && !fh.is_resident(4) && fh.is_resident(3));
+    let v = fh.bytes(0..off(n)).unwrap().to_vec();
+    assert!(v[off(2) as usize..off(3) as usize] == want2[..]);
+    assert!(v[off(4) as usize..off(5) as usize] == want4[..]);
+    assert_eq!(fh.stats().mapped_loads, n + 2, "{:?}", fh.stats());
+    assert!(fh.dirty_blocks().is_empty(), "mapped again, clean");
+    // Abort: the copies go, the file's bytes show again, still mapped.
+    fh.bytes_mut(off(1)..off(1) + 1).unwrap()[0] ^= 0xFF;
+    assert_eq!(fh.dirty_blocks(), vec![1]);
+    fh.discard().unwrap();
+    assert!(fh.dirty_blocks().is_empty());
+    assert!(fh.bytes(off(1)..off(2)).unwrap()[..] == pat(1)[..]);
+    assert_eq!(fh.stats().mapped_loads, n + 2, "{:?}", fh.stats());
+    // Invalidation: unmapped, the new bytes are mapped on the next touch.
+    fh.invalidate(3).unwrap();
+    let new = vec![0x5Au8; BS];
+    f.file().write_all_at(&new, off(3)).unwrap();
+    assert!(fh.bytes(off(3)..off(4)).unwrap()[..] == new[..]);
+    assert!(fh.load_errors().is_empty());
+}
+
+#[test]
+fn read_write_mapped_blocks_pin_at_most_half_the_budget() {
+    let n = 24u64;
+    let budget = 8u64;
+    let Some((_dir, _f, fh)) = rw_handle(n, budget) else {
+        return;
+    };
+    scan_within_budget(&fh, n, budget);
+    let st = fh.stats();
+    // Half the budget is mapped (pinned: never dropped while a write may
+    // land), the rest loads the ordinary way and is evicted.
+    assert_eq!(st.mapped_loads, budget / 2, "{st:?}");
+    assert_eq!(st.loads, n, "every block loaded once: {st:?}");
+    assert!(st.evictions > 0, "{st:?}");
+    for b in 0..budget / 2 {
+        assert!(fh.is_resident(b), "pinned block {b} stays");
+    }
+    assert!(fh.dirty_blocks().is_empty());
 }

@@ -85,8 +85,30 @@ proptest! {
         ops in proptest::collection::vec(op(HUGE), 1..40),
         zero_page_holes in any::<bool>(),
     ) {
-        run_model_with(HUGE, init, ops, zero_page_holes, true)?;
+        run_model_with(HUGE, init, ops, zero_page_holes, Mapping::ReadOnly)?;
     }
+
+    /// Blocks mapped read-write, as for a writable Python connection: no
+    /// zero-copy moves, writes found by the page-table scan; same semantics.
+    #[test]
+    fn handle_matches_vec_model_read_write_mapped_blocks(
+        init in proptest::collection::vec(proptest::option::of(any::<u8>()), NB as usize),
+        ops in proptest::collection::vec(op(HUGE), 1..40),
+        zero_page_holes in any::<bool>(),
+    ) {
+        run_model_with(HUGE, init, ops, zero_page_holes, Mapping::ReadWrite)?;
+    }
+}
+
+/// How the model's handle maps blocks its file offers.
+#[derive(Clone, Copy, PartialEq)]
+enum Mapping {
+    /// The file offers none: every block loads.
+    None,
+    /// Read-only while no mutable view exists (the default options).
+    ReadOnly,
+    /// Read-write, without zero-copy moves (`map_files_writable`).
+    ReadWrite,
 }
 
 /// A [`MemBigFile`] whose data blocks are also written to a file, at their
@@ -134,7 +156,7 @@ fn run_model(
     ops: Vec<Op>,
     zero_page_holes: bool,
 ) -> Result<(), TestCaseError> {
-    run_model_with(bs, init, ops, zero_page_holes, false)
+    run_model_with(bs, init, ops, zero_page_holes, Mapping::None)
 }
 
 fn run_model_with(
@@ -142,8 +164,10 @@ fn run_model_with(
     init: Vec<Option<u8>>,
     ops: Vec<Op>,
     zero_page_holes: bool,
-    mapped: bool,
+    mapping: Mapping,
 ) -> Result<(), TestCaseError> {
+    let mapped = mapping != Mapping::None;
+    let rw = mapping == Mapping::ReadWrite;
     #[allow(non_snake_case)]
     let (BS, SIZE) = (bs, bs * NB as usize);
     {
@@ -176,8 +200,9 @@ fn run_model_with(
             readahead_window: 2,
             threads: 2,
             zero_page_holes,
-            zero_copy: true,
+            zero_copy: !rw,
             map_files: true,
+            map_files_writable: rw,
         };
         let mut fh = FileH::open(backend, opts).unwrap();
         let trace = std::env::var_os("VIRTMEM_TRACE").is_some();
@@ -248,7 +273,7 @@ fn run_model_with(
         if BS == HUGE && std::env::var_os("VIRTMEM_TRACE").is_some() {
             eprintln!("stats {:?}", fh.stats());
         }
-        if mapped && fh.zero_copy() && init.iter().any(Option::is_some) {
+        if mapped && (fh.zero_copy() || fh.maps_writable()) && init.iter().any(Option::is_some) {
             // The final full scan (a shared view) mapped what it loaded.
             let st = fh.stats();
             prop_assert!(

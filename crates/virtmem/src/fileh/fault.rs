@@ -203,7 +203,7 @@ impl Shared {
                 // Mapped from its file: a message queued before the
                 // mapping replaced the range (its accesses now read the
                 // file's pages).
-                Some(Block::Dirty | Block::Mapped { .. }) => Action::Wake(addr),
+                Some(Block::Dirty | Block::Mapped { .. } | Block::MappedRw) => Action::Wake(addr),
                 Some(Block::Poisoned) => {
                     if wp {
                         Action::Wake(addr)

@@ -58,7 +58,7 @@ impl Shared {
     ) -> Result<()> {
         let (off, len) = self.block_range(blk);
         let addr = self.map.addr() + off;
-        if self.map_files && self.zero_copy_on() {
+        if self.map_files && (self.zero_copy_on() || self.rw_scan.is_some()) {
             if self.skip_mapped_marker(blk, ra, checked) {
                 return Ok(());
             }

@@ -71,15 +71,24 @@ static MAPPED: AtomicUsize = AtomicUsize::new(0);
 
 impl Shared {
     /// Map block `blk` (Loading, owned by the caller) at `addr` straight
-    /// from its file, if the file offers it and no mutable view may exist.
-    /// `Ok(false)`: not mapped, load it the ordinary way.
+    /// from its file, if the file offers it and no mutable view may exist
+    /// (read-only mapping), or read-write within the pinned half of the
+    /// budget ([`super::mapped_rw`]). `Ok(false)`: not mapped, load it the
+    /// ordinary way.
     pub(super) fn load_mapped(&self, blk: u64, addr: usize, len: usize) -> Result<bool> {
-        if !self.map_files || !self.zero_copy_on() {
+        let rw = self.rw_scan.is_some();
+        if !self.map_files || !(rw || self.zero_copy_on()) {
             return Ok(false);
         }
-        // Held to the end of the mapping: a mutable view waits for it.
-        let Some(_gate) = self.zc.no_writers_gate() else {
-            return Ok(false);
+        // Held to the end of a read-only mapping: a mutable view waits for
+        // it. A read-write mapping needs no gate.
+        let _gate = if rw {
+            None
+        } else {
+            let Some(g) = self.zc.no_writers_gate() else {
+                return Ok(false);
+            };
+            Some(g)
         };
         let Ok(Some(m)) = self.file.map_block(blk) else {
             return Ok(false);
@@ -90,21 +99,31 @@ impl Shared {
         else {
             return Ok(false);
         };
+        if rw && !self.budget.try_pin(self.bs as u64) {
+            return Ok(false);
+        }
+        let unpin = || {
+            if rw {
+                self.budget.unpin(self.bs as u64);
+            }
+        };
         if MAPPED.fetch_add(1, Ordering::Relaxed) >= MAX_MAPPED {
             MAPPED.fetch_sub(1, Ordering::Relaxed);
+            unpin();
             return Ok(false);
         }
         // SAFETY: the block's range in our reservation, Loading under this
-        // thread: no page, its accesses wait for the handler; no mutable
-        // view exists (checked under the gate, which a mutable view takes
-        // exclusively); the file's bytes there never change (the
+        // thread: no page, its accesses wait for the handler; read-only: no
+        // mutable view exists (checked under the gate, which a mutable view
+        // takes exclusively); the file's bytes there never change (the
         // `map_block` contract).
         let r = unsafe {
             self.map
-                .map_file(addr - self.map.addr(), len, fd, m.offset())
+                .map_file(addr - self.map.addr(), len, fd, m.offset(), rw)
         };
         if let Err(e) = r {
             MAPPED.fetch_sub(1, Ordering::Relaxed);
+            unpin();
             vtrace!("T mapping blk {blk} failed: {e}; loading it");
             // The range is left as it is: the kernel keeps the old mapping
             // when a MAP_FIXED fails (Linux >= 6.12 restores it), and
@@ -148,6 +167,9 @@ impl Shared {
         self.unmap_range(self.map.addr() + off, len)?;
         MAPPED.fetch_sub(1, Ordering::Relaxed);
         self.mapped_here.fetch_sub(1, Ordering::Relaxed);
+        if self.rw_scan.is_some() {
+            self.budget.unpin(self.bs as u64);
+        }
         Ok(())
     }
 
@@ -157,7 +179,8 @@ impl Shared {
     /// and no block is mapped while it may exist (the zero-copy gate), so
     /// a read-mostly handle that writes a little keeps its mapped blocks.
     pub(super) fn unmap_for_writes(&self, blocks: std::ops::RangeInclusive<u64>) -> Result<()> {
-        if self.mapped_here.load(Ordering::Relaxed) == 0 {
+        // Read-write mapped blocks take writes as they are (`mapped_rw`).
+        if self.mapped_here.load(Ordering::Relaxed) == 0 || self.rw_scan.is_some() {
             return Ok(());
         }
         // Nothing mapped (or being mapped) in the range: no need to stop
@@ -256,6 +279,9 @@ impl Shared {
     pub(super) fn release_mapped_count(&self) {
         let n = self.mapped_here.swap(0, Ordering::Relaxed);
         MAPPED.fetch_sub(n, Ordering::Relaxed);
+        if self.rw_scan.is_some() {
+            self.budget.unpin(n as u64 * self.bs as u64);
+        }
     }
 
     /// A read-ahead marker block while blocks are mapped: left unmapped
@@ -263,6 +289,11 @@ impl Shared {
     /// already, so the reader's touch faults and moves the window on.
     pub(super) fn skip_mapped_marker(&self, blk: u64, ra: Option<i8>, checked: bool) -> bool {
         if checked || !self.holds_marker(blk, ra) {
+            return false;
+        }
+        // A read-write mapping only within the pinned half of the budget:
+        // past it the block loads the ordinary way, marker held back.
+        if self.rw_scan.is_some() && !self.budget.can_pin(self.bs as u64) {
             return false;
         }
         // Only if the file would have it mapped: markers of blocks that
@@ -287,7 +318,7 @@ impl Shared {
         true
     }
 
-    /// Loading -> Mapped (accounted) after [`Self::load_mapped`], then wake
+    /// Loading -> Mapped or MappedRw (accounted) after [`Self::load_mapped`], then wake
     /// the accesses waiting for the block.
     pub(super) fn finish_mapped(&self, blk: u64, addr: usize, len: usize) -> Result<()> {
         {
@@ -296,9 +327,14 @@ impl Shared {
                 "T mapped blk {blk} state {}",
                 st.blocks.get(&blk).map_or("absent", Block::name)
             );
-            let tick = st.next_tick();
-            st.blocks.insert(blk, Block::Mapped { tick: Some(tick) });
-            st.lru.insert(tick, blk);
+            if self.rw_scan.is_some() {
+                // Pinned: not in the LRU (see `mapped_rw`).
+                st.blocks.insert(blk, Block::MappedRw);
+            } else {
+                let tick = st.next_tick();
+                st.blocks.insert(blk, Block::Mapped { tick: Some(tick) });
+                st.lru.insert(tick, blk);
+            }
             self.budget.add(self.bs as u64);
             st.busy -= 1;
             self.idle.notify_all();

@@ -9,6 +9,8 @@
 //! - [`fault`]: the handler threads and the service of a fault;
 //! - [`load`]: loading a block and installing it (copy path, holes);
 //! - [`mapped`]: blocks mapped straight from their file (no copy);
+//! - [`mapped_rw`]: the same, read-write, for handles written through
+//!   pointers the engine does not see;
 //! - [`zero_copy`]: moving loaded pages into place, recycling evicted ones;
 //! - [`readahead`]: sequential-stream detection and read-ahead jobs;
 //! - [`evict`]: keeping clean blocks within the budget, drop-behind;
@@ -47,6 +49,7 @@ mod evict;
 mod fault;
 mod load;
 mod mapped;
+mod mapped_rw;
 mod ops;
 mod options;
 mod readahead;
@@ -90,6 +93,9 @@ struct Shared {
     mapped_here: AtomicUsize,
     /// Of those, blocks whose pages were dropped (see [`mapped`]).
     mapped_dropped: AtomicUsize,
+    /// Mapped blocks are read-write, their writes found by this page-table
+    /// scanner (see [`mapped_rw`]); `None`: read-only.
+    rw_scan: Option<Pagemap>,
 }
 
 /// A handle on a [`BigFile`]: one mapping of the whole file, loaded lazily.
@@ -224,6 +230,11 @@ impl FileH {
             map_files: opts.map_files,
             mapped_here: AtomicUsize::new(0),
             mapped_dropped: AtomicUsize::new(0),
+            rw_scan: if opts.map_files && opts.map_files_writable {
+                Pagemap::open()
+            } else {
+                None
+            },
         });
         vtrace!("T open");
         let mut fh = FileH {
@@ -267,6 +278,12 @@ impl FileH {
     /// huge pages, see [`Options::zero_copy`]); false if every load copies.
     pub fn zero_copy(&self) -> bool {
         self.sh.zero_copy_on()
+    }
+
+    /// True if blocks the file offers are mapped read-write
+    /// ([`Options::map_files_writable`] and the kernel has `PAGEMAP_SCAN`).
+    pub fn maps_writable(&self) -> bool {
+        self.sh.rw_scan.is_some()
     }
 
     /// Counters since open.
@@ -366,6 +383,7 @@ impl FileH {
         while st.busy > 0 {
             self.sh.idle.wait(&mut st);
         }
+        self.sh.collect_rw_writes(&mut st);
         st.dirty.iter().copied().collect()
     }
 
@@ -391,7 +409,10 @@ impl FileH {
             .filter(|b| {
                 matches!(
                     b,
-                    Block::Clean { .. } | Block::Dirty | Block::Mapped { tick: Some(_) }
+                    Block::Clean { .. }
+                        | Block::Dirty
+                        | Block::Mapped { tick: Some(_) }
+                        | Block::MappedRw
                 )
             })
             .count()
@@ -433,7 +454,9 @@ impl Drop for FileH {
             .filter(|b| {
                 matches!(
                     b,
-                    Block::Clean { hole: false, .. } | Block::Mapped { tick: Some(_) }
+                    Block::Clean { hole: false, .. }
+                        | Block::Mapped { tick: Some(_) }
+                        | Block::MappedRw
                 )
             })
             .count() as u64;

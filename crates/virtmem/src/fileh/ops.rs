@@ -133,6 +133,7 @@ impl FileH {
     pub fn writeout(&mut self, how: Writeout) -> Result<()> {
         let sh = &*self.sh;
         let mut st = sh.quiesce();
+        sh.collect_rw_writes(&mut st);
         let dirty: Vec<u64> = st.dirty.iter().copied().collect();
         vtrace!("T writeout {how:?} dirty {dirty:?}");
         let r = (|| {
@@ -153,6 +154,10 @@ impl FileH {
             }
             if how.has(Writeout::MARKSTORED) {
                 for &blk in &dirty {
+                    if let Some(Block::MappedRw) = st.blocks.get(&blk) {
+                        sh.markstored_rw(&mut st, blk)?;
+                        continue;
+                    }
                     let (off, len) = sh.block_range(blk);
                     sh.uffd
                         .writeprotect(sh.map.addr() + off, len, true, false)
@@ -177,10 +182,18 @@ impl FileH {
     pub fn discard(&mut self) -> Result<()> {
         let sh = &*self.sh;
         let mut st = sh.quiesce();
+        sh.collect_rw_writes(&mut st);
         let dirty: Vec<u64> = st.dirty.iter().copied().collect();
         vtrace!("T discard dirty {dirty:?}");
         let mut r = Ok(());
         for blk in dirty {
+            if let Some(Block::MappedRw) = st.blocks.get(&blk) {
+                if let Err(e) = sh.discard_rw(&mut st, blk) {
+                    r = Err(e);
+                    break;
+                }
+                continue;
+            }
             let (off, len) = sh.block_range(blk);
             // SAFETY: a block's range; `&mut self`: no view is alive.
             if let Err(source) = unsafe { sh.map.dontneed(off, len) } {
@@ -216,7 +229,7 @@ impl FileH {
             // Drop the range even for an absent block: no page may survive
             // an invalidation, whatever the bookkeeping says.
             let (off, len) = sh.block_range(blk);
-            if let Some(Block::Mapped { .. }) = st.blocks.get(&blk) {
+            if let Some(Block::Mapped { .. } | Block::MappedRw) = st.blocks.get(&blk) {
                 // Registered anonymous memory again (see `mapped`).
                 sh.unmap_block(blk)?;
             } else {
@@ -245,6 +258,7 @@ impl FileH {
                 Block::Mapped { tick: None } => {
                     sh.mapped_dropped.fetch_sub(1, Ordering::Relaxed);
                 }
+                Block::MappedRw => sh.budget.sub(sh.bs as u64),
                 _ => {}
             }
             st.blocks.remove(&blk);

@@ -46,6 +46,14 @@ pub struct Options {
     ///
     /// [`BigFile::map_block`]: crate::BigFile::map_block
     pub map_files: bool,
+    /// With [`Self::map_files`]: map blocks read-write (private), for
+    /// handles whose memory is written through pointers the engine does not
+    /// see (a Python binding's numpy arrays): a write copies the page, the
+    /// copies are found by a page-table scan (`PAGEMAP_SCAN`, Linux >= 6.7;
+    /// without it this is ignored), and such blocks stay mapped until a
+    /// transaction boundary (see `fileh/mapped_rw.rs`). Zero-copy moves are
+    /// not needed. Default `false`.
+    pub map_files_writable: bool,
 }
 
 impl Default for Options {
@@ -58,6 +66,7 @@ impl Default for Options {
             readahead_window: 8,
             threads: ncpu.max(2) + 1,
             zero_page_holes: true,
+            map_files_writable: false,
             zero_copy: true,
             map_files: true,
         }

@@ -13,6 +13,9 @@
 //!  Dirty --discard/invalidate--> absent;  Clean/Poisoned --invalidate--> absent
 //!  Loading --mapped from the file--> Mapped --over budget/behind a scan--> Mapped (pages dropped)
 //!  Mapped --invalidate / a mutable view--> absent (anonymous memory, registered again)
+//!  Loading --mapped read-write--> MappedRw --written (scan)--> MappedRw + dirty
+//!  MappedRw + dirty --MARKSTORED--> absent;  --discard--> MappedRw (copies dropped)
+//!  MappedRw --invalidate--> absent
 //! ```
 //!
 //! Invariants: a Clean or Dirty block has all its pages present except a
@@ -72,6 +75,11 @@ pub(super) enum Block {
     /// pages were dropped (it stays mapped: a touch reads the page cache
     /// again, unseen by the engine).
     Mapped { tick: Option<u64> },
+    /// Mapped read-write (private) from its file (see
+    /// `fileh/mapped_rw.rs`): accounted in the budget, never evicted (its
+    /// pages cannot be dropped while a write may land); written when a
+    /// page-table scan finds copied pages, then also in [`State::dirty`].
+    MappedRw,
     /// Being dropped to respect the budget.
     Evicting { demanded: bool },
     /// Failed to load; its pages are poisoned.
@@ -91,6 +99,7 @@ impl Block {
             Block::Clean { .. } => "Clean",
             Block::Dirty => "Dirty",
             Block::Mapped { .. } => "Mapped",
+            Block::MappedRw => "MappedRw",
             Block::Evicting { .. } => "Evicting",
             Block::Poisoned => "Poisoned",
         }
