@@ -1,7 +1,10 @@
 """Python bench: np.asarray(A).sum() over a 2 GiB f8 array through
 wendelin_rs vs numpy.memmap(...).sum() over the same values in an .npy,
 each in a fresh process with the page cache warm (every figure is the
-best of a few runs of a fresh process). Real wendelin.core `A[:].sum()`
+best of a few runs of a fresh process): a writable connection with the
+--budget and with the default budget (half of RAM; a writable connection
+maps at most half its budget, the rest is copied), and a read-only
+snapshot. Real wendelin.core `A[:].sum()`
 when WENDELIN_CORE_PYTHON names a Python with it installed (see
 ../shared/tools/build-wendelin-core-peer.sh); skipped otherwise.
 
@@ -43,7 +46,8 @@ print("generated")
 
 WR = r'''
 import sys, time, numpy as np, wendelin_rs as wr
-db = wr.DB(sys.argv[1] + "/data.fs", ram_budget=sys.argv[2])
+path, budget = sys.argv[1] + "/data.fs", sys.argv[2]
+db = wr.DB(path) if budget == "default" else wr.DB(path, ram_budget=budget)
 c = db.open(at=db.last_tid()) if sys.argv[3] == "snapshot" else db.open()
 A = c.root["A"]
 t = time.perf_counter(); s = np.asarray(A).sum(); dt = time.perf_counter() - t
@@ -169,13 +173,16 @@ def main():
     res["memmap"] = best(sys.executable, MM, a.dir, reps=a.reps)
     res["wendelin_rs"] = best(sys.executable, WR, a.dir, a.budget, "conn", reps=a.reps)
     res["wendelin_rs_snapshot"] = best(sys.executable, WR, a.dir, a.budget, "snapshot", reps=a.reps)
+    # A writable connection maps at most half its budget read-write (the
+    # rest is copied): also with the default budget (half of RAM).
+    res["wendelin_rs_default_budget"] = best(sys.executable, WR, a.dir, "default", "conn", reps=a.reps)
     wc = os.environ.get("WENDELIN_CORE_PYTHON")
     if wc:
         res["wendelin.core"] = best(wc, WC, a.dir, reps=a.reps)
     gib = nbytes / 2**30
     for k, (dt, s) in res.items():
         ok = "ok" if s == want else f"WRONG sum {s} != {want}"
-        print(f"{k:22s} {dt:7.3f}s  {gib / dt:6.2f} GiB/s  {ok}")
+        print(f"{k:26s} {dt:7.3f}s  {gib / dt:6.2f} GiB/s  {ok}")
     base = res["memmap"][0]
     for k in res:
         if k != "memmap":
