@@ -48,6 +48,7 @@
 //! ```
 
 pub mod chunks;
+mod chunks_split;
 pub mod handle;
 pub mod objects;
 pub mod reader;

@@ -316,7 +316,9 @@ impl<'a> SnapshotFile<'a> {
     }
 
     /// Fill `buf` from the ZData chunks `refs` (offset order) in one pass:
-    /// each payload is copied straight out of the storage's file mapping
+    /// by a split read where the storage has them (`chunks_split`: the
+    /// payloads laid in place by the kernel's one copy); otherwise each
+    /// payload is copied straight out of the storage's file mapping
     /// into place ([`Self::chunk_payloads`]: located without decoding the
     /// record, no per-chunk buffer or syscall; records the storage cannot
     /// lend are loaded in one batch), zeros only in the gaps. The mapped
@@ -324,6 +326,9 @@ impl<'a> SnapshotFile<'a> {
     /// a scan does not keep the file's pages in the process's RSS beyond
     /// the handle's RAM budget.
     fn assemble_zblk1(&self, blk: u64, refs: &[(i64, Oid)], buf: &mut [u8]) -> Result<(), Error> {
+        if self.read_chunks_split(blk, refs, buf)? {
+            return Ok(());
+        }
         let chunks = self.chunk_payloads(refs)?;
         let r = assemble_chunks(&chunks, buf).map_err(|e| self.err(blk, e.to_string()));
         let mapped: Vec<&MappedRecord> = chunks

@@ -110,3 +110,86 @@ fn zblk1_reads_equal_generic_loads_at_every_snapshot() {
         }
     }
 }
+
+/// The ZData record of chunk `oid` at `at` rewritten as `f` makes it (a new
+/// transaction); returns its snapshot.
+fn rewrite_chunk(db: &DB, oid: Oid, f: impl Fn(&[u8]) -> Vec<u8>) -> Tid {
+    let st = db.storage();
+    let r = st.load(oid).expect("load");
+    let mut t = st
+        .tpc_begin(storage::TxnMeta::default(), None)
+        .expect("begin");
+    t.store(oid, r.serial, f(&r.data)).expect("store");
+    t.vote().expect("vote");
+    t.finish().expect("finish")
+}
+
+/// ZData records of another shape than the block's first one (written by
+/// another pickler) are read through the generic decoder: a record of the
+/// same length whose payload is a byte shorter with a protocol-4 memo
+/// (`MEMOIZE STOP`) passes the storage's length check and fails the shape
+/// check (the byte the split read left in its place must read as zero); a
+/// longer one fails the storage's check; both equal the generic reading.
+#[test]
+fn zdata_of_another_shape_falls_back_to_the_generic_decoder() {
+    let (_d, db) = new_db();
+    let f = with_file_of(&db, BS);
+    let tm = TransactionManager::new();
+    let c = db.open_connection(&tm).expect("conn");
+    let fh = ZBigFileH::open(&c, &tm, f, opts(ZBlkFormat::ZBlk1)).expect("fh");
+    let full: Vec<u8> = (0..BS as usize).map(|i| (i % 251) as u8 | 1).collect();
+    fh.write(0, &full).expect("write");
+    tm.commit().expect("commit");
+    let st = db.storage();
+    let sf = SnapshotFile::open(st.as_ref(), c.at(), f).expect("file");
+    let zoid = sf
+        .zblk_ref(0, &mut Vec::new())
+        .expect("lookup")
+        .expect("blk");
+    let (ZBlkRecord::ZBlk1(tab), _) = sf.zblk(zoid).expect("zblk") else {
+        panic!("not a ZBlk1");
+    };
+    let refs = sf.chunk_refs(0, tab, &mut Vec::new()).expect("refs");
+    // Our writer's ZData: head ending in BINBYTES <len:4>, payload, STOP.
+    let split = |data: &[u8]| {
+        let (l, _) = storage::pickle::bytes_state(data).expect("plain");
+        (l.offset, l.len as usize)
+    };
+    // Same length: 4095 payload bytes + MEMOIZE STOP.
+    let same_len = |data: &[u8]| {
+        let (off, len) = split(data);
+        let mut out = data[..off].to_vec();
+        out[off - 4..off].copy_from_slice(&((len - 1) as u32).to_le_bytes());
+        out.extend_from_slice(&data[off..off + len - 1]);
+        out.extend_from_slice(&[0x94, b'.']);
+        assert_eq!(out.len(), data.len());
+        out
+    };
+    // Longer: the whole payload, then BINPUT 1 STOP.
+    let longer = |data: &[u8]| {
+        let (off, len) = split(data);
+        let mut out = data[..off + len].to_vec();
+        out.extend_from_slice(&[b'q', 1, b'.']);
+        out
+    };
+    let mut want = full.clone();
+    let mut at = Vec::new();
+    at.push(rewrite_chunk(&db, refs[3].1, same_len));
+    want[3 * 4096 + 4095] = 0;
+    at.push(rewrite_chunk(&db, refs[7].1, longer));
+    // The last chunk too (no record after it in its run).
+    at.push(rewrite_chunk(&db, refs[refs.len() - 1].1, same_len));
+    want[BS as usize - 1] = 0;
+    let last = *at.last().expect("at");
+    let sf = SnapshotFile::open(st.as_ref(), last, f).expect("file");
+    let mut buf = vec![0xAAu8; BS as usize];
+    sf.read_block(0, &mut buf).expect("read");
+    let g = generic_block(&db, last, f, 0).expect("block");
+    assert!(g == want, "generic reading");
+    assert!(buf == want, "fast reading falls back");
+    // Earlier snapshots still read the chunks' earlier revisions.
+    let sf = SnapshotFile::open(st.as_ref(), at[0], f).expect("file");
+    sf.read_block(0, &mut buf).expect("read");
+    assert!(buf == generic_block(&db, at[0], f, 0).expect("block"));
+    assert_eq!(buf[7 * 4096..8 * 4096], full[7 * 4096..8 * 4096]);
+}

@@ -39,6 +39,8 @@
 //! are spelled only in [`pickle`]. The crate's only `unsafe` code is
 //! FileStorage's read-only file mapping (`filestorage/mapped.rs`), from
 //! which [`mapped`] records are lent in place; its docs say why it is sound.
+//! [`split`] reads lay many small records' payloads straight into the
+//! caller's memory (one `preadv` per run of records).
 //!
 //! ```
 //! use storage::{DB, TransactionManager, Value};
@@ -68,6 +70,7 @@ pub mod persistent;
 pub mod pickle;
 pub mod refs;
 pub mod snapshot;
+pub mod split;
 pub mod storage;
 pub mod timespec;
 pub mod transaction;
@@ -85,6 +88,7 @@ pub use ids::{Oid, Tid, TidTime};
 pub use mapped::MappedRecord;
 pub use open::{open_storage, open_storage_with};
 pub use snapshot::Snapshot;
+pub use split::{SplitGot, SplitRecords, SplitShape};
 pub use storage::{
     AlignedRecord, ConflictResolver, DataRecord, LoadedRecord, PAYLOAD_ALIGN, RangeLoad, Storage,
     StorageTxn, TxnInfo, TxnMeta,

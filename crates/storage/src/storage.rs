@@ -150,6 +150,24 @@ pub trait Storage: Send + Sync {
         Ok(vec![None; oids.len()])
     }
 
+    /// Read the latest revisions before `before` of `oids` in one pass,
+    /// each record's data split as `shape` predicts: the payload of record
+    /// `k` lands at the start of `bodies[k]`, its head and tail bytes in the
+    /// result (see [`crate::split`]). A record the storage could not read so
+    /// is `None` in the result, and `bodies[k]` may then hold other bytes:
+    /// load it the ordinary way. `Ok(None)`: this storage has no split
+    /// reads (the default; ZEO).
+    fn read_split_before(
+        &self,
+        oids: &[Oid],
+        bodies: &mut [&mut [u8]],
+        shape: crate::SplitShape,
+        before: Tid,
+    ) -> Result<Option<crate::SplitRecords>> {
+        let _ = (oids, bodies, shape, before);
+        Ok(None)
+    }
+
     /// Like [`Storage::load_before`], but copy only the record bytes
     /// `[offset, offset + buf.len())` (fewer at the end of the record) into
     /// `buf`, without materializing the whole record: for reading large

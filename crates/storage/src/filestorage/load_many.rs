@@ -36,17 +36,7 @@ impl Shared {
         before: Tid,
     ) -> Result<Vec<Option<LoadedRecord>>> {
         let file = self.current_file();
-        // (position of the latest record, index into `oids`), by position.
-        let (mut at, end) = {
-            let idx = self.index.read();
-            let at: Vec<(u64, usize)> = oids
-                .iter()
-                .enumerate()
-                .filter_map(|(i, o)| idx.oids.get(o).map(|&p| (p, i)))
-                .collect();
-            (at, idx.end)
-        };
-        at.sort_unstable();
+        let (at, end) = self.latest_by_position(oids);
         let mut out: Vec<Option<LoadedRecord>> = vec![None; oids.len()];
         let mut slow = Vec::new();
         let mut buf = Vec::new();

@@ -15,6 +15,8 @@
 //! - `load_many`: many small records at once, with a few large `pread`s;
 //! - `mapped`: the read-only mapping of the file, from which records are lent
 //!   (the crate's only `unsafe`), and `map_many`: many records lent at once;
+//! - `read_split`: many small records read with one `preadv` per run, each
+//!   payload straight into the caller's memory (`crate::split`);
 //! - `lock`: the commit lock (an in-process slot plus the `<name>.lock`
 //!   `flock` Python's `zc.lockfile` takes);
 //! - `commit`: the two-phase-commit writer, appending in place;
@@ -47,6 +49,7 @@ mod mapped;
 mod oids;
 mod pack;
 mod read;
+mod read_split;
 mod recovery;
 mod salvage;
 
@@ -357,6 +360,18 @@ impl Storage for FileStorage {
         before: Tid,
     ) -> Result<Vec<Option<crate::MappedRecord>>> {
         self.inner.map_many_before(oids, before)
+    }
+
+    fn read_split_before(
+        &self,
+        oids: &[Oid],
+        bodies: &mut [&mut [u8]],
+        shape: crate::SplitShape,
+        before: Tid,
+    ) -> Result<Option<crate::SplitRecords>> {
+        self.inner
+            .read_split_before(oids, bodies, shape, before)
+            .map(Some)
     }
 
     fn load_serial(&self, oid: Oid, serial: Tid) -> Result<Vec<u8>> {

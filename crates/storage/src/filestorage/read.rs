@@ -60,6 +60,24 @@ impl Shared {
         self.file.read().clone()
     }
 
+    /// The positions of the latest records of `oids` known to the index,
+    /// looked up under one lock acquisition, as `(position, index into
+    /// oids)` sorted by position, and the indexed end of data: for readers
+    /// of many records at once (`load_many`, `read_split`).
+    pub(super) fn latest_by_position(&self, oids: &[Oid]) -> (Vec<(u64, usize)>, u64) {
+        let (mut at, end) = {
+            let idx = self.index.read();
+            let at: Vec<(u64, usize)> = oids
+                .iter()
+                .enumerate()
+                .filter_map(|(i, o)| idx.oids.get(o).map(|&p| (p, i)))
+                .collect();
+            (at, idx.end)
+        };
+        at.sort_unstable();
+        (at, end)
+    }
+
     /// Read and check the data record header at `pos`, which must belong to `oid`.
     pub(super) fn read_data_header(
         &self,

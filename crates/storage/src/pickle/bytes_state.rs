@@ -94,16 +94,7 @@ impl BytesStateReader {
     /// payload lies in it, if its state is one plain byte string (as
     /// [`bytes_state`]); `None` otherwise.
     pub fn payload(&mut self, data: &[u8]) -> Option<(&str, &str, std::ops::Range<usize>)> {
-        let n = if !self.prefix.is_empty() && data.starts_with(&self.prefix) {
-            self.prefix.len()
-        } else {
-            let (meta, n) = decode(data).ok()?;
-            let (module, name) = class_of_meta(&meta)?;
-            self.prefix = data.get(..n)?.to_vec();
-            self.module = module;
-            self.name = name;
-            n
-        };
+        let n = self.class_len(data)?;
         let (offset, len) = state_layout(data, n)?;
         let end = offset.checked_add(usize::try_from(len).ok()?)?;
         is_bytes_state_tail(data.get(end..)?).then_some((
@@ -111,6 +102,38 @@ impl BytesStateReader {
             self.name.as_str(),
             offset..end,
         ))
+    }
+
+    /// [`Self::payload`] for a record read split in three (see
+    /// [`crate::split`]): its first bytes `head`, a payload of `body_len`
+    /// bytes not at hand, its last bytes `tail`. The class `(module, name)`
+    /// if the record's state is one plain byte string of exactly that
+    /// payload (it starts right after `head`, the record ends with `tail`);
+    /// `None` otherwise.
+    pub fn split_payload(
+        &mut self,
+        head: &[u8],
+        body_len: usize,
+        tail: &[u8],
+    ) -> Option<(&str, &str)> {
+        let n = self.class_len(head)?;
+        let (offset, len) = state_layout(head, n)?;
+        (offset == head.len() && len == body_len as u64 && is_bytes_state_tail(tail))
+            .then_some((self.module.as_str(), self.name.as_str()))
+    }
+
+    /// Length of the class pickle `data` starts with (decoded only when it
+    /// is not the one decoded last), its class remembered.
+    fn class_len(&mut self, data: &[u8]) -> Option<usize> {
+        if !self.prefix.is_empty() && data.starts_with(&self.prefix) {
+            return Some(self.prefix.len());
+        }
+        let (meta, n) = decode(data).ok()?;
+        let (module, name) = class_of_meta(&meta)?;
+        self.prefix = data.get(..n)?.to_vec();
+        self.module = module;
+        self.name = name;
+        Some(n)
     }
 }
 
