@@ -449,13 +449,18 @@ pub fn import(db_path: &str, name: &str, npy: &Path, replace: bool, budget: u64)
             let a = ZBigArray::<T>::create(&c, &tm, &h.shape, order, opts()).map_err(e)?;
             let bs = a.file().blksize() as u64;
             let mut done = 0u64;
+            // The blocks the last transaction stored: never touched again,
+            // their pages go to this transaction's blocks.
+            let mut stored: Vec<u64> = Vec::new();
             while done < nbytes {
                 let end = (done + txn_bytes).min(nbytes);
                 {
                     // Straight from the file into the array's pages: no
-                    // intermediate buffer.
+                    // intermediate buffer; the blocks get the pages of those
+                    // just stored (no fresh pages for the kernel to zero,
+                    // see virtmem's `bytes_overwrite`).
                     let mut fh = a.file().fileh().map_err(e)?;
-                    let mut view = fh.bytes_mut(done..end).map_err(e)?;
+                    let mut view = fh.bytes_overwrite(done..end, &stored).map_err(e)?;
                     let mut pos = 0usize;
                     while pos < view.len() {
                         let n = (4usize << 20).min(view.len() - pos);
@@ -473,13 +478,14 @@ pub fn import(db_path: &str, name: &str, npy: &Path, replace: bool, budget: u64)
                 tm.note(&note);
                 tm.commit().map_err(|x| format!("committing {note:?}: {}", first_cause(&x)))?;
                 // A streaming writer never touches these blocks again: the
-                // committed (now clean) blocks are dropped and their pages
-                // recycled into the next transaction's blocks, so the bytes
-                // are not kept twice (here and in the page cache).
-                let blocks: Vec<u64> = (done / bs..end.div_ceil(bs)).collect();
-                a.file().fileh_read().map_err(e)?.drop_behind(&blocks);
+                // committed (now clean) blocks give their pages to the next
+                // transaction's blocks, and those left over are dropped, so
+                // the bytes are not kept twice (here and in the page cache).
+                a.file().fileh_read().map_err(e)?.drop_behind(&stored);
+                stored = (done / bs..end.div_ceil(bs)).collect();
                 done = end;
             }
+            a.file().fileh_read().map_err(e)?.drop_behind(&stored);
             Ok(a.oid())
         })()
     })?;

@@ -15,6 +15,7 @@
 //! - [`readahead`]: sequential-stream detection and read-ahead jobs;
 //! - [`evict`]: keeping clean blocks within the budget, drop-behind;
 //! - [`ops`]: prefetch, writeout, discard, invalidate;
+//! - [`overwrite`]: whole-block overwrites reusing pages of blocks done with;
 //! - [`view`] and [`options`]: what the API lends and takes.
 //!
 //! This file opens and closes handles and makes views.
@@ -52,6 +53,7 @@ mod mapped;
 mod mapped_rw;
 mod ops;
 mod options;
+mod overwrite;
 mod readahead;
 mod state;
 mod view;
