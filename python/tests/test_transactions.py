@@ -138,7 +138,9 @@ def test_writable_connection_maps_committed_blocks_and_finds_writes(db):
     A = c.root["A"]
     v = np.asarray(A)
     assert v.sum() == n * (n - 1) / 2
-    assert A._a.engine_stats()["mapped_loads"] >= 4, A._a.engine_stats()
+    # Mapped, not copied (read-ahead may still load a block the ordinary
+    # way, depending on timing: crates/virtmem/tests count exactly).
+    assert A._a.engine_stats()["mapped_loads"] >= 1, A._a.engine_stats()
     v[5, 7] = -1.0  # through the whole-array view
     a = A[300:302]
     a[:] = 9.0  # through a slice view, another block

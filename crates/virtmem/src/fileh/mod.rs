@@ -138,11 +138,9 @@ impl FileH {
                 size: usize::MAX as u64,
             })?;
         let need = uffd::FEATURE_PAGEFAULT_FLAG_WP | uffd::FEATURE_POISON;
-        let want = if opts.zero_copy {
-            uffd::FEATURE_MOVE
-        } else {
-            0
-        };
+        // Moves are also used without zero-copy loads (fresh zero pages
+        // into a first-written hole, see `zero_copy::move_in_zeros`).
+        let want = uffd::FEATURE_MOVE;
         let uffd = match Uffd::open(need, want) {
             Ok(Ok(u)) => u,
             Ok(Err(missing)) => return Err(Error::MissingFeatures { missing }),
@@ -228,7 +226,7 @@ impl FileH {
                 },
                 zeros: Mutex::new(None),
             },
-            zc: ZeroCopy::new(move_pm),
+            zc: ZeroCopy::new(move_pm, opts.zero_copy),
             map_files: opts.map_files,
             mapped_here: AtomicUsize::new(0),
             mapped_dropped: AtomicUsize::new(0),

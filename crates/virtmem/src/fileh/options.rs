@@ -38,7 +38,11 @@ pub struct Options {
     /// (`UFFDIO_MOVE`, Linux >= 6.8, blocks a multiple of 2 MiB, transparent
     /// huge pages not disabled): the block is loaded into fresh huge pages
     /// that are then moved into place. Falls back to `UFFDIO_COPY` otherwise.
-    /// Default `true`.
+    /// (Pages moved into blocks that are dirty at once, fresh zeros for a
+    /// first-written hole or [`FileH::bytes_overwrite`]'s, need no write
+    /// protection and are moved either way.) Default `true`.
+    ///
+    /// [`FileH::bytes_overwrite`]: super::FileH::bytes_overwrite
     pub zero_copy: bool,
     /// Map blocks the file can show in place ([`BigFile::map_block`])
     /// straight from their file, read-only, while no mutable view exists

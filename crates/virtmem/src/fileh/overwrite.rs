@@ -61,7 +61,7 @@ impl Shared {
     /// is alive. Best effort: a block that cannot be given pages is left
     /// absent (its first write gets fresh ones).
     fn reuse_for_overwrite(&self, range: &Range<u64>, donors: &[u64]) {
-        if !self.zero_copy_on() || donors.is_empty() {
+        if !self.moves_on() || donors.is_empty() {
             return;
         }
         let bs = self.bs as u64;

@@ -55,6 +55,10 @@ pub(super) struct ZeroCopy {
     /// Zero-copy installs (`UFFDIO_MOVE`) are possible: the pagemap used to
     /// check that a staging buffer got huge pages. `None`: always copy.
     pub(super) pagemap: Option<Pagemap>,
+    /// Loads move pages ([`crate::Options::zero_copy`]); without it only
+    /// dirty-at-once installs move (zeros into a first-written hole, pages
+    /// for a whole-block overwrite), which need no write protection.
+    loads: bool,
     /// A mutable view may exist (set by `view_mut`, cleared by `view`: with
     /// `&self` no `&mut` borrow, hence no mutable slice, is alive). Moved
     /// pages are writable until write-protected right after the move; a
@@ -92,11 +96,12 @@ struct Recycled {
 
 impl ZeroCopy {
     /// Zero-copy state with `pagemap` (`None`: loads always copy).
-    pub(super) fn new(pagemap: Option<Pagemap>) -> ZeroCopy {
+    pub(super) fn new(pagemap: Option<Pagemap>, loads: bool) -> ZeroCopy {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let capacity = (RECYCLED_BASE + RECYCLED_PER_THREAD * threads).min(RECYCLED_MAX);
         ZeroCopy {
             pagemap,
+            loads,
             recycled: Mutex::new(Recycled {
                 capacity,
                 ..Recycled::default()
@@ -107,6 +112,12 @@ impl ZeroCopy {
 
     /// Loads move pages (possible, and not given up after repeated misses).
     pub(super) fn on(&self) -> bool {
+        self.loads && self.moves_ok()
+    }
+
+    /// Pages can be moved in (possible, and not given up after repeated
+    /// misses), whether or not loads do.
+    pub(super) fn moves_ok(&self) -> bool {
         self.pagemap.is_some()
             && self.thp_misses.load(Ordering::Relaxed) < MAX_MOVE_MISSES
             && self.move_errors.load(Ordering::Relaxed) < MAX_MOVE_MISSES
@@ -141,6 +152,12 @@ impl Shared {
     /// Loads move pages (not given up after repeated misses).
     pub(super) fn zero_copy_on(&self) -> bool {
         self.zc.on()
+    }
+
+    /// Pages can be moved into blocks that become dirty at once, even when
+    /// loads copy.
+    pub(super) fn moves_on(&self) -> bool {
+        self.zc.moves_ok()
     }
 
     /// A buffer holding an evicted block's pages to load into, if zero-copy
@@ -282,7 +299,7 @@ impl Shared {
     /// 2 GiB array from Python). The block becomes dirty, so a write racing
     /// with the move needs no protection. False: not possible here, copy.
     pub(super) fn move_in_zeros(&self, addr: usize, len: usize) -> std::io::Result<bool> {
-        let Some(pm) = self.zc.pagemap.as_ref().filter(|_| self.zero_copy_on()) else {
+        let Some(pm) = self.zc.pagemap.as_ref().filter(|_| self.zc.moves_ok()) else {
             return Ok(false);
         };
         let mut buf = Staging::new(len)?;
