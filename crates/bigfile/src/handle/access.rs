@@ -101,6 +101,19 @@ impl AccessLock {
         }
     }
 
+    /// A transaction boundary: unmap the blocks mapped read-write and not
+    /// written (virtmem `FileH::unmap_pinned`), so their pins go back to
+    /// the budget. Never waits: with a view alive here or elsewhere it is
+    /// left for a later boundary.
+    pub(super) fn unmap_pinned_if_idle(&self) {
+        if let Some(mut w) = self.lock.try_write()
+            && w.has_pinned()
+            && let Err(e) = w.unmap_pinned()
+        {
+            tracing::warn!(file = %self.file, "unmapping pinned mapped blocks: {e}");
+        }
+    }
+
     /// Pointers into the mapping are handed out beyond any guard (see
     /// `raw_views`).
     pub(super) fn lend_raw_views(&self) {

@@ -22,6 +22,9 @@ impl Shared {
         }
         let b = &self.backend;
         let old_at = Tid(b.at.swap(inv.to.0, Ordering::AcqRel));
+        // Blocks mapped read-write stay pinned in the budget until a
+        // boundary: this is one (virtmem `mapped_rw`).
+        self.fileh.unmap_pinned_if_idle();
         // A cut of the transaction that just ended is in the new snapshot
         // (or was aborted): its holes reload from there.
         self.end_cut()?;

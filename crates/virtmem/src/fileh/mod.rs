@@ -373,6 +373,19 @@ impl FileH {
         self.sh.unmap_dropped()
     }
 
+    /// Blocks mapped read-write ([`Options::map_files_writable`]), which
+    /// pin budget until [`Self::unmap_pinned`] or a boundary drops them.
+    pub fn has_pinned(&self) -> bool {
+        self.sh.rw_scan.is_some() && self.sh.mapped_here.load(Ordering::Relaxed) > 0
+    }
+
+    /// At a transaction boundary (no access runs): unmap the blocks mapped
+    /// read-write that were not written, giving their pins back to the
+    /// budget; their next touch maps them again (see `fileh/mapped_rw.rs`).
+    pub fn unmap_pinned(&mut self) -> Result<()> {
+        self.sh.unmap_pinned()
+    }
+
     /// Dirty blocks, ascending.
     ///
     /// Waits for loads in flight first: a write that landed on a hole's zero
