@@ -394,6 +394,7 @@ struct PageRegion {
 
 const PAGE_IS_FILE: u64 = 1 << 2;
 const PAGE_IS_PRESENT: u64 = 1 << 3;
+const PAGE_IS_SWAPPED: u64 = 1 << 4;
 const PAGE_IS_PFNZERO: u64 = 1 << 5;
 const PAGE_IS_HUGE: u64 = 1 << 6;
 /// `_IOWR('f', 16, struct pm_scan_arg)`.
@@ -435,17 +436,20 @@ impl Pagemap {
         Ok(found)
     }
 
-    /// True if some page of `[addr, addr+len)` is present and not a file
-    /// page: in a private file mapping, a page some write copied (see
-    /// [`Reservation::map_file`]).
+    /// True if some page of `[addr, addr+len)` is not a file page and is
+    /// present or swapped out: in a private file mapping, a page some
+    /// write copied (see [`Reservation::map_file`]). A copy the kernel
+    /// swapped out is still one (its entry is a swap entry, never a file
+    /// page's).
     pub fn copied_on_write(&self, addr: usize, len: usize) -> io::Result<bool> {
         self.find(
             addr,
             len,
             PmScanArg {
                 category_inverted: PAGE_IS_FILE,
-                category_mask: PAGE_IS_PRESENT | PAGE_IS_FILE,
-                return_mask: PAGE_IS_PRESENT,
+                category_mask: PAGE_IS_FILE,
+                category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+                return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
                 ..PmScanArg::default()
             },
         )

@@ -15,9 +15,9 @@
 //! the page cache's own pages, no copy). A write anywhere, through any
 //! pointer, makes the kernel copy that page into private anonymous memory;
 //! the file is never written. Which blocks were written is then a question
-//! for the page tables: `PAGEMAP_SCAN` finds present pages that are not
-//! file pages ([`Pagemap::copied_on_write`]; about 12 us per 2 MiB block,
-//! measured). The scan runs when the engine needs the dirty set
+//! for the page tables: `PAGEMAP_SCAN` finds pages that are not file pages,
+//! present or swapped out ([`Pagemap::copied_on_write`]; about 12 us per
+//! 2 MiB block, measured). The scan runs when the engine needs the dirty set
 //! (`dirty_blocks`, `writeout`, `discard`), and a written block joins it.
 //!
 //! Userfaultfd's write protection in asynchronous mode also works on file
