@@ -61,13 +61,7 @@ impl Shared {
         let Some(pm) = &self.rw_scan else {
             return;
         };
-        let candidates: Vec<u64> = st
-            .blocks
-            .iter()
-            .filter(|(b, s)| matches!(s, Block::MappedRw) && !st.dirty.contains(b))
-            .map(|(b, _)| *b)
-            .collect();
-        for blk in candidates {
+        for blk in clean_rw_blocks(st) {
             let (off, len) = self.block_range(blk);
             let written = pm
                 .copied_on_write(self.map.addr() + off, len)
@@ -104,14 +98,8 @@ impl Shared {
         }
         let mut st = self.quiesce();
         self.collect_rw_writes(&mut st);
-        let clean: Vec<u64> = st
-            .blocks
-            .iter()
-            .filter(|(b, s)| matches!(s, Block::MappedRw) && !st.dirty.contains(b))
-            .map(|(b, _)| *b)
-            .collect();
         let mut r = Ok(());
-        for blk in clean {
+        for blk in clean_rw_blocks(&st) {
             if let Err(e) = self.unmap_block(blk) {
                 r = Err(e);
                 break;
@@ -138,4 +126,13 @@ impl Shared {
         st.dirty.remove(&blk);
         Ok(())
     }
+}
+
+/// The read-write mapped blocks not (yet) known to be written.
+fn clean_rw_blocks(st: &State) -> Vec<u64> {
+    st.blocks
+        .iter()
+        .filter(|(b, s)| matches!(s, Block::MappedRw) && !st.dirty.contains(b))
+        .map(|(b, _)| *b)
+        .collect()
 }
