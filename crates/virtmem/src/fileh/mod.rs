@@ -386,6 +386,15 @@ impl FileH {
         self.sh.unmap_pinned()
     }
 
+    /// Number of dirty blocks known without a scan: those the write
+    /// protection caught, not blocks mapped read-write and written since
+    /// the last [`Self::dirty_blocks`] (their copies stay within the pinned
+    /// half of the budget, see `fileh/mapped_rw.rs`). Cheap, for a check
+    /// after every write; does not wait for loads in flight.
+    pub fn dirty_count(&self) -> usize {
+        self.sh.st.lock().dirty.len()
+    }
+
     /// Dirty blocks, ascending.
     ///
     /// Waits for loads in flight first: a write that landed on a hole's zero
