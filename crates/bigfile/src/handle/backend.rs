@@ -34,6 +34,9 @@ pub(super) struct Backend {
     /// between commits (a fresh 2 MiB buffer per commit costs its page
     /// faults and zeroing every time).
     pub(super) scratch: Mutex<Vec<u8>>,
+    /// The stored chunks the writer compared last, kept mapped between
+    /// commits (see [`super::compared`]).
+    pub(super) compared: Mutex<super::compared::Compared>,
     /// The file object's state and the snapshot it was read at.
     pub(super) meta: Mutex<Option<(Tid, crate::objects::ZBigFile)>>,
     /// Blocks of the current transaction spilled to a temporary file.

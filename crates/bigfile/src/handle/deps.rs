@@ -79,6 +79,17 @@ pub(super) struct Deps {
 
 impl Deps {
     pub(super) fn record(&mut self, blk: u64, d: BlockDeps) {
+        // The same objects as before (a block whose ZBlk1 chunks were
+        // rewritten in place, the usual small commit): the maps from
+        // objects to blocks stand; unlinking and linking again its 514
+        // objects was 4% of an 8-byte change's commit.
+        if let Some(old) = self.per_blk.get_mut(&blk)
+            && old.path == d.path
+            && old.direct == d.direct
+        {
+            *old = d;
+            return;
+        }
         self.forget(blk);
         for o in &d.path {
             add(&mut self.path, *o, blk);

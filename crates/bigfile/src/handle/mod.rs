@@ -22,6 +22,7 @@
 
 mod access;
 mod backend;
+mod compared;
 mod deps;
 mod invalidate;
 mod mapped;
@@ -192,6 +193,7 @@ impl ZBigFileH {
             deps: Mutex::new(Deps::default()),
             writer: Mutex::new(None),
             scratch: Mutex::new(Vec::new()),
+            compared: Mutex::new(Default::default()),
             meta: Mutex::new(None),
             spill: Mutex::new(Spill::default()),
             new_file: AtomicBool::new(new_file),

@@ -60,6 +60,7 @@ impl Shared {
             blocks: Vec::new(),
             prev: None,
             old: std::mem::take(&mut *self.backend.scratch.lock()),
+            compared: std::mem::take(&mut *self.backend.compared.lock()),
         });
         // Spilled blocks first (one block of memory at a time), then the dirty ones.
         let mut buf = if spilled.is_empty() {
@@ -164,12 +165,14 @@ impl Shared {
     }
 
     /// End the commit's STORE pass: the blocks it wrote (its scratch
-    /// memory goes back to the backend for the next commit).
+    /// memory and the chunks it compared go back to the backend for the
+    /// next commit).
     pub(super) fn finish_writer(&self) -> Vec<u64> {
         let Some(w) = self.backend.writer.lock().take() else {
             return Vec::new();
         };
         *self.backend.scratch.lock() = w.old;
+        *self.backend.compared.lock() = w.compared;
         w.blocks
     }
 }

@@ -36,6 +36,8 @@ pub(super) struct Writer {
     /// One block of scratch memory for the old bytes of the block being
     /// stored, reused across blocks and commits (see `Backend::scratch`).
     pub(super) old: Vec<u8>,
+    /// The stored chunks compared last, kept mapped across commits.
+    pub(super) compared: super::compared::Compared,
 }
 
 /// The ZBlk a block is stored as before this commit, as the writer needs it.
@@ -101,6 +103,14 @@ impl Writer {
         };
         let r = self.store_with(b, &sf, blk, data, force, stored, &mut old, &mut old_chunks);
         self.old = old;
+        let lent = old_chunks
+            .into_iter()
+            .filter_map(|(_, _, c)| match c {
+                ChunkBytes::Mapped(m) => Some(m),
+                ChunkBytes::Loaded { .. } => None,
+            })
+            .collect();
+        self.compared.keep(blk, lent);
         r
     }
 

