@@ -202,7 +202,8 @@ impl Shared {
             });
         };
         vtrace!("T load blk {blk} into staging (no recycled buffer)");
-        let movable = self.movable(buf);
+        // Moved in only when the budget is nearly full: see `fresh_moves`.
+        let movable = self.budget.nearly_full() && self.movable(buf);
         self.load_with(blk, addr, len, ra, buf, movable)
     }
 
