@@ -17,7 +17,9 @@
 //!    page boundary of the file, where readers can map it in place.
 //! 3. `vote` writes the real length, the trailer, and flushes.
 //! 4. `finish` flips the status byte to `' '` and `fdatasync`s; only then is
-//!    the transaction published in the index and `finish` returns.
+//!    the transaction published in the index and `finish` returns. A large
+//!    transaction's records were flushed along the way
+//!    ([`super::early_flush`]), so this waits for the tail only.
 //! 5. `abort` (or dropping the transaction) truncates the file back to where
 //!    the transaction started.
 //!
@@ -26,6 +28,7 @@
 //! [`crate::Storage::changed_oids`].
 
 use super::Shared;
+use super::early_flush::EarlyFlush;
 use super::format::{DATA_HDR_LEN, DataHeader, STATUS_CHECKPOINT, STATUS_COMMITTED, TxnHeader};
 use super::lock::{FileLock, SlotGuard};
 use crate::error::{Error, Result};
@@ -102,6 +105,7 @@ impl Shared {
             resolved: Vec::new(),
             voted: false,
             done: false,
+            early: EarlyFlush::default(),
         }))
     }
 }
@@ -120,6 +124,9 @@ struct FsTxn {
     resolved: Vec<Oid>,
     voted: bool,
     done: bool,
+    /// Large transactions' records start for the disk while the rest is
+    /// written (see [`super::early_flush`]).
+    early: EarlyFlush,
 }
 
 impl FsTxn {
@@ -201,6 +208,7 @@ impl FsTxn {
             at += p.len() as u64;
         }
         self.records.push((oid, self.write_pos));
+        self.early.wrote(&self.file, at - self.write_pos);
         self.write_pos = at;
         Ok(())
     }
@@ -295,7 +303,10 @@ impl StorageTxn for FsTxn {
             self.vote()?;
         }
         let r = self
-            .write(&[STATUS_COMMITTED], self.header.pos + 16)
+            .early
+            .finish()
+            .map_err(|e| Error::io(&self.fs.path, "fsync (early flush)", e))
+            .and_then(|()| self.write(&[STATUS_COMMITTED], self.header.pos + 16))
             .and_then(|()| {
                 self.file
                     .sync_data()

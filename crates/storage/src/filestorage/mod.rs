@@ -39,6 +39,7 @@
 
 mod commit;
 mod damage;
+mod early_flush;
 mod format;
 mod index;
 mod load_many;
