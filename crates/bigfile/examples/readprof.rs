@@ -105,10 +105,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             std::hint::black_box(v.iter().fold(0u64, |a, x| a.wrapping_add(*x)));
         }
         let again = t.elapsed().as_secs_f64();
+        let st = fh2.fileh_read()?.stats();
         println!(
-            "handle (readahead {ra}): {:.2} GB/s, again (summing every word) {:.2} GB/s",
+            "handle (readahead {ra}): {:.2} GB/s, again (summing every word) {:.2} GB/s \
+             [moved {} of {} loads, {} recycled]",
             (n << 21) as f64 / hd / 1e9,
-            (n << 21) as f64 / again / 1e9
+            (n << 21) as f64 / again / 1e9,
+            st.moved_loads,
+            st.loads + st.readahead_loads,
+            st.recycled
         );
     }
     let gb = (n << 21) as f64 / 1e9;

@@ -18,7 +18,15 @@
 //! same speed on small pages as on huge ones (9.0-9.6 against 8.9-11.1
 //! GB/s). With a 64 MiB budget, where moving pays off by recycling, moving
 //! stays ahead: ZBlk1 1.95 against 1.6 GB/s, ZBlk0 1.9-4.1 against
-//! 2.3-2.5.
+//! 2.3-2.5. Repeated later, interleaved with the old policy (always move)
+//! on the same build: ZBlk1 0.82-0.97 against 0.56-0.60 GB/s, loaded ZBlk0
+//! 1.4-1.9 against 0.8-1.0 (the VM's fresh memory had become slower still).
+//! Choosing per handle by the measured cost of each way (a moving average
+//! of refilling the staging buffer against one of copy installs) was tried
+//! and measured worse (ZBlk1 0.56-0.77 GB/s): both costs are mostly the
+//! host backing fresh memory, and a copy's wall time swung from 0.6 to 6.4
+//! ms per block with the other thread's activity, so the averages did not
+//! predict which way ran faster.
 //!
 //! Moved pages arrive writable; they are write-protected right after the
 //! move, before anyone is woken. A write by a thread that did not fault (its
