@@ -254,8 +254,13 @@ fn run_inner(
         let st = fh.stats();
         drop(fh);
         eprintln!(
-            "  ({threads} thr: {} demand loads, {} read-ahead loads, {} marker hits, {} moved, {} recycled)",
-            st.loads, st.readahead_loads, st.marker_hits, st.moved_loads, st.recycled
+            "  ({threads} thr: {} demand loads, {} read-ahead loads, {} marker hits, {} moved, {} recycled, fresh pages {} us/MiB)",
+            st.loads,
+            st.readahead_loads,
+            st.marker_hits,
+            st.moved_loads,
+            st.recycled,
+            st.fresh_pages_ns_per_mib / 1000
         );
 
         // The same with the copy path (UFFDIO_COPY, the fallback).

@@ -375,6 +375,7 @@ impl Array {
             ("load_failures", s.load_failures),
             ("moved_loads", s.moved_loads),
             ("mapped_loads", s.mapped_loads),
+            ("fresh_pages_ns_per_mib", s.fresh_pages_ns_per_mib),
         ] {
             d.set_item(k, v)?;
         }

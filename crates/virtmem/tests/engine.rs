@@ -797,10 +797,12 @@ fn a_scan_with_drop_behind_reuses_its_pages() {
     assert_eq!(st.dropped_behind, n);
     assert_eq!(fh.resident_blocks(), 0);
     if st.moved_loads > 0 {
-        // Zero-copy works here: after the first chunk every load reads into
-        // a dropped block's pages.
+        // Zero-copy works here: after the first two chunks every load
+        // reads into a dropped block's pages. (The first chunk may have
+        // been copied, where fresh huge pages are slow: small pages are not
+        // recycled; once a drop was seen, loads move.)
         assert!(
-            st.recycled >= n - 4,
+            st.recycled >= n - 8,
             "dropped blocks' pages are recycled: {st:?}"
         );
     } else {

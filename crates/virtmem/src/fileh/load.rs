@@ -202,8 +202,16 @@ impl Shared {
             });
         };
         vtrace!("T load blk {blk} into staging (no recycled buffer)");
-        // Moved in only when the budget is nearly full: see `fresh_moves`.
-        let movable = self.budget.nearly_full() && self.movable(buf);
+        // Fresh pages are moved in once blocks leave for recycling (the
+        // budget is nearly full, or a scan drops what it is done with),
+        // else while they are cheap here (see `install_cost.rs`).
+        let recycling = self.budget.nearly_full()
+            || self
+                .counters
+                .dropped_behind
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0;
+        let movable = (recycling || self.zc.costs.prefer_move()) && self.movable(buf);
         self.load_with(blk, addr, len, ra, buf, movable)
     }
 

@@ -48,6 +48,7 @@ macro_rules! vtrace {
 
 mod evict;
 mod fault;
+mod install_cost;
 mod load;
 mod mapped;
 mod mapped_rw;
@@ -288,7 +289,9 @@ impl FileH {
 
     /// Counters since open.
     pub fn stats(&self) -> Stats {
-        self.sh.counters.snapshot()
+        let mut s = self.sh.counters.snapshot();
+        s.fresh_pages_ns_per_mib = self.sh.zc.costs.fresh_ns_per_mib();
+        s
     }
 
     fn check<T: Pod>(&self, offset: u64, count: usize) -> Result<usize> {

@@ -3,30 +3,14 @@
 //! write-protected, instead of being copied; and evicted blocks' pages are
 //! recycled into a few buffers that the next loads read into.
 //!
-//! Fresh pages are moved in only once the budget is nearly full
-//! ([`crate::Budget::nearly_full`]), i.e. once blocks start being dropped
-//! and their pages can be recycled. Before that, a block read from the
-//! file (one not mapped from it: ZBlk1, unaligned ZBlk0) is read into the
-//! thread's staging buffer, which keeps its pages, and copied in with
-//! `UFFDIO_COPY`, whose new pages are filled by the copy and never zeroed.
-//! A fresh huge page is zeroed first, and fresh memory is what a scan
-//! that fits the budget gets for every block. Measured on the 2-core VM
-//! (`crates/bigfile/examples/readprof.rs`, 512 MiB, read-ahead on): copying
-//! read ZBlk1 at 1.6-2.1 GB/s against 0.6-0.8 GB/s moved, and loaded ZBlk0
-//! at 2.8-3.2 against 0.9-1.1 GB/s (`clear_page_erms` was 52% of the
-//! handler threads' time). A second pass over the resident blocks ran at the
-//! same speed on small pages as on huge ones (9.0-9.6 against 8.9-11.1
-//! GB/s). With a 64 MiB budget, where moving pays off by recycling, moving
-//! stays ahead: ZBlk1 1.95 against 1.6 GB/s, ZBlk0 1.9-4.1 against
-//! 2.3-2.5. Repeated later, interleaved with the old policy (always move)
-//! on the same build: ZBlk1 0.82-0.97 against 0.56-0.60 GB/s, loaded ZBlk0
-//! 1.4-1.9 against 0.8-1.0 (the VM's fresh memory had become slower still).
-//! Choosing per handle by the measured cost of each way (a moving average
-//! of refilling the staging buffer against one of copy installs) was tried
-//! and measured worse (ZBlk1 0.56-0.77 GB/s): both costs are mostly the
-//! host backing fresh memory, and a copy's wall time swung from 0.6 to 6.4
-//! ms per block with the other thread's activity, so the averages did not
-//! predict which way ran faster.
+//! Fresh pages (a load with no recycled buffer to read into) are moved in
+//! once the budget is nearly full ([`crate::Budget::nearly_full`]: blocks
+//! are being dropped, and their pages will be recycled), and before that
+//! while fresh huge pages are cheap on this machine; where the host must
+//! back them on first touch, loads copy instead (`install_cost.rs`, with
+//! the measurements). A second pass over resident blocks ran at the same
+//! speed on copied small pages as on moved huge ones (9.0-9.6 against
+//! 8.9-11.1 GB/s).
 //!
 //! Moved pages arrive writable; they are write-protected right after the
 //! move, before anyone is woken. A write by a thread that did not fault (its
@@ -53,6 +37,7 @@ use crate::mapping::{Pagemap, Staging};
 use crate::uffd;
 
 use super::Shared;
+use super::install_cost::InstallCost;
 use super::options::inc;
 
 /// Huge page size (x86-64): blocks that are multiples of it can be moved in
@@ -101,6 +86,8 @@ pub(super) struct ZeroCopy {
     thp_misses: AtomicU64,
     /// `UFFDIO_MOVE` failures other than a present destination page.
     move_errors: AtomicU64,
+    /// What fresh pages cost here (see `install_cost.rs`).
+    pub(super) costs: InstallCost,
 }
 
 /// Buffers for recycling evicted blocks' pages (zero-copy mode only). They
@@ -224,7 +211,9 @@ impl Shared {
         let len = buf.as_slice().len();
         match &self.zc.pagemap {
             Some(pm) if self.zero_copy_on() => {
-                let huge = buf.populate().and_then(|()| pm.all_huge(buf.addr(), len));
+                let huge = self
+                    .populate_staging(buf)
+                    .and_then(|()| pm.all_huge(buf.addr(), len));
                 if matches!(huge, Ok(true)) {
                     self.zc.thp_misses.store(0, Ordering::Relaxed);
                 } else {
@@ -250,8 +239,22 @@ impl Shared {
             && let Some(b) = staging.as_mut()
             && !b.small_pages
         {
-            let _ = b.populate();
+            let _ = self.populate_staging(b);
         }
+    }
+
+    /// Populate staging buffer `buf`; when its pages had been moved out
+    /// (fresh ones are allocated and zeroed), note what that cost.
+    fn populate_staging(&self, buf: &mut Staging) -> std::io::Result<()> {
+        if !buf.moved_out {
+            return buf.populate();
+        }
+        let t = std::time::Instant::now();
+        let r = buf.populate();
+        if r.is_ok() {
+            self.zc.costs.note_fresh(t.elapsed(), buf.as_slice().len());
+        }
+        r
     }
 
     /// Install the loaded block in `buf` at `addr` by moving its (huge)
