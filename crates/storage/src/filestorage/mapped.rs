@@ -15,9 +15,9 @@
 //! 2-core VM; see `crates/bigfile/examples/commitprof.rs`). With the room,
 //! pages mapped in stay mapped across commits. Bytes past the file's end
 //! are never lent (a read there would be a `SIGBUS`): [`MappedBytes::bytes`]
-//! ends at the furthest committed end a caller has asked to be covered,
-//! which only grows, and which is always inside the file (the index end
-//! is written before it is published).
+//! ends at the furthest end a caller has asked to be covered (an index end
+//! or a record's end, checked against the file's length when it grows),
+//! which only grows.
 //!
 //! This module is the storage crate's only `unsafe`: a file mapping is
 //! sound only while nobody truncates or rewrites the mapped bytes. A
