@@ -78,6 +78,7 @@ impl Index {
             transactions: self.txns.len(),
             objects: self.oids.len(),
             tail: self.tail.map_or(Tail::Clean, |t| t.1),
+            opened_from: 4,
         }
     }
 }
@@ -93,6 +94,9 @@ pub struct ScanInfo {
     pub objects: usize,
     /// What follows the last complete transaction.
     pub tail: Tail,
+    /// Where opening the storage started scanning: 4 (the whole file), or
+    /// the end of the index saved next to it (see `index_cache`).
+    pub opened_from: u64,
 }
 
 /// Window reader used by scans: serves small header reads from a buffer so
