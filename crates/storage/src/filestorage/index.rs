@@ -78,7 +78,6 @@ impl Index {
             transactions: self.txns.len(),
             objects: self.oids.len(),
             tail: self.tail.map_or(Tail::Clean, |t| t.1),
-            opened_from: 4,
         }
     }
 }
@@ -94,9 +93,6 @@ pub struct ScanInfo {
     pub objects: usize,
     /// What follows the last complete transaction.
     pub tail: Tail,
-    /// Where opening the storage started scanning: 4 (the whole file), or
-    /// the end of the index saved next to it (see `index_cache`).
-    pub opened_from: u64,
 }
 
 /// Window reader used by scans: serves small header reads from a buffer so

@@ -42,7 +42,6 @@ mod damage;
 mod early_flush;
 mod format;
 mod index;
-mod index_cache;
 mod load_many;
 mod lock;
 mod map_many;
@@ -78,7 +77,6 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// How to open a FileStorage.
@@ -119,24 +117,6 @@ struct Shared {
     lock: CommitLock,
     /// The read-only mapping records are lent from (see `mapped`).
     mapping: mapped::Mapping,
-    /// Where the open's scan started (4, or a saved index's end), and the
-    /// index end last saved or loaded (see `index_cache`).
-    opened_from: u64,
-    saved_end: AtomicU64,
-}
-
-impl Drop for Shared {
-    /// A writable storage saves its index next to the file for the next
-    /// open, if it moved (see `index_cache`).
-    fn drop(&mut self) {
-        if self.read_only {
-            return;
-        }
-        let idx = self.index.read();
-        if idx.end != self.saved_end.load(Ordering::Relaxed) {
-            index_cache::save(&self.path, &self.current_file(), &idx);
-        }
-    }
 }
 
 /// A ZODB FileStorage (`Data.fs`). See the module docs for the model.
@@ -227,26 +207,11 @@ impl FileStorage {
             file: RwLock::new(Arc::new(file)),
             index: RwLock::new(Index::empty()),
             oids: Mutex::new(oids::OidReserve::default()),
-            opened_from: 4,
-            saved_end: AtomicU64::new(u64::MAX),
         };
-        let mut inner = inner;
         {
             let file = inner.current_file();
             let mut idx = inner.index.write();
-            // The index saved by the last writer, if it still describes the
-            // file: then only what was appended since is scanned.
-            let from = match index_cache::load(&inner.path, &file) {
-                Some(saved) => {
-                    *idx = saved;
-                    idx.end
-                }
-                None => 4,
-            };
-            inner.saved_end.store(idx.end, Ordering::Relaxed);
-            scan(&file, &inner.path, from, &mut idx)?;
-            drop(idx);
-            inner.opened_from = from;
+            scan(&file, &inner.path, 4, &mut idx)?;
         }
         let fs = FileStorage {
             inner: Arc::new(inner),
@@ -312,10 +277,7 @@ impl FileStorage {
 
     /// Statistics of the current index.
     pub fn scan_info(&self) -> ScanInfo {
-        ScanInfo {
-            opened_from: self.inner.opened_from,
-            ..self.inner.index.read().info()
-        }
+        self.inner.index.read().info()
     }
 
     /// Every committed transaction's header, metadata and record headers,
