@@ -22,7 +22,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let n: u64 = std::env::var("COMMITPROF_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(500);
+        .unwrap_or(500)
+        .max(1);
     let fh = ZBigFileH::open(
         &c,
         &tm,

@@ -28,7 +28,10 @@ use std::thread::JoinHandle;
 /// Bytes written between early flushes.
 pub(super) const KICK: u64 = 32 << 20;
 
-/// The early flushes of one transaction (see the module docs).
+/// The early flushes of one transaction (see the module docs). Dropped
+/// unfinished (an aborted transaction), it hangs up and the thread ends
+/// after its current flush, detached; the rollback cuts off whatever the
+/// records were.
 #[derive(Default)]
 pub(super) struct EarlyFlush {
     /// Bytes written since the last request.
@@ -96,14 +99,6 @@ impl EarlyFlush {
                 .unwrap_or_else(|_| Err(std::io::Error::other("the early flush thread panicked"))),
             None => Ok(()),
         }
-    }
-}
-
-impl Drop for EarlyFlush {
-    /// An aborted transaction: the thread ends after its current flush
-    /// (its records are cut off by the rollback whatever it wrote).
-    fn drop(&mut self) {
-        self.tx = None;
     }
 }
 
