@@ -3,7 +3,8 @@
 //! in the format `$WENDELIN_CORE_ZBLK_FMT` names (ZBlk0 by default; ZBlk1
 //! for a block's 512 chunk records). Run it under `perf record` for the
 //! detail. `READPROF_BLOCKS` (128) blocks; the handles' options from
-//! `ZC` (zero-copy loads, 1), `MAPF` (map files, 1) and `BUDGET_MIB`.
+//! `ZC` (zero-copy loads, 1), `MAPF` (map files, 1) and `BUDGET_MIB`;
+//! `RB_ROUNDS` (1) passes of the snapshot reads, for a profile of them.
 use bigfile::reader::SnapshotFile;
 use bigfile::{HandleOptions, ZBigFileH, ZBlkFormat, create_file};
 use std::time::Instant;
@@ -46,11 +47,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let raw = t.elapsed().as_secs_f64();
     let mut buf = vec![0u8; 2 << 20];
+    // `RB_ROUNDS` (1) passes of read_block, timed per pass: more of them
+    // make a profile of the read path alone.
+    let rounds: u32 = std::env::var("RB_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1)
+        .max(1);
     let t = Instant::now();
-    for b in 0..n {
-        sf.read_block(b, &mut buf)?;
+    for _ in 0..rounds {
+        for b in 0..n {
+            sf.read_block(b, &mut buf)?;
+        }
     }
-    let rb = t.elapsed().as_secs_f64();
+    let rb = t.elapsed().as_secs_f64() / f64::from(rounds);
     // the same from two threads, each with its own buffer (like handler threads)
     let t = Instant::now();
     std::thread::scope(|sc| {

@@ -98,7 +98,7 @@ pub struct ScanInfo {
 /// Window reader used by scans: serves small header reads from a buffer so
 /// that dense small records cost one `pread` per window, sparse large ones
 /// one small `pread` per record.
-struct Window<'f> {
+pub(super) struct Window<'f> {
     file: &'f File,
     path: &'f Path,
     size: u64,
@@ -109,7 +109,7 @@ struct Window<'f> {
 const WINDOW: usize = 16 * 1024;
 
 impl<'f> Window<'f> {
-    fn new(file: &'f File, path: &'f Path, size: u64) -> Self {
+    pub(super) fn new(file: &'f File, path: &'f Path, size: u64) -> Self {
         Window {
             file,
             path,
@@ -144,7 +144,7 @@ impl<'f> Window<'f> {
         Ok(&self.buf[off..end])
     }
 
-    fn get_arr<const N: usize>(&mut self, pos: u64) -> Result<Option<[u8; N]>> {
+    pub(super) fn get_arr<const N: usize>(&mut self, pos: u64) -> Result<Option<[u8; N]>> {
         let s = self.get(pos, N)?;
         if s.len() < N {
             return Ok(None);
@@ -156,8 +156,17 @@ impl<'f> Window<'f> {
 }
 
 /// Scan transactions from `pos` to the end of the file, adding them to `idx`.
-/// Returns the tail state.
-pub(super) fn scan(file: &File, path: &Path, mut pos: u64, idx: &mut Index) -> Result<Tail> {
+/// Returns the tail state. The headers of large transactions ahead of the
+/// scan are read from other threads meanwhile (`index_prefetch`), which
+/// only warms the page cache.
+pub(super) fn scan(file: &File, path: &Path, pos: u64, idx: &mut Index) -> Result<Tail> {
+    super::index_prefetch::with_prefetch(file, path, pos, super::index_prefetch::PLAN, || {
+        scan_alone(file, path, pos, idx)
+    })
+}
+
+/// [`scan`] on this thread alone.
+pub(super) fn scan_alone(file: &File, path: &Path, mut pos: u64, idx: &mut Index) -> Result<Tail> {
     let size = file
         .metadata()
         .map_err(|e| Error::io(path, "stat", e))?

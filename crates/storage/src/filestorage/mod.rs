@@ -9,7 +9,8 @@
 //!
 //! - `format`: the byte layouts of headers (pure functions over slices);
 //! - `index`: the header-only scan that builds `oid -> latest record` on
-//!   open and extends it at every sync;
+//!   open and extends it at every sync; `index_prefetch` warms the headers
+//!   of large transactions ahead of it from many threads (cold opens);
 //! - `read`: lookups, the MVCC walk down an object's `prev` chain,
 //!   backpointers; reads are `pread`s, any number of threads at once;
 //! - `load_many`: many small records at once, with a few large `pread`s;
@@ -42,6 +43,7 @@ mod damage;
 mod early_flush;
 mod format;
 mod index;
+mod index_prefetch;
 mod load_many;
 mod lock;
 mod map_many;
