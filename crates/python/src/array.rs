@@ -374,6 +374,7 @@ impl Array {
             ("evictions", s.evictions),
             ("load_failures", s.load_failures),
             ("moved_loads", s.moved_loads),
+            ("copied_for_cost", s.copied_for_cost),
             ("mapped_loads", s.mapped_loads),
             ("fresh_pages_ns_per_mib", s.fresh_pages_ns_per_mib),
         ] {

@@ -678,10 +678,20 @@ fn zero_copy_loads_keep_the_semantics() {
     }
     let st = fh.stats();
     if zero_copy {
-        // Read-ahead marker blocks are copied with a page held back, or
-        // (once recycled buffers exist) held back whole and moved in.
+        // Read-ahead marker blocks (one in half a window: the window of 8
+        // is capped to a quarter of the 16-block budget, so every second
+        // block) are copied with a page held back, or (once recycled
+        // buffers exist) held back whole and moved in. Every other data
+        // block moves, or copies where fresh huge pages measured slow
+        // before the scan began dropping blocks (`install_cost.rs`).
+        let window = Options::default().readahead_window.min(16 / 4);
+        let stride = (window / 2).max(1);
+        let markers = n.div_ceil(stride);
         assert!(st.moved_loads > 0, "{st:?}");
-        assert!(st.moved_loads + st.marker_hits >= n - 2, "{st:?}");
+        assert!(
+            st.moved_loads + st.copied_for_cost >= n - 1 - markers,
+            "{st:?}"
+        );
         assert!(st.marker_hits > 0, "{st:?}");
         // 40 blocks through a budget of 16: the long stream drops what it
         // leaves behind, and those blocks' pages are reused by later loads.

@@ -211,7 +211,12 @@ impl Shared {
                 .dropped_behind
                 .load(std::sync::atomic::Ordering::Relaxed)
                 > 0;
-        let movable = (recycling || self.zc.costs.prefer_move()) && self.movable(buf);
+        let by_cost = recycling || self.zc.costs.prefer_move();
+        let can = self.movable(buf);
+        if can && !by_cost {
+            inc(&self.counters.copied_for_cost);
+        }
+        let movable = by_cost && can;
         self.load_with(blk, addr, len, ra, buf, movable)
     }
 

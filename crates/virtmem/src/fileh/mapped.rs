@@ -9,7 +9,8 @@
 //! says where a block's bytes lie (a page-aligned, never rewritten range:
 //! FileStorage's ZBlk0 payloads are written page-aligned for this), the
 //! load maps that range read-only over the block (`MAP_FIXED |
-//! MAP_PRIVATE`, populated) instead.
+//! MAP_PRIVATE`, its pages mapped in a fault-around window at a time:
+//! [`crate::mapping::Reservation::map_file`] has the measurements) instead.
 //!
 //! A mapped block's range is a file mapping, which userfaultfd cannot
 //! watch: its writes would not be seen, and its pages, once dropped, come

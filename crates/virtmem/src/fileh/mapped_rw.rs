@@ -11,8 +11,8 @@
 //! snapshot whose blocks are mapped.
 //!
 //! Here a block is mapped `MAP_PRIVATE`, `PROT_READ | PROT_WRITE`, from its
-//! page-aligned, never rewritten range of the file (populated for reading:
-//! the page cache's own pages, no copy). A write anywhere, through any
+//! page-aligned, never rewritten range of the file (faulted in for
+//! reading: the page cache's own pages, no copy). A write anywhere, through any
 //! pointer, makes the kernel copy that page into private anonymous memory;
 //! the file is never written. Which blocks were written is then a question
 //! for the page tables: `PAGEMAP_SCAN` finds pages that are not file pages,

@@ -126,6 +126,10 @@ pub struct Stats {
     /// Blocks mapped straight from their file
     /// ([`BigFile::map_block`](crate::BigFile::map_block)).
     pub mapped_loads: u64,
+    /// Loads read into fresh memory and copied in rather than moved,
+    /// because fresh huge pages were slow here (see
+    /// [`fresh_pages_ns_per_mib`](Self::fresh_pages_ns_per_mib)).
+    pub copied_for_cost: u64,
     /// Moving average, ns per MiB, of giving a staging buffer fresh huge
     /// pages after its pages were moved into place (0: not measured); over
     /// 250 µs per MiB, loads into fresh memory copy instead of moving.
@@ -145,6 +149,7 @@ pub(super) struct Counters {
     pub(super) recycled: AtomicU64,
     pub(super) dropped_behind: AtomicU64,
     pub(super) mapped_loads: AtomicU64,
+    pub(super) copied_for_cost: AtomicU64,
 }
 
 impl Counters {
@@ -162,6 +167,7 @@ impl Counters {
             recycled: l(&self.recycled),
             dropped_behind: l(&self.dropped_behind),
             mapped_loads: l(&self.mapped_loads),
+            copied_for_cost: l(&self.copied_for_cost),
             fresh_pages_ns_per_mib: 0,
         }
     }
