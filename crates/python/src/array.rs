@@ -375,6 +375,8 @@ impl Array {
             ("load_failures", s.load_failures),
             ("moved_loads", s.moved_loads),
             ("copied_for_cost", s.copied_for_cost),
+            ("donated", s.donated),
+            ("donor_zeros", s.donor_zeros),
             ("mapped_loads", s.mapped_loads),
             ("fresh_pages_ns_per_mib", s.fresh_pages_ns_per_mib),
         ] {

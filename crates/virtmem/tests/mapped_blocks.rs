@@ -372,3 +372,56 @@ fn read_write_mapped_blocks_pin_at_most_half_the_budget() {
         fh.stats()
     );
 }
+
+/// A read-write handle gives a stored block's pages to the next
+/// first-written hole (`fileh/donors.rs`): zeroed before the hole sees
+/// them, the stored block mapped back from its file on its next touch.
+#[test]
+fn stored_blocks_pages_become_the_next_holes_zeros() {
+    let n = 4u64;
+    let dir = tempfile::tempdir().unwrap();
+    let (_, f) = file(&dir, n);
+    let opts = Options {
+        reserve: (n + 4) * BS as u64,
+        budget: Some(64 * BS as u64),
+        readahead: false,
+        zero_copy: false,
+        map_files_writable: true,
+        ..Options::default()
+    };
+    let mut fh = FileH::open(f.clone() as Arc<dyn BigFile>, opts).unwrap();
+    if !fh.maps_writable() {
+        eprintln!("PAGEMAP_SCAN unavailable: blocks are not mapped read-write");
+        return;
+    }
+    // Block 4 is a hole (past the file's end): written whole, stored.
+    fh.bytes_mut(off(4)..off(5)).unwrap().fill(0xAB);
+    assert_eq!(fh.dirty_blocks(), vec![4]);
+    fh.writeout(Writeout::STORE | Writeout::MARKSTORED).unwrap();
+    let st = fh.stats();
+    if st.donated == 0 {
+        eprintln!("no huge pages moved here: nothing to donate ({st:?})");
+        return;
+    }
+    assert_eq!(st.donated, 1, "{st:?}");
+    assert!(!fh.is_resident(4), "its pages went to the donors");
+    // The next hole's first write gets them, zeroed.
+    fh.bytes_mut(off(5) + 10..off(5) + 11).unwrap()[0] = 1;
+    let st = fh.stats();
+    assert_eq!(st.donor_zeros, 1, "{st:?}");
+    let mut want = vec![0u8; BS];
+    want[10] = 1;
+    assert!(fh.bytes(off(5)..off(6)).unwrap()[..] == want[..]);
+    // The stored block maps back from the file, its bytes intact.
+    assert!(fh.bytes(off(4)..off(5)).unwrap().iter().all(|&b| b == 0xAB));
+    assert_eq!(fh.dirty_blocks(), vec![5]);
+    // Without donors left, a hole gets fresh zeros as before.
+    fh.bytes_mut(off(6)..off(6) + 1).unwrap()[0] = 2;
+    assert_eq!(fh.stats().donor_zeros, 1);
+    assert!(
+        fh.bytes(off(6)..off(7)).unwrap()[1..]
+            .iter()
+            .all(|&b| b == 0)
+    );
+    assert!(fh.load_errors().is_empty());
+}

@@ -283,7 +283,7 @@ impl Shared {
         // SAFETY: the block's range, Loading under this thread: accesses
         // wait, and then see zeros as before.
         let r = unsafe { self.map.dontneed(off, len) }.and_then(|()| {
-            if self.move_in_zeros(addr, len)? {
+            if self.zeros_from_donor(addr, len)? || self.move_in_zeros(addr, len)? {
                 return Ok(());
             }
             let mut z = self.holes.zeros.lock();

@@ -46,6 +46,7 @@ macro_rules! vtrace {
     };
 }
 
+mod donors;
 mod evict;
 mod fault;
 mod install_cost;
@@ -90,6 +91,8 @@ struct Shared {
     ra: Readahead,
     holes: Holes,
     zc: ZeroCopy,
+    /// Stored blocks' pages kept for first-written holes (see [`donors`]).
+    donors: Mutex<donors::Donors>,
     /// Map blocks from their file when it offers (see [`mapped`]).
     map_files: bool,
     /// Blocks of this handle mapped from their file now.
@@ -228,6 +231,7 @@ impl FileH {
                 zeros: Mutex::new(None),
             },
             zc: ZeroCopy::new(move_pm, opts.zero_copy),
+            donors: Mutex::new(donors::Donors::default()),
             map_files: opts.map_files,
             mapped_here: AtomicUsize::new(0),
             mapped_dropped: AtomicUsize::new(0),
@@ -486,7 +490,8 @@ impl Drop for FileH {
             })
             .count() as u64;
         sh.release_mapped_count();
-        sh.budget.sub(clean * sh.bs as u64 + sh.recycled_bytes());
+        sh.budget
+            .sub(clean * sh.bs as u64 + sh.recycled_bytes() + sh.donor_bytes());
     }
 }
 

@@ -159,6 +159,11 @@ impl FileH {
                         continue;
                     }
                     let (off, len) = sh.block_range(blk);
+                    if sh.donate_stored(sh.map.addr() + off, len) {
+                        st.blocks.remove(&blk);
+                        st.dirty.remove(&blk);
+                        continue;
+                    }
                     sh.uffd
                         .writeprotect(sh.map.addr() + off, len, true, false)
                         .map_err(|source| Error::Os {

@@ -130,6 +130,11 @@ pub struct Stats {
     /// because fresh huge pages were slow here (see
     /// [`fresh_pages_ns_per_mib`](Self::fresh_pages_ns_per_mib)).
     pub copied_for_cost: u64,
+    /// Stored blocks whose pages went to a first-written hole instead of
+    /// staying resident (read-write file mappings; see `fileh/donors.rs`).
+    pub donated: u64,
+    /// First-written holes given a donated block's pages, zeroed.
+    pub donor_zeros: u64,
     /// Moving average, ns per MiB, of giving a staging buffer fresh huge
     /// pages after its pages were moved into place (0: not measured); over
     /// 250 µs per MiB, loads into fresh memory copy instead of moving.
@@ -150,6 +155,8 @@ pub(super) struct Counters {
     pub(super) dropped_behind: AtomicU64,
     pub(super) mapped_loads: AtomicU64,
     pub(super) copied_for_cost: AtomicU64,
+    pub(super) donated: AtomicU64,
+    pub(super) donor_zeros: AtomicU64,
 }
 
 impl Counters {
@@ -168,6 +175,8 @@ impl Counters {
             dropped_behind: l(&self.dropped_behind),
             mapped_loads: l(&self.mapped_loads),
             copied_for_cost: l(&self.copied_for_cost),
+            donated: l(&self.donated),
+            donor_zeros: l(&self.donor_zeros),
             fresh_pages_ns_per_mib: 0,
         }
     }
