@@ -224,7 +224,7 @@ impl Reservation {
         if p as usize != at {
             return Err(io::Error::other("MAP_FIXED mapped elsewhere"));
         }
-        if len > 0 && !(self.in_page_cache(off) && self.in_page_cache(off + len - PAGE)) {
+        if len >= PAGE && !(self.in_page_cache(off) && self.in_page_cache(off + len - PAGE)) {
             // SAFETY: advice that starts reading the file's pages into the
             // page cache; it changes no content and maps nothing. Failure
             // only leaves the reads to the faults.
