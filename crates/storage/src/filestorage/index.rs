@@ -104,6 +104,9 @@ pub(super) struct Window<'f> {
     size: u64,
     buf: Vec<u8>,
     start: u64,
+    /// How long the last `get` spent reading the file (`None`: it was
+    /// served from the window).
+    pub(super) last_read: Option<std::time::Duration>,
 }
 
 const WINDOW: usize = 16 * 1024;
@@ -116,6 +119,7 @@ impl<'f> Window<'f> {
             size,
             buf: Vec::with_capacity(WINDOW),
             start: 0,
+            last_read: None,
         }
     }
 
@@ -127,6 +131,7 @@ impl<'f> Window<'f> {
             self.buf.resize(want, 0);
             // The file may shrink while we scan (another process aborting
             // its commit truncates it): a short read ends the window.
+            let t = std::time::Instant::now();
             let mut got = 0;
             while got < want {
                 match self.file.read_at(&mut self.buf[got..], pos + got as u64) {
@@ -136,8 +141,11 @@ impl<'f> Window<'f> {
                     Err(e) => return Err(Error::io(self.path, "read", e)),
                 }
             }
+            self.last_read = Some(t.elapsed());
             self.buf.truncate(got);
             self.start = pos;
+        } else {
+            self.last_read = None;
         }
         let off = (pos - self.start) as usize;
         let end = (off + n).min(self.buf.len());

@@ -38,7 +38,7 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, mpsc};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// When and how widely to prefetch.
 #[derive(Debug, Clone, Copy)]
@@ -167,11 +167,10 @@ fn walk_transactions(
     while pos < size && !stop.load(Ordering::Relaxed) {
         // The header's read also reads the first data header (the window
         // holds 16 KiB): its time tells a cold transaction.
-        let t = Instant::now();
         let Ok(Some(hb)) = w.get_arr::<23>(pos) else {
             return;
         };
-        let cold = !plan.skip_cached || t.elapsed() >= COLD_READ;
+        let cold = !plan.skip_cached || w.last_read.is_some_and(|d| d >= COLD_READ);
         let h = TxnHeader::parse(pos, &hb);
         let fits = h.tlen >= TXN_HDR_LEN && h.tlen <= size - pos && size - pos - h.tlen >= 8;
         if !fits {
