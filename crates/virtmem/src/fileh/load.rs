@@ -212,11 +212,11 @@ impl Shared {
                 .load(std::sync::atomic::Ordering::Relaxed)
                 > 0;
         let by_cost = recycling || self.zc.costs.prefer_move();
-        let can = self.movable(buf);
-        if can && !by_cost {
+        if !by_cost && self.zero_copy_on() {
             inc(&self.counters.copied_for_cost);
         }
-        let movable = by_cost && can;
+        // `movable` walks the buffer's pages: only when a move is wanted.
+        let movable = by_cost && self.movable(buf);
         self.load_with(blk, addr, len, ra, buf, movable)
     }
 
