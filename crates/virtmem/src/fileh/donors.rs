@@ -24,7 +24,6 @@
 //! stay resident as before.
 
 use crate::mapping::Staging;
-use crate::uffd;
 
 use super::Shared;
 use super::options::inc;
@@ -62,33 +61,13 @@ impl Shared {
         if kept.saturating_add(len as u64) > quarter {
             return false;
         }
-        let mut b = match self.donors.lock().empty.pop() {
-            Some(b) => b,
-            None => {
-                let Ok(b) = Staging::new(len) else {
-                    return false;
-                };
-                // SAFETY: a fresh buffer owned by the donors: registered for
-                // write-protection only (UFFDIO_MOVE needs its destination
-                // registered), only moved into while emptied and borrowed
-                // exclusively.
-                if unsafe { self.uffd.register(b.addr(), len, uffd::REGISTER_MODE_WP) }.is_err() {
-                    return false;
-                }
-                b
-            }
+        let popped = self.donors.lock().empty.pop();
+        let Some(mut b) = popped.or_else(|| self.move_target(len)) else {
+            return false;
         };
-        // Empty, page table freed: the block's huge pages move in whole.
-        let ok = b.clear().is_ok() && {
-            // SAFETY: `b` is borrowed exclusively and was just emptied; the
-            // source is a stored block under `&mut FileH` (no access races;
-            // the next touch loads the stored bytes again).
-            let (moved, why) = unsafe { self.uffd.move_pages(b.addr(), addr, len) };
-            if let Some(e) = &why {
-                vtrace!("T donating: UFFDIO_MOVE stopped after {moved} of {len} bytes: {e}");
-            }
-            moved == len
-        };
+        // SAFETY: the source is a stored block under `&mut FileH` (no access
+        // races; the next touch loads the stored bytes again).
+        let ok = unsafe { self.move_block_out(&mut b, addr, len) };
         let mut d = self.donors.lock();
         if ok {
             self.budget.add(len as u64);

@@ -346,6 +346,43 @@ impl Shared {
         Ok(true)
     }
 
+    /// A buffer of `len` bytes that pages can be moved into: registered
+    /// with the handle's userfaultfd (`UFFDIO_MOVE` requires it of its
+    /// destination) for write-protection only, so it faults like plain
+    /// memory. `None` if it cannot be made.
+    pub(super) fn move_target(&self, len: usize) -> Option<Staging> {
+        let b = Staging::new(len).ok()?;
+        // SAFETY: a fresh buffer owned by the caller: registered for
+        // write-protection only, never filled, only moved into while
+        // borrowed exclusively and emptied.
+        unsafe { self.uffd.register(b.addr(), len, uffd::REGISTER_MODE_WP) }.ok()?;
+        Some(b)
+    }
+
+    /// Empty `b` (a [`Self::move_target`] buffer) and move the block at
+    /// `addr` into it whole (its page table freed by the emptying, a huge
+    /// page moves as one). True if every byte moved; otherwise the pages
+    /// are split between the two.
+    ///
+    /// # Safety
+    ///
+    /// The block at `addr` has no access that may see its pages go: its
+    /// state keeps accesses waiting (or `&mut FileH` excludes them), and a
+    /// later access finds the same bytes where they are loaded from.
+    pub(super) unsafe fn move_block_out(&self, b: &mut Staging, addr: usize, len: usize) -> bool {
+        b.clear().is_ok() && {
+            // SAFETY: `b` is borrowed exclusively and was just emptied; the
+            // source may lose its pages (caller contract).
+            let (moved, why) = unsafe { self.uffd.move_pages(b.addr(), addr, len) };
+            if let Some(e) = &why {
+                vtrace!(
+                    "T moving a block out: UFFDIO_MOVE stopped after {moved} of {len} bytes: {e}"
+                );
+            }
+            moved == len
+        }
+    }
+
     /// Evict the block at `addr` by moving its pages into a recycling
     /// buffer (see [`Recycled`]). False if not done (zero-copy off, no free
     /// buffer, or the block is not made of whole huge pages, e.g. a marker
@@ -374,33 +411,18 @@ impl Shared {
             match pool.empty.pop() {
                 Some(b) => b,
                 None if pool.created < capacity => {
-                    let Ok(b) = Staging::new(len) else {
+                    let Some(b) = self.move_target(len) else {
                         return false;
                     };
-                    // SAFETY: a fresh buffer owned by the pool: registered
-                    // for write-protection only, never filled, only moved
-                    // into while borrowed exclusively and emptied.
-                    if unsafe { self.uffd.register(b.addr(), len, uffd::REGISTER_MODE_WP) }.is_err()
-                    {
-                        return false;
-                    }
                     pool.created += 1;
                     b
                 }
                 None => return false,
             }
         };
-        // Empty, page table freed: the block's huge page moves in whole.
-        let ok = b.clear().is_ok() && {
-            // SAFETY: `b` is borrowed exclusively and was just emptied; the
-            // source is a clean block being evicted (Evicting: accesses wait,
-            // then reload the same bytes).
-            let (moved, why) = unsafe { self.uffd.move_pages(b.addr(), addr, len) };
-            if let Some(e) = &why {
-                vtrace!("T recycling: UFFDIO_MOVE stopped after {moved} of {len} bytes: {e}");
-            }
-            moved == len
-        };
+        // SAFETY: the source is a clean block being evicted (Evicting:
+        // accesses wait, then reload the same bytes).
+        let ok = unsafe { self.move_block_out(&mut b, addr, len) };
         b.moved_out = !ok;
         if ok {
             inc(&self.counters.recycled);
