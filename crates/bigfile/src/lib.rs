@@ -58,7 +58,7 @@ pub mod zblk;
 pub use handle::{HandleOptions, ZBigFileH, views_held_by_this_thread};
 pub use objects::{ZBigFile, ZBlk0, ZBlk1, ZData};
 pub use reader::SnapshotFile;
-pub use stored::StoredBlock;
+pub use stored::{BlockTable, StoredBlock};
 pub use zblk::{ZBlkFormat, ZBlkKind};
 
 use storage::{Connection, Oid};

@@ -117,6 +117,32 @@ impl<'a> SnapshotFile<'a> {
         }
     }
 
+    /// The whole block table (blktab) at this snapshot, read in one walk
+    /// (see [`crate::stored::BlockTable`]).
+    pub fn block_table(&self) -> Result<crate::stored::BlockTable, Error> {
+        let items = self
+            .reader()
+            .int_ref_items(self.meta.blktab, &mut |_| {})
+            .map_err(|e| match e {
+                storage::Error::BadState { oid, msg } => Error::Block {
+                    file: self.oid,
+                    blk: 0,
+                    msg: format!("blktab node {oid}: {msg}"),
+                },
+                e => e.into(),
+            })?;
+        let mut refs = Vec::with_capacity(items.len());
+        for (k, zoid) in items {
+            let blk = u64::try_from(k).map_err(|_| Error::Block {
+                file: self.oid,
+                blk: 0,
+                msg: format!("blktab key {k} is negative"),
+            })?;
+            refs.push((blk, zoid));
+        }
+        Ok(crate::stored::BlockTable::new(self.at(), refs))
+    }
+
     fn err(&self, blk: u64, msg: impl Into<String>) -> Error {
         Error::Block {
             file: self.oid,

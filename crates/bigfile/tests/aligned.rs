@@ -68,3 +68,46 @@ fn zblk0_blocks_are_lent_in_place_from_aligned_offsets() {
         }
     }
 }
+
+/// What a block table (one walk of blktab) answers is what a lookup per
+/// block answers, holes included; a table of an older snapshot is not
+/// used for a newer one.
+#[test]
+fn a_block_table_lends_what_per_block_lookups_lend() {
+    let (_d, db) = new_db();
+    let f = with_file_of(&db, BS);
+    let tm = TransactionManager::new();
+    let c = db.open_connection(&tm).expect("conn");
+    let fh = ZBigFileH::open(&c, &tm, f, opts(ZBlkFormat::ZBlk0)).expect("fh");
+    // Blocks 0, 1, 3 and 5 written; 2 and 4 holes.
+    for blk in [0u64, 1, 3, 5] {
+        fh.write(blk * BS, &pattern(blk as usize, BS as usize))
+            .expect("write");
+    }
+    tm.commit().expect("commit");
+    let table = fh.block_table().expect("table");
+    assert_eq!(table.len(), 4);
+    for blk in 0..7u64 {
+        let one = fh.stored_block(blk).expect("stored");
+        let via = fh.stored_block_in(&table, blk).expect("stored in table");
+        match (&one, &via) {
+            (StoredBlock::Mapped(a), StoredBlock::Mapped(b)) => {
+                assert_eq!(a.data(), b.data(), "block {blk}");
+                assert_eq!(a.data(), &pattern(blk as usize, BS as usize)[..]);
+            }
+            (StoredBlock::Hole, StoredBlock::Hole) => {
+                assert!(table.zblk(blk).is_none(), "block {blk}");
+            }
+            _ => panic!("block {blk}: {one:?} against {via:?}"),
+        }
+    }
+    // Block 2 is written in a later transaction: the old table says hole,
+    // but it is not used at the handle's new snapshot.
+    fh.write(2 * BS, &pattern(2, BS as usize)).expect("write");
+    tm.commit().expect("commit");
+    assert!(table.zblk(2).is_none());
+    let StoredBlock::Mapped(rec) = fh.stored_block_in(&table, 2).expect("stored") else {
+        panic!("block 2 not lent after its commit");
+    };
+    assert_eq!(rec.data(), &pattern(2, BS as usize)[..]);
+}

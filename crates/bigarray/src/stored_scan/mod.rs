@@ -11,7 +11,10 @@
 //! drop-behind. Holes count as zeros without reading anything.
 //!
 //! The work is split by block, in parallel, the workers taking blocks in
-//! file order (one stream for the disk); each block's elements are
+//! file order; once the scan meets a block that is not in the page cache,
+//! one thread reads the file ahead of them in order and they sum what it
+//! has read ([`read_ahead`]: the kernel's read-ahead then sees the one
+//! sequential reader it is built for). Each block's elements are
 //! summed pairwise (eight lanes), so the sum stays within numpy's pairwise
 //! error bound. Stored bytes sit at any offset of the file: a block that is
 //! not aligned for its element type is summed with unaligned loads (an
@@ -20,23 +23,18 @@
 //! Measured on the 2-core VM (2 GiB f8, fresh process, page cache warm,
 //! `wendelin stat`): see the README's benchmark table (in-place vs loading).
 
+mod read_ahead;
+
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::reduce::{Acc, pairwise, pairwise_bytes};
 use crate::{Error, Real, ZBigArray};
 use bigfile::StoredBlock;
+use read_ahead::ReadAhead;
 
-/// How far ahead of the block being summed a scan starts reading a stored
-/// block in the background (`MADV_WILLNEED`, skipped when cached), for
-/// scans of a cold page cache. Measured on the VM's disk with a 28 GiB
-/// array (larger than RAM, caches dropped, paired runs against a cold
-/// numpy.memmap sum of the same file): 4 blocks ahead with the blocks split
-/// between threads by halves (two distant streams) 0.54-0.61x; 16 blocks
-/// ahead with the workers taking blocks in file order 0.77-1.03x; advising
-/// the 32 MiB that follow each block in the file instead of looking the
-/// block ahead up 0.64-0.81x.
-const READ_AHEAD: u64 = 16;
+/// The page size the reader ahead touches at (one read per page).
+const PAGE: usize = 4096;
 
 /// The statistics of consecutive blocks' `accs`, merged pairwise in a
 /// fixed tree (the same result whatever the thread count).
@@ -95,7 +93,6 @@ impl<T: Real> ZBigArray<T> {
         let fh: &virtmem::FileH = &h;
         let done = AtomicU64::new(0);
         let dropping = AtomicBool::new(false);
-        let cold = AtomicBool::new(false);
         // Workers take blocks in file order (one shared cursor), so the
         // scan reads the file front to back as one stream, as a cold disk
         // wants; each worker keeps its blocks' statistics by block number,
@@ -104,62 +101,85 @@ impl<T: Real> ZBigArray<T> {
         let next = AtomicU64::new(0);
         let nb = nblocks as u64;
         let workers = rayon::current_num_threads().max(1);
-        let taken = (0..workers)
-            .into_par_iter()
-            .map(|_| -> Result<Vec<(usize, Acc)>, Error> {
-                let mut mine = Vec::new();
-                loop {
-                    let blk = next.fetch_add(1, Ordering::Relaxed);
-                    if blk >= nb {
-                        return Ok(mine);
-                    }
-                    let b = blk as usize;
-                    let first = b * per_block;
-                    let n = per_block.min(len - first);
-                    let nbytes = n * size;
-                    let stored = if fh.is_resident(blk) {
-                        StoredBlock::Unavailable
-                    } else {
-                        self.file().stored_block(blk)?
-                    };
-                    // Keep the disk busy ahead of the scan once it met a
-                    // block that was not in the page cache (a warm scan
-                    // looks nothing up twice).
-                    if matches!(&stored, StoredBlock::Mapped(r) if !r.is_cached()) {
-                        cold.store(true, Ordering::Relaxed);
-                    }
-                    let ahead = blk + READ_AHEAD;
-                    if ahead < nb
-                        && cold.load(Ordering::Relaxed)
-                        && let Ok(StoredBlock::Mapped(r)) = self.file().stored_block(ahead)
-                    {
-                        r.will_need();
-                    }
-                    let acc = match stored {
-                        StoredBlock::Hole => zeros(n as u64),
-                        StoredBlock::Mapped(rec) if rec.data().len() % size == 0 => {
-                            let data = rec.data();
-                            let have = data.len().min(nbytes);
-                            let acc = Acc::merge(
-                                acc_of_bytes::<T>(&data[..have]),
-                                zeros(((nbytes - have) / size) as u64),
-                            );
-                            // The scan's resident set stays a few blocks.
-                            rec.release();
-                            acc
+        let ahead = ReadAhead::new(nb);
+        let table = self.file().block_table()?;
+        let scan = || {
+            (0..workers)
+                .into_par_iter()
+                .map(|_| -> Result<Vec<(usize, Acc)>, Error> {
+                    let mut mine = Vec::new();
+                    loop {
+                        let blk = next.fetch_add(1, Ordering::Relaxed);
+                        if blk >= nb {
+                            return Ok(mine);
                         }
-                        _ => {
-                            let loaded = self.load_for_scan(first..first + n)?;
-                            let acc = pairwise(&fh.view::<T>((first * size) as u64, n)?);
-                            fh.scan_done(&loaded, &dropping);
-                            acc
+                        let b = blk as usize;
+                        let first = b * per_block;
+                        let n = per_block.min(len - first);
+                        let nbytes = n * size;
+                        // Once the scan went cold, the reader ahead reads
+                        // each block first, its record's header included.
+                        ahead.wait_for(blk);
+                        let stored = if fh.is_resident(blk) {
+                            StoredBlock::Unavailable
+                        } else {
+                            self.file().stored_block_in(&table, blk)?
+                        };
+                        if let StoredBlock::Mapped(r) = &stored {
+                            if !r.is_cached() {
+                                ahead.cold_at(blk);
+                            }
+                            ahead.wait_for(blk);
                         }
-                    };
-                    mine.push((b, acc));
-                    progress(done.fetch_add(nbytes as u64, Ordering::Relaxed) + nbytes as u64);
+                        let acc = match stored {
+                            StoredBlock::Hole => zeros(n as u64),
+                            StoredBlock::Mapped(rec) if rec.data().len() % size == 0 => {
+                                let data = rec.data();
+                                let have = data.len().min(nbytes);
+                                let acc = Acc::merge(
+                                    acc_of_bytes::<T>(&data[..have]),
+                                    zeros(((nbytes - have) / size) as u64),
+                                );
+                                // The scan's resident set stays a few blocks.
+                                rec.release();
+                                acc
+                            }
+                            _ => {
+                                let loaded = self.load_for_scan(first..first + n)?;
+                                let acc = pairwise(&fh.view::<T>((first * size) as u64, n)?);
+                                fh.scan_done(&loaded, &dropping);
+                                acc
+                            }
+                        };
+                        mine.push((b, acc));
+                        progress(done.fetch_add(nbytes as u64, Ordering::Relaxed) + nbytes as u64);
+                    }
+                })
+                .collect::<Result<Vec<_>, Error>>()
+        };
+        // A cold scan's disk reads come from one thread (`read_ahead`).
+        let read = |blk: u64| {
+            if fh.is_resident(blk) {
+                return;
+            }
+            if let Ok(StoredBlock::Mapped(rec)) = self.file().stored_block_in(&table, blk) {
+                let data = rec.data();
+                for k in (0..data.len()).step_by(PAGE) {
+                    std::hint::black_box(data[k]);
                 }
-            })
-            .collect::<Result<Vec<_>, Error>>()?;
+            }
+        };
+        let taken = std::thread::scope(|s| {
+            let reader = std::thread::Builder::new()
+                .name("scan-read-ahead".into())
+                .spawn_scoped(s, || ahead.run(&next, read));
+            if reader.is_err() {
+                ahead.absent();
+            }
+            let taken = scan();
+            ahead.finish();
+            taken
+        })?;
         let mut accs = vec![Acc::EMPTY; nblocks];
         for (b, acc) in taken.into_iter().flatten() {
             if let Some(slot) = accs.get_mut(b) {
