@@ -57,6 +57,9 @@ pub(super) struct Index {
     pub(super) max_tid_seen: Tid,
     /// Largest oid in the index.
     pub(super) max_oid: Option<Oid>,
+    /// The tid of the last packed transaction (status `'p'`), `Tid::ZERO`
+    /// if none: the oldest complete snapshot.
+    pub(super) pack_horizon: Tid,
     /// Offset and kind of what follows the last complete transaction, if
     /// it is not a clean end.
     pub(super) tail: Option<(u64, Tail)>,
@@ -281,6 +284,9 @@ pub(super) fn scan_alone(file: &File, path: &Path, mut pos: u64, idx: &mut Index
                 idx.max_oid = Some(idx.max_oid.map_or(oid, |m| m.max(oid)));
             }
             idx.txns.push((h.tid, pos));
+            if h.status == STATUS_PACKED {
+                idx.pack_horizon = h.tid;
+            }
         }
         idx.last_tid = h.tid;
         idx.max_tid_seen = idx.max_tid_seen.max(h.tid);
