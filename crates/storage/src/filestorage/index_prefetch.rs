@@ -126,8 +126,10 @@ pub(super) struct Prefetched {
 /// requests of 1 MiB or less (254 segments of one 4 KiB page) where a
 /// clean file gets 4 MiB ones. Measured on the 2-core VM, a 28 GiB array
 /// after `drop_caches`, `wendelin stat --ram-budget 2GiB` against a
-/// numpy.memmap sum of the same Data.fs: with the pages kept, 30-65 k
-/// requests and 0.84-1.0x; given back, 23 k requests (see the README's
+/// numpy.memmap sum of the same Data.fs (7 600 requests): with the pages
+/// kept, 30 k requests advising blocks ahead and 60-65 k leaving the reads
+/// to the scan's faults; given back, and the scan's reads made by one
+/// reader ahead, 22.7 k, of which 15 k are the open's (see the README's
 /// larger-than-RAM note). These pages came from the disk (the transaction
 /// was cold), so giving them back leaves the page cache as it was before
 /// the open; a warm file starts no worker and gives back nothing.
