@@ -111,3 +111,22 @@ fn a_block_table_lends_what_per_block_lookups_lend() {
     };
     assert_eq!(rec.data(), &pattern(2, BS as usize)[..]);
 }
+
+/// A file created in this transaction has nothing stored: its block table
+/// is empty (not an error: the snapshot has no such object) and no block
+/// is lent.
+#[test]
+fn a_file_created_in_this_transaction_has_an_empty_block_table() {
+    let (_d, db) = new_db();
+    let tm = TransactionManager::new();
+    let c = db.open_connection(&tm).expect("conn");
+    let f = bigfile::create_file(&c, BS).expect("file");
+    let fh = ZBigFileH::open_new(&c, &tm, f, BS, opts(ZBlkFormat::ZBlk0)).expect("fh");
+    fh.write(0, &pattern(0, BS as usize)).expect("write");
+    let table = fh.block_table().expect("the table of a new file");
+    assert!(table.is_empty());
+    assert!(matches!(
+        fh.stored_block_in(&table, 0).expect("stored"),
+        StoredBlock::Unavailable
+    ));
+}

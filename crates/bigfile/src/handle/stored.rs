@@ -24,7 +24,14 @@ impl ZBigFileH {
     /// The file's block table at the handle's snapshot, read in one walk:
     /// for [`Self::stored_block_in`] over many blocks.
     pub fn block_table(&self) -> Result<BlockTable, Error> {
-        self.shared.backend.snapshot()?.block_table()
+        let b = &self.shared.backend;
+        if b.new_file.load(Ordering::Acquire) {
+            // Created in this transaction: nothing is stored yet (the
+            // snapshot has no such file) and no block is lent.
+            let at = storage::Tid(b.at.load(Ordering::Acquire));
+            return Ok(BlockTable::new(at, Vec::new()));
+        }
+        b.snapshot()?.block_table()
     }
 
     /// [`Self::stored_block`], the block's ZBlk found in `table` (from
