@@ -31,6 +31,10 @@
 //! Files with less than [`Plan::min_bytes`] left to scan are scanned alone,
 //! and a transaction whose header the walker reads from the page cache is
 //! left to the scan (a warm open starts no worker).
+//!
+//! Once the scan is done, the pages of the cold transactions are given back
+//! to the kernel ([`give_back`]): headers cached every 2 MiB would break the
+//! read-ahead of a later sequential read of the file.
 
 use super::format::{DATA_HDR_LEN, DataHeader, STATUS_UNDONE, TXN_HDR_LEN, TxnHeader};
 use super::index::Window;
