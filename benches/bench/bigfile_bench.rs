@@ -132,12 +132,8 @@ pub fn run(cfg: &Config, report: &mut Report) -> Result<(), String> {
         // Per the array's bytes (a ZBlk1 file holds more than them).
         Ok(s * total as f64 / flen as f64)
     };
-    let ([(p0, db0, f0), (p1, db1, f1)], true) = (
-        <[_; 2]>::try_from(written).map_err(|_| "two databases")?,
-        true,
-    ) else {
-        return Err("two databases".into());
-    };
+    let [(p0, db0, f0), (p1, db1, f1)] =
+        <[_; 2]>::try_from(written).map_err(|_| "two databases were written")?;
     let mut best = [f64::INFINITY; 5];
     for _ in 0..ROUNDS {
         best[0] = best[0].min(cold_read(&db0, f0, ZBlkFormat::ZBlk0, true)?);
