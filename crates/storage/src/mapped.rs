@@ -46,13 +46,6 @@ pub trait MappedBytes: Send + Sync {
         true
     }
 
-    /// Start reading `range` from the disk now, in the background (a scan
-    /// asks for the blocks ahead of it, so the disk stays busy while it
-    /// sums). Default: nothing.
-    fn will_need(&self, range: Range<usize>) {
-        let _ = range;
-    }
-
     /// The file this is a mapping of, from its offset 0 (byte `i` of
     /// [`bytes`](MappedBytes::bytes) is byte `i` of the file), for readers
     /// that map a range of it elsewhere themselves. Default: none.
@@ -97,12 +90,6 @@ impl MappedRecord {
     /// [`MappedBytes::cached`]).
     pub fn is_cached(&self) -> bool {
         self.map.cached(self.range.clone())
-    }
-
-    /// About to read this record: have its pages read in the background
-    /// (see [`MappedBytes::will_need`]).
-    pub fn will_need(&self) {
-        self.map.will_need(self.range.clone());
     }
 
     /// The file the record lies in and the file offset of its first byte

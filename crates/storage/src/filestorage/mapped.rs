@@ -84,23 +84,6 @@ impl MappedBytes for FileMap {
         start >= end || (self.page_cached(start) && self.page_cached((end - 1) / PAGE * PAGE))
     }
 
-    fn will_need(&self, range: std::ops::Range<usize>) {
-        // Cached already (the usual case): the advice would only walk the
-        // page cache.
-        if self.cached(range.clone()) {
-            return;
-        }
-        let start = range.start / PAGE * PAGE;
-        let end = range.end.min(self.valid());
-        if start >= end {
-            return;
-        }
-        // Advice only: failure costs nothing but speed.
-        let _ = self
-            .0
-            .advise_range(memmap2::Advice::WillNeed, start, end - start);
-    }
-
     fn populate(&self, range: std::ops::Range<usize>) {
         let start = range.start / PAGE * PAGE;
         let end = range.end.min(self.valid());
@@ -271,7 +254,6 @@ mod tests {
         assert_eq!(m.covering(&f, 100).expect("mapped").bytes().len(), 15_000);
         b.populate(0..1 << 30);
         b.release(0..1 << 30);
-        b.will_need(0..1 << 30);
         assert_eq!(b.bytes()[0], 7);
         // Another file (a pack's): mapped anew.
         let (_t2, g) = file_of(4_096);
