@@ -7,7 +7,8 @@ use crate::objects::{
     ZBigFile, ZBlkRecord, decode_zblk, decode_zdata, fast_payload, is_payload_tail, payload_layout,
 };
 use crate::zblk::{ZBlkKind, assemble_zblk0};
-use storage::btree::SnapshotReader;
+use std::sync::Arc;
+use storage::btree::{NodeCache, SnapshotReader};
 use storage::mapped::release_together;
 use storage::{GenericObject, MappedRecord, Oid, Snapshot, Storage, Tid, Value};
 
@@ -48,6 +49,9 @@ pub struct SnapshotFile<'a> {
     pub oid: Oid,
     /// Its state.
     pub meta: ZBigFile,
+    /// Decoded blktab nodes of this snapshot, shared with the other
+    /// lookups of the same handle and snapshot (see [`NodeCache`]).
+    nodes: Option<Arc<NodeCache>>,
 }
 
 impl<'a> SnapshotFile<'a> {
@@ -72,7 +76,12 @@ impl<'a> SnapshotFile<'a> {
                 ),
             });
         }
-        Ok(SnapshotFile { snap, oid, meta })
+        Ok(SnapshotFile {
+            snap,
+            oid,
+            meta,
+            nodes: None,
+        })
     }
 
     /// The file at another snapshot whose state is known to be `meta`
@@ -82,7 +91,17 @@ impl<'a> SnapshotFile<'a> {
             snap: Snapshot::new(storage, at),
             oid,
             meta,
+            nodes: None,
         }
+    }
+
+    /// Look blocks up through `nodes`, decoded blktab nodes kept for this
+    /// snapshot (a cache of another snapshot is not used).
+    pub fn with_node_cache(mut self, nodes: Arc<NodeCache>) -> Self {
+        if nodes.at() == self.snap.at {
+            self.nodes = Some(nodes);
+        }
+        self
     }
 
     /// The snapshot.
@@ -105,9 +124,13 @@ impl<'a> SnapshotFile<'a> {
     pub fn zblk_ref(&self, blk: u64, path: &mut Vec<Oid>) -> Result<Option<Oid>, Error> {
         let key =
             Value::Int(i64::try_from(blk).map_err(|_| self.err(blk, "block number too large"))?);
-        let v = self
-            .reader()
-            .get(self.meta.blktab, &key, &mut |o| path.push(o))?;
+        let mut visit = |o| path.push(o);
+        let v = match &self.nodes {
+            Some(nodes) => self
+                .reader()
+                .get_cached(self.meta.blktab, &key, &mut visit, nodes)?,
+            None => self.reader().get(self.meta.blktab, &key, &mut visit)?,
+        };
         match v {
             None => Ok(None),
             Some(v) => v

@@ -377,6 +377,8 @@ impl Array {
             ("copied_for_cost", s.copied_for_cost),
             ("donated", s.donated),
             ("donor_zeros", s.donor_zeros),
+            ("read_in_order", s.read_in_order),
+            ("dropped_behind", s.dropped_behind),
             ("mapped_loads", s.mapped_loads),
             ("fresh_pages_ns_per_mib", s.fresh_pages_ns_per_mib),
         ] {

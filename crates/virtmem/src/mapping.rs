@@ -17,6 +17,84 @@ pub const PAGE: usize = 4096;
 /// cache's pages of the whole window around it.
 pub const FAULT_AROUND: usize = 64 << 10;
 
+/// How [`Reservation::populate_file`] gets a file mapping's pages that the
+/// page cache lacks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileRead {
+    /// `MADV_WILLNEED` on the whole range, then a fault per window.
+    Background,
+    /// Every page touched in order, the caller being the one sequential
+    /// reader of the file (the kernel's read-ahead follows it).
+    InOrder,
+}
+
+/// Read `len` bytes of the file `fd` from offset `foff` into the page cache
+/// the way a sequential reader does ([`FileRead::InOrder`]), through a
+/// mapping of the range made for this and unmapped after: the pages stay
+/// cached, nothing stays mapped. A range whose first and last pages are
+/// cached already is left alone (`Ok(false)`); otherwise `wait` runs
+/// first (the caller waits for its turn to read).
+///
+/// # Safety
+///
+/// The file's bytes there lie within the file (a read past its end is a
+/// `SIGBUS`).
+pub unsafe fn read_file_pages(
+    fd: std::os::fd::BorrowedFd<'_>,
+    foff: u64,
+    len: usize,
+    wait: impl FnOnce(),
+) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    if len == 0 {
+        return Ok(false);
+    }
+    // mmap takes a page-aligned offset.
+    let lead = (foff % PAGE as u64) as usize;
+    let len = len
+        .checked_add(lead)
+        .ok_or_else(|| io::Error::other("length"))?;
+    let foff =
+        libc::off_t::try_from(foff - lead as u64).map_err(|_| io::Error::other("file offset"))?;
+    // SAFETY: a new private read-only mapping at an address of the kernel's
+    // choosing; it aliases nothing of ours.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE,
+            fd.as_raw_fd(),
+            foff,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    let cached = |at: usize| {
+        let mut v = 0u8;
+        // SAFETY: mincore writes one byte for one page of the mapping just
+        // made and reads no memory.
+        let rc = unsafe { libc::mincore((p as usize + at) as *mut libc::c_void, PAGE, &mut v) };
+        rc == 0 && v & 1 == 1
+    };
+    let read = !(cached(0) && cached((len - 1) & !(PAGE - 1)));
+    if read {
+        wait();
+        for k in (0..len).step_by(PAGE) {
+            // SAFETY: a read within the mapping just made, of file bytes that
+            // lie within the file (caller contract).
+            unsafe { std::ptr::read_volatile((p as *const u8).add(k)) };
+        }
+    }
+    // SAFETY: unmaps exactly the mapping made above, which nothing else
+    // references.
+    if unsafe { libc::munmap(p, len) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(read)
+}
+
 /// Plain-old-data element types that typed views may hold: every bit pattern
 /// is a valid value, there is no padding and no pointer.
 ///
@@ -158,29 +236,12 @@ impl Reservation {
 
     /// Map `len` bytes of the file `fd` from offset `foff` (page-aligned)
     /// over `[off, off+len)` (`MAP_FIXED | MAP_PRIVATE`): the page cache's
-    /// pages, no copy. The pages are mapped in by reading one byte per
-    /// [`FAULT_AROUND`] window: each such fault maps the whole window in one
-    /// batch (the kernel's fault-around). `MAP_POPULATE` (or
-    /// `MADV_POPULATE_READ`) walks all 512 pages of a block one by one
-    /// (`get_user_pages`), a quarter of a two-reader scan's CPU time on the
-    /// 2-core VM. Measured there, 2 GiB of f64 summed through views
-    /// (`examples/viewprof.rs`) and Python's `np.asarray(A).sum()` on a
-    /// snapshot, interleaved runs:
-    ///
-    /// | populate | 2 readers | 1 reader | Python |
-    /// |---|---|---|---|
-    /// | `MAP_POPULATE` | 5.9-6.6 GB/s | 5.4-6.7 GB/s | 0.34-0.39 s |
-    /// | none (readers fault) | 7.0-10.2 GB/s | 5.8-7.0 GB/s | 0.40-0.45 s |
-    /// | a read per window | 8.1-9.1 GB/s | 6.5-7.3 GB/s | 0.32-0.35 s |
-    ///
-    /// A range whose first or last page is not in the page cache is first
-    /// read ahead in the background (`MADV_WILLNEED`: the whole block in
-    /// one request rather than the fault's read-around). `writable`: `PROT_READ |
-    /// PROT_WRITE`, a write copies the page into private anonymous memory
-    /// (copy-on-write, found by [`Pagemap::copied_on_write`]) and the file
-    /// is never written; otherwise `PROT_READ`. The range then belongs to a
-    /// file mapping, which the userfaultfd does not watch, until
-    /// [`Self::unmap_file`].
+    /// pages, no copy. Nothing is mapped in yet: [`Self::populate_file`]
+    /// does that. `writable`: `PROT_READ | PROT_WRITE`, a write copies the
+    /// page into private anonymous memory (copy-on-write, found by
+    /// [`Pagemap::copied_on_write`]) and the file is never written;
+    /// otherwise `PROT_READ`. The range then belongs to a file mapping,
+    /// which the userfaultfd does not watch, until [`Self::unmap_file`].
     ///
     /// # Safety
     ///
@@ -224,22 +285,70 @@ impl Reservation {
         if p as usize != at {
             return Err(io::Error::other("MAP_FIXED mapped elsewhere"));
         }
-        if len >= PAGE && !(self.in_page_cache(off) && self.in_page_cache(off + len - PAGE)) {
-            // SAFETY: advice that starts reading the file's pages into the
-            // page cache; it changes no content and maps nothing. Failure
-            // only leaves the reads to the faults.
-            let _ = unsafe { self.mem.madvise(off, len, libc::MADV_WILLNEED) };
-        }
-        // One read per fault-around window: each fault maps the window's
-        // pages in one batch (see the method's documentation).
-        for k in (0..len).step_by(FAULT_AROUND) {
+        Ok(())
+    }
+
+    /// Whether the first and the last page of `[off, off+len)`, a file
+    /// mapping's, are in the page cache (`mincore`).
+    pub fn file_pages_cached(&self, off: usize, len: usize) -> bool {
+        len < PAGE || (self.in_page_cache(off) && self.in_page_cache(off + len - PAGE))
+    }
+
+    /// Map in the pages of `[off, off+len)`, mapped by [`Self::map_file`],
+    /// reading from the file those the page cache lacks.
+    ///
+    /// [`FileRead::Background`]: a range whose first or last page is not
+    /// cached is first read ahead in the background (`MADV_WILLNEED`: the
+    /// whole range in one go rather than the fault's read-around), then
+    /// the pages are mapped in by reading one byte per [`FAULT_AROUND`]
+    /// window: each such fault maps the whole window in one batch (the
+    /// kernel's fault-around). `MAP_POPULATE` (or `MADV_POPULATE_READ`)
+    /// walks all 512 pages of a block one by one (`get_user_pages`), a
+    /// quarter of a two-reader scan's CPU time on the 2-core VM. Measured
+    /// there, 2 GiB of f64 summed through views (`examples/viewprof.rs`)
+    /// and Python's `np.asarray(A).sum()` on a snapshot, interleaved runs:
+    ///
+    /// | populate | 2 readers | 1 reader | Python |
+    /// |---|---|---|---|
+    /// | `MAP_POPULATE` | 5.9-6.6 GB/s | 5.4-6.7 GB/s | 0.34-0.39 s |
+    /// | none (readers fault) | 7.0-10.2 GB/s | 5.8-7.0 GB/s | 0.40-0.45 s |
+    /// | a read per window | 8.1-9.1 GB/s | 6.5-7.3 GB/s | 0.32-0.35 s |
+    ///
+    /// [`FileRead::InOrder`]: no advice, one byte read per page, as a
+    /// sequential reader of the file reads it: the kernel's own read-ahead
+    /// then reads ahead of this thread into large folios. `MADV_WILLNEED`
+    /// reads into 4 KiB folios, whose disk requests stop at 1 MiB (a
+    /// request takes 254 segments on the development VM's disk), where the
+    /// read-ahead of a sequential reader sends 4 MiB. Every page, not every
+    /// window: fault-around skips the folio that carries the read-ahead
+    /// mark, and only a fault on it starts the next asynchronous window.
+    ///
+    /// # Safety
+    ///
+    /// The range was mapped by [`Self::map_file`] (the same contract: the
+    /// file's bytes there lie within the file).
+    pub unsafe fn populate_file(&self, off: usize, len: usize, read: FileRead) {
+        debug_assert!(off.checked_add(len).is_some_and(|e| e <= self.len()));
+        let at = self.addr() + off;
+        let step = match read {
+            FileRead::Background => {
+                if !self.file_pages_cached(off, len) {
+                    // SAFETY: advice that starts reading the file's pages
+                    // into the page cache; it changes no content and maps
+                    // nothing. Failure only leaves the reads to the faults.
+                    let _ = unsafe { self.mem.madvise(off, len, libc::MADV_WILLNEED) };
+                }
+                FAULT_AROUND
+            }
+            FileRead::InOrder => PAGE,
+        };
+        for k in (0..len).step_by(step) {
             // SAFETY: a read of our own mapping of the file's pages, which
             // lie within the file (caller contract); reading changes
             // nothing, and a writable private mapping is faulted in for
             // reading (its pages stay the page cache's until written).
             unsafe { std::ptr::read_volatile((at + k) as *const u8) };
         }
-        Ok(())
     }
 
     /// Whether the page at `off` (a file mapping's) is in the page cache

@@ -102,6 +102,66 @@ fn a_scan_maps_blocks_and_keeps_within_the_budget() {
     assert!(fh.load_errors().is_empty());
 }
 
+/// How many of the first `len` bytes' pages of `f` are in the page cache
+/// (`mincore` through a mapping made for this: it reads nothing).
+fn pages_cached(f: &std::fs::File, len: usize) -> usize {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a new private read-only mapping of our own file, at an
+    // address of the kernel's choosing, never read, unmapped below.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED);
+    let mut v = vec![0u8; len.div_ceil(4096)];
+    // SAFETY: one byte per page of the mapping just made, into `v`.
+    let rc = unsafe { libc::mincore(p, len, v.as_mut_ptr()) };
+    // SAFETY: exactly the mapping made above.
+    unsafe { libc::munmap(p, len) };
+    assert_eq!(rc, 0);
+    v.iter().filter(|&&b| b & 1 == 1).count()
+}
+
+#[test]
+fn a_cold_file_is_read_ahead_in_order_and_reads_exact() {
+    use std::os::fd::AsRawFd;
+    // On the crate's own file system: /tmp may be tmpfs, whose pages
+    // cannot be dropped.
+    let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+    let n = 48u64;
+    let (_, f) = file(&dir, n);
+    f.file().sync_all().unwrap();
+    // SAFETY: advice on our own open file; it changes no content.
+    let rc = unsafe { libc::posix_fadvise(f.file().as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(rc, 0);
+    if pages_cached(f.file(), off(n) as usize) > 0 {
+        eprintln!("the file's pages stay cached here: no cold read to test");
+        return;
+    }
+    let fh = open(&f, n, 16, true);
+    if !fh.zero_copy() {
+        eprintln!("zero-copy unavailable here: blocks are not mapped");
+        return;
+    }
+    scan_within_budget(&fh, n, 16);
+    let st = fh.stats();
+    // Read-ahead found the file cold and read it in turn.
+    assert!(st.read_in_order > 0, "{st:?}");
+    assert!(st.mapped_loads > 0, "{st:?}");
+    assert!(fh.load_errors().is_empty());
+    // Read again, backwards, from what the first pass left cached.
+    for b in (0..n).rev() {
+        let v = fh.bytes(off(b)..off(b + 1)).unwrap();
+        assert!(v[..] == pat(b)[..], "block {b} again");
+    }
+}
+
 #[test]
 fn a_mutable_view_unmaps_and_writes_are_tracked() {
     let n = 6u64;

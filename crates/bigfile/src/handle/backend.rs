@@ -39,6 +39,9 @@ pub(super) struct Backend {
     pub(super) compared: Mutex<super::compared::Compared>,
     /// The file object's state and the snapshot it was read at.
     pub(super) meta: Mutex<Option<(Tid, crate::objects::ZBigFile)>>,
+    /// Decoded blktab nodes of the handle's snapshot (replaced when the
+    /// snapshot moves).
+    pub(super) nodes: Mutex<Option<Arc<storage::btree::NodeCache>>>,
     /// Blocks of the current transaction spilled to a temporary file.
     pub(super) spill: Mutex<Spill>,
     /// The file object was created in this transaction and is not in the
@@ -69,14 +72,26 @@ impl Backend {
     pub(super) fn snapshot(&self) -> Result<SnapshotFile<'_>, crate::Error> {
         let at = Tid(self.at.load(Ordering::Acquire));
         let cached = self.meta.lock().clone().filter(|(t, _)| *t == at);
-        Ok(match cached {
+        let sf = match cached {
             Some((_, m)) => SnapshotFile::with_meta(self.storage.as_ref(), at, self.file, m),
             None => {
                 let sf = SnapshotFile::open(self.storage.as_ref(), at, self.file)?;
                 *self.meta.lock() = Some((at, sf.meta.clone()));
                 sf
             }
-        })
+        };
+        let nodes = {
+            let mut n = self.nodes.lock();
+            match &*n {
+                Some(c) if c.at() == at => c.clone(),
+                _ => {
+                    let c = Arc::new(storage::btree::NodeCache::new(at));
+                    *n = Some(c.clone());
+                    c
+                }
+            }
+        };
+        Ok(sf.with_node_cache(nodes))
     }
 
     pub(super) fn is_cut(&self, blk: u64) -> bool {

@@ -69,6 +69,9 @@ impl Backend {
         };
         deps.path.push(self.file);
         self.deps.lock().record(blk, deps);
+        // virtmem maps the payload from the file itself: what reading the
+        // header mapped here is not kept.
+        rec.release_with_folios();
         Ok(Some(Box::new(MappableRecord { rec, offset })))
     }
 }

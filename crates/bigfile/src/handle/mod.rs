@@ -195,6 +195,7 @@ impl ZBigFileH {
             scratch: Mutex::new(Vec::new()),
             compared: Mutex::new(Default::default()),
             meta: Mutex::new(None),
+            nodes: Mutex::new(None),
             spill: Mutex::new(Spill::default()),
             new_file: AtomicBool::new(new_file),
             new_holes: Mutex::new(BTreeSet::new()),

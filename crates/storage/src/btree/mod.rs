@@ -17,6 +17,7 @@
 //! - this file: the [`BTree`] handle and lookups through a connection;
 //! - `write`: insert and remove, with Python's splits;
 //! - `read`: [`SnapshotReader`], lookups straight from a storage snapshot;
+//! - `node_cache`: [`NodeCache`], decoded nodes kept for one snapshot;
 //! - `int_refs`: int -> reference trees (chunk tables) read without value trees;
 //! - `conflict`: [`BTreeResolver`], the three-way bucket merge.
 
@@ -24,6 +25,7 @@ mod conflict;
 mod family;
 mod int_refs;
 mod node;
+mod node_cache;
 mod read;
 mod write;
 
@@ -31,6 +33,7 @@ pub use conflict::{BTreeResolver, resolve_conflict};
 pub use family::{Family, IO, KeyKind, LO, OO, family_of, key_cmp};
 pub use int_refs::{IntRefBucket, parse_bucket};
 pub use node::{Bucket, TreeNode, TreeState};
+pub use node_cache::NodeCache;
 pub use read::SnapshotReader;
 
 use crate::db::Connection;

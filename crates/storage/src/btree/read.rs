@@ -11,6 +11,7 @@
 //! bounded, so a corrupt (cyclic) tree is an error, not a hang.
 
 use super::node::{Bucket, TreeNode, TreeState, child_index, search};
+use super::node_cache::NodeCache;
 use crate::error::{Error, Result};
 use crate::ids::Oid;
 use crate::persistent::PersistentClass;
@@ -50,6 +51,45 @@ impl<'a> SnapshotReader<'a> {
                     if is_bucket {
                         visit(c);
                         let b: Bucket = self.load(c)?;
+                        return Ok(search(&b.items, key)?.ok().map(|i| b.items[i].1.clone()));
+                    }
+                    oid = c;
+                }
+            }
+        }
+        Err(Error::BadState {
+            oid: root,
+            msg: "tree deeper than 64 levels (cycle?)".into(),
+        })
+    }
+
+    /// [`Self::get`], its nodes taken from `cache` (decoded once per
+    /// snapshot, see [`NodeCache`]) when the cache is of this reader's
+    /// snapshot; the same nodes are visited.
+    pub fn get_cached(
+        &self,
+        root: Oid,
+        key: &Value,
+        visit: &mut dyn FnMut(Oid),
+        cache: &NodeCache,
+    ) -> Result<Option<Value>> {
+        if cache.at() != self.snapshot.at {
+            return self.get(root, key, visit);
+        }
+        let mut oid = root;
+        for _ in 0..64 {
+            visit(oid);
+            let n = cache.tree(&self.snapshot, oid)?;
+            match &n.state {
+                TreeState::Empty => return Ok(None),
+                TreeState::Inline(items) => {
+                    return Ok(search(items, key)?.ok().map(|i| items[i].1.clone()));
+                }
+                TreeState::General { children, keys, .. } => {
+                    let (c, is_bucket) = children[child_index(keys, key)?];
+                    if is_bucket {
+                        visit(c);
+                        let b = cache.bucket(&self.snapshot, c)?;
                         return Ok(search(&b.items, key)?.ok().map(|i| b.items[i].1.clone()));
                     }
                     oid = c;

@@ -274,4 +274,41 @@ mod tests {
         a.populate(8192..16384);
         assert!(fm.page_mapped(8192), "populated");
     }
+
+    #[test]
+    fn a_record_released_with_its_folios_leaves_nothing_mapped_around_it() {
+        use crate::mapped::{LARGE_FOLIO, MappedRecord};
+        const MIB: usize = 1 << 20;
+        let len = 12 * MIB;
+        let (_t, f) = file_of(len);
+        let m = Mapping::default();
+        let a = m.covering(&f, len).expect("mapped");
+        let fm = m.current.lock().clone().expect("current");
+        a.populate(0..len);
+        let pages = [
+            0,
+            2 * MIB,
+            3 * MIB + 8192,
+            5 * MIB,
+            7 * MIB,
+            9 * MIB,
+            11 * MIB,
+        ];
+        assert!(pages.iter().all(|&p| fm.page_mapped(p)), "all populated");
+        // A record from 4 MiB + 100 to 6 MiB - 100, as a block's header
+        // read would leave it: its pages and the folios around it mapped.
+        let rec = MappedRecord::new(a.clone(), 4 * MIB + 100..6 * MIB - 100, crate::Tid(1))
+            .expect("in range");
+        rec.release_with_folios();
+        for p in [2 * MIB + 4096, 3 * MIB + 8192, 5 * MIB, 7 * MIB] {
+            assert!(!fm.page_mapped(p), "page at {p} released");
+        }
+        // Beyond a large folio on either side: left alone.
+        const { assert!(4 * MIB + 100 - LARGE_FOLIO > 2 * MIB) };
+        for p in [0, MIB, 9 * MIB, 11 * MIB] {
+            assert!(fm.page_mapped(p), "page at {p} kept");
+        }
+        // Still readable: the same bytes fault in again.
+        assert!(rec.data().iter().all(|&b| b == 7));
+    }
 }

@@ -86,9 +86,14 @@ impl Shared {
                 }
             }
             if ra_worker && self.ra.wakeup.read().is_ok() {
-                let job = self.ra.queue.lock().pop_front();
-                if let Some((blk, dir)) = job {
-                    self.readahead_job(blk, dir, &mut staging);
+                // The ticket is taken under the queue's lock: tickets follow
+                // the queue (`read_order`).
+                let job = {
+                    let mut q = self.ra.queue.lock();
+                    q.pop_front().map(|j| (j, self.ra.order.ticket()))
+                };
+                if let Some(((blk, dir), turn)) = job {
+                    self.readahead_job(blk, dir, turn, &mut staging);
                     self.refill_staging(&mut staging);
                 }
                 continue;
@@ -239,7 +244,7 @@ impl Shared {
             Action::Load => {
                 inc(&self.counters.loads);
                 // Errors are recorded, logged and poisoned inside.
-                let _ = self.load_and_map(blk, None, false, staging);
+                let _ = self.load_and_map(blk, None, false, staging, None);
                 Ok(())
             }
             Action::MakeDirty(mk) => self.unprotect(block_addr, mk),

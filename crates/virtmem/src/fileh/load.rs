@@ -26,6 +26,7 @@ use crate::uffd::Fill;
 use super::Shared;
 use super::fault::Action;
 use super::options::inc;
+use super::read_order::Turn;
 use super::state::{Block, Marker};
 
 /// How holes are mapped.
@@ -48,23 +49,33 @@ impl Shared {
     /// Load block `blk` (state Loading, owned by the caller) and map it.
     /// `ra`: a read-ahead load in direction `dir` (hold back a marker
     /// page). `checked`: the caller returns a failure as a value (prefetch),
-    /// so it is not announced as a SIGBUS to come.
+    /// so it is not announced as a SIGBUS to come. `turn`: a read-ahead
+    /// job's ticket: a block mapped from its file is read in turn
+    /// ([`super::read_order`]).
     pub(super) fn load_and_map(
         &self,
         blk: u64,
         ra: Option<i8>,
         checked: bool,
         staging: &mut Option<Staging>,
+        mut turn: Option<&mut Turn<'_>>,
     ) -> Result<()> {
         let (off, len) = self.block_range(blk);
         let addr = self.map.addr() + off;
         if self.map_files && (self.zero_copy_on() || self.rw_scan.is_some()) {
             if self.skip_mapped_marker(blk, ra, checked) {
+                if let Some(t) = turn {
+                    self.read_marker_in_turn(blk, t);
+                }
                 return Ok(());
             }
-            if self.load_mapped(blk, addr, len)? {
+            if self.load_mapped(blk, addr, len, turn.as_deref_mut())? {
                 return self.finish_mapped(blk, addr, len);
             }
+        }
+        // Loads that copy are not ordered.
+        if let Some(t) = turn {
+            t.finish();
         }
         let r = self.load_into_place(blk, addr, len, ra, staging);
         let (hole, marker, written) = match r {

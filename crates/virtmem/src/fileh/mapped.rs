@@ -56,10 +56,12 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::error::Result;
+use crate::mapping::FileRead;
 use crate::uffd;
 
 use super::Shared;
 use super::options::inc;
+use super::read_order::Turn;
 use super::state::Block;
 
 /// Blocks mapped from files at once, per process: a mapping each, and the
@@ -76,7 +78,16 @@ impl Shared {
     /// (read-only mapping), or read-write within the pinned half of the
     /// budget ([`super::mapped_rw`]). `Ok(false)`: not mapped, load it the
     /// ordinary way.
-    pub(super) fn load_mapped(&self, blk: u64, addr: usize, len: usize) -> Result<bool> {
+    /// A read-ahead job (`turn`) that maps a block the page cache lacks
+    /// reads its pages in turn ([`super::read_order`]); other loads advise
+    /// `MADV_WILLNEED` and read in the background.
+    pub(super) fn load_mapped(
+        &self,
+        blk: u64,
+        addr: usize,
+        len: usize,
+        turn: Option<&mut Turn<'_>>,
+    ) -> Result<bool> {
         let rw = self.rw_scan.is_some();
         if !self.map_files || !(rw || self.zero_copy_on()) {
             return Ok(false);
@@ -113,15 +124,13 @@ impl Shared {
             unpin();
             return Ok(false);
         }
+        let off = addr - self.map.addr();
         // SAFETY: the block's range in our reservation, Loading under this
         // thread: no page, its accesses wait for the handler; read-only: no
         // mutable view exists (checked under the gate, which a mutable view
         // takes exclusively); the file's bytes there never change (the
         // `map_block` contract).
-        let r = unsafe {
-            self.map
-                .map_file(addr - self.map.addr(), len, fd, m.offset(), rw)
-        };
+        let r = unsafe { self.map.map_file(off, len, fd, m.offset(), rw) };
         if let Err(e) = r {
             MAPPED.fetch_sub(1, Ordering::Relaxed);
             unpin();
@@ -135,9 +144,70 @@ impl Shared {
             // poisoned: an access gets SIGBUS, never wrong bytes.
             return Ok(false);
         }
+        // Once cold, read-ahead stays in order: pages the kernel's own
+        // read-ahead has in flight count as cached, and a job that took
+        // them for a warm block would break the stream it feeds on.
+        let cold = turn.is_some()
+            && (self.ra.cold.load(Ordering::Relaxed) || !self.map.file_pages_cached(off, len));
+        if cold {
+            self.ra.cold.store(true, Ordering::Relaxed);
+        }
+        let read = match turn {
+            Some(t) if cold => {
+                if !t.wait() {
+                    vtrace!("T blk {blk}: the earlier read-ahead jobs are late; reading anyway");
+                }
+                Some(t)
+            }
+            t => {
+                if let Some(t) = t {
+                    t.finish();
+                }
+                None
+            }
+        };
+        let how = if read.is_some() {
+            FileRead::InOrder
+        } else {
+            FileRead::Background
+        };
+        // SAFETY: the range just mapped from the file (same contract).
+        unsafe { self.map.populate_file(off, len, how) };
+        if let Some(t) = read {
+            t.finish();
+            inc(&self.counters.read_in_order);
+        }
         self.mapped_here.fetch_add(1, Ordering::Relaxed);
         inc(&self.counters.mapped_loads);
         Ok(true)
+    }
+
+    /// A read-ahead marker block left unmapped ([`Self::skip_mapped_marker`])
+    /// whose pages the page cache lacks: read them in this job's turn, so
+    /// that the file is read without a hole ([`super::read_order`]); the
+    /// reader's touch then maps cached pages.
+    pub(super) fn read_marker_in_turn(&self, blk: u64, turn: &mut Turn<'_>) {
+        if let Ok(Some(m)) = self.file.map_block(blk)
+            && let Some(fd) = m.fd()
+        {
+            let (_, len) = self.block_range(blk);
+            let wait = || {
+                if !turn.wait() {
+                    vtrace!("T marker blk {blk}: the earlier read-ahead jobs are late");
+                }
+            };
+            // SAFETY: the file's bytes of a block it offers to map lie
+            // within the file (the `map_block` contract).
+            match unsafe { crate::mapping::read_file_pages(fd, m.offset(), len, wait) } {
+                Ok(true) => {
+                    self.ra.cold.store(true, Ordering::Relaxed);
+                    inc(&self.counters.read_in_order);
+                }
+                Ok(false) => {}
+                Err(e) => vtrace!("T reading the pages of marker blk {blk}: {e}"),
+            }
+        }
+        turn.finish();
     }
 
     /// Put registered anonymous memory back over the mapped block at

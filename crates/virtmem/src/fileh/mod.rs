@@ -56,6 +56,7 @@ mod mapped_rw;
 mod ops;
 mod options;
 mod overwrite;
+mod read_order;
 mod readahead;
 mod state;
 mod view;
@@ -221,6 +222,8 @@ impl FileH {
                 window: ra_window,
                 queue: Mutex::new(VecDeque::new()),
                 wakeup,
+                order: read_order::ReadOrder::new(),
+                cold: std::sync::atomic::AtomicBool::new(false),
             },
             holes: Holes {
                 pagemap: if opts.zero_page_holes {

@@ -112,7 +112,7 @@ impl FileH {
                 }
             }
             inc(&sh.counters.loads);
-            match sh.load_and_map(blk, None, true, &mut staging) {
+            match sh.load_and_map(blk, None, true, &mut staging, None) {
                 Ok(()) => loaded.push(blk),
                 Err(e) => {
                     if first_err.is_none() {

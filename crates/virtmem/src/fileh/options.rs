@@ -135,6 +135,9 @@ pub struct Stats {
     pub donated: u64,
     /// First-written holes given a donated block's pages, zeroed.
     pub donor_zeros: u64,
+    /// Blocks read ahead from a cold file in turn, one reader after
+    /// another in file order (see `fileh/read_order.rs`).
+    pub read_in_order: u64,
     /// Moving average, ns per MiB, of giving a staging buffer fresh huge
     /// pages after its pages were moved into place (0: not measured); over
     /// 250 µs per MiB, loads into fresh memory copy instead of moving.
@@ -157,6 +160,7 @@ pub(super) struct Counters {
     pub(super) copied_for_cost: AtomicU64,
     pub(super) donated: AtomicU64,
     pub(super) donor_zeros: AtomicU64,
+    pub(super) read_in_order: AtomicU64,
 }
 
 impl Counters {
@@ -177,6 +181,7 @@ impl Counters {
             copied_for_cost: l(&self.copied_for_cost),
             donated: l(&self.donated),
             donor_zeros: l(&self.donor_zeros),
+            read_in_order: l(&self.read_in_order),
             fresh_pages_ns_per_mib: 0,
         }
     }

@@ -33,6 +33,7 @@ use crate::mapping::Staging;
 
 use super::Shared;
 use super::options::inc;
+use super::read_order::{ReadOrder, Turn};
 use super::state::{Block, State};
 
 /// One sequential access stream (a reader walking blocks).
@@ -85,6 +86,11 @@ pub(super) struct Readahead {
     pub(super) queue: Mutex<VecDeque<(u64, i8)>>,
     /// Read-ahead jobs queued (semaphore counter).
     pub(super) wakeup: EventFd,
+    /// The order in which jobs read a cold file ([`super::read_order`]).
+    pub(super) order: ReadOrder,
+    /// A job that mapped a block found it cold: from then on jobs run in
+    /// turn from their start, block lookups included.
+    pub(super) cold: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -229,7 +235,14 @@ impl Shared {
         let _ = self.ra.wakeup.write(n);
     }
 
-    pub(super) fn readahead_job(&self, blk: u64, dir: i8, staging: &mut Option<Staging>) {
+    /// Run read-ahead job `blk` (ticket `turn`, see [`super::read_order`]).
+    pub(super) fn readahead_job(
+        &self,
+        blk: u64,
+        dir: i8,
+        mut turn: Turn<'_>,
+        staging: &mut Option<Staging>,
+    ) {
         {
             let mut st = self.st.lock();
             vtrace!(
@@ -247,6 +260,13 @@ impl Shared {
             st.stream_loaded.insert(blk);
         }
         inc(&self.counters.readahead_loads);
-        let _ = self.load_and_map(blk, Some(dir), false, staging);
+        // A cold stream: the whole job in turn, the lookup of the block's
+        // record (a read of its header) and the mapping too, so that the
+        // file is read in order and the reader never meets a block mapped
+        // but not read yet.
+        if self.ra.cold.load(Ordering::Relaxed) && !turn.wait() {
+            vtrace!("T readahead blk {blk}: the earlier jobs are late");
+        }
+        let _ = self.load_and_map(blk, Some(dir), false, staging, Some(&mut turn));
     }
 }

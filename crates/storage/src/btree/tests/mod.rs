@@ -388,4 +388,79 @@ fn bucket_conflict_resolution_follows_python_rules() {
     assert!(resolve_conflict(Oid(1), &pm, &pm, &pm).is_err());
 }
 
+#[test]
+fn cached_lookups_find_and_visit_what_plain_lookups_do() {
+    let (_d, db) = new_db();
+    let tm = TransactionManager::new();
+    let c = db.open_connection(&tm).expect("conn");
+    let t = BTree::create(&c, &LO).expect("tree");
+    // Three levels (root, interior nodes, buckets), every other key.
+    for k in 0..40_000 {
+        t.insert(&c, int(2 * k), int(k + 1000)).expect("insert");
+    }
+    tm.commit().expect("commit");
+    let storage = db.storage().as_ref();
+    let at = storage.last_tid();
+    let reader = SnapshotReader::new(crate::snapshot::Snapshot::new(storage, at));
+    let cache = NodeCache::new(at);
+    for k in (0..80_000)
+        .step_by(97)
+        .chain([0, 1, 79_998, 79_999, 80_000, -1])
+    {
+        let (mut plain, mut cached) = (Vec::new(), Vec::new());
+        let want = reader
+            .get(t.oid, &int(k), &mut |o| plain.push(o))
+            .expect("get");
+        let got = reader
+            .get_cached(t.oid, &int(k), &mut |o| cached.push(o), &cache)
+            .expect("cached get");
+        assert_eq!(got, want, "key {k}");
+        assert_eq!(cached, plain, "nodes visited for key {k}");
+        assert_eq!(plain.len(), 3, "root, interior node, bucket");
+        assert!(cache.len() <= 2 * MAX_NODES_OF_CACHE);
+    }
+    assert!(!cache.is_empty());
+    // A cache of another snapshot is not used (the nodes read are this
+    // snapshot's).
+    let other = NodeCache::new(Tid(at.0 - 1));
+    let got = reader
+        .get_cached(t.oid, &int(2 * 123), &mut |_| {}, &other)
+        .expect("get");
+    assert_eq!(got, Some(int(1123)));
+    assert!(other.is_empty());
+}
+
+const MAX_NODES_OF_CACHE: usize = crate::btree::node_cache::MAX_NODES;
+
+#[test]
+fn a_full_node_cache_starts_over_and_still_answers() {
+    let (_d, db) = new_db();
+    let tm = TransactionManager::new();
+    let c = db.open_connection(&tm).expect("conn");
+    let t = BTree::create(&c, &LO).expect("tree");
+    // More buckets than the cache holds: 60 000 keys, 30-60 per bucket.
+    for k in 0..60_000 {
+        t.insert(&c, int(k), int(k)).expect("insert");
+    }
+    tm.commit().expect("commit");
+    let storage = db.storage().as_ref();
+    let at = storage.last_tid();
+    let reader = SnapshotReader::new(crate::snapshot::Snapshot::new(storage, at));
+    let cache = NodeCache::new(at);
+    let mut most = 0;
+    for k in (0..60_000).step_by(29) {
+        let got = reader
+            .get_cached(t.oid, &int(k), &mut |_| {}, &cache)
+            .expect("get");
+        assert_eq!(got, Some(int(k)));
+        most = most.max(cache.len());
+    }
+    // Both maps are bounded by MAX_NODES each.
+    assert!(most <= 2 * MAX_NODES_OF_CACHE, "{most}");
+    assert!(
+        most > MAX_NODES_OF_CACHE / 2,
+        "the buckets were kept: {most}"
+    );
+}
+
 mod model;
