@@ -183,11 +183,13 @@ impl Shared {
     }
 
     /// A read-ahead marker block left unmapped ([`Self::skip_mapped_marker`])
-    /// whose pages the page cache lacks: read them in this job's turn, so
-    /// that the file is read without a hole ([`super::read_order`]); the
-    /// reader's touch then maps cached pages.
+    /// of a cold file: read its pages in this job's turn, so that the file
+    /// is read without a hole ([`super::read_order`]); the reader's touch
+    /// then maps cached pages. Nothing while read-ahead has met no cold
+    /// block (a warm scan pays no mapping for it).
     pub(super) fn read_marker_in_turn(&self, blk: u64, turn: &mut Turn<'_>) {
-        if let Ok(Some(m)) = self.file.map_block(blk)
+        if self.ra.cold.load(Ordering::Relaxed)
+            && let Ok(Some(m)) = self.file.map_block(blk)
             && let Some(fd) = m.fd()
         {
             let (_, len) = self.block_range(blk);
@@ -199,10 +201,7 @@ impl Shared {
             // SAFETY: the file's bytes of a block it offers to map lie
             // within the file (the `map_block` contract).
             match unsafe { crate::mapping::read_file_pages(fd, m.offset(), len, wait) } {
-                Ok(true) => {
-                    self.ra.cold.store(true, Ordering::Relaxed);
-                    inc(&self.counters.read_in_order);
-                }
+                Ok(true) => inc(&self.counters.read_in_order),
                 Ok(false) => {}
                 Err(e) => vtrace!("T reading the pages of marker blk {blk}: {e}"),
             }

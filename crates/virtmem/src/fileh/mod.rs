@@ -13,6 +13,7 @@
 //!   pointers the engine does not see;
 //! - [`zero_copy`]: moving loaded pages into place, recycling evicted ones;
 //! - [`readahead`]: sequential-stream detection and read-ahead jobs;
+//! - [`read_order`]: the jobs that map a cold file read it in queue order;
 //! - [`evict`]: keeping clean blocks within the budget, drop-behind;
 //! - [`ops`]: prefetch, writeout, discard, invalidate;
 //! - [`overwrite`]: whole-block overwrites reusing pages of blocks done with;

@@ -19,7 +19,7 @@
 //! So each job takes a ticket when it leaves the queue (under the queue's
 //! lock: tickets follow the queue), and a job that maps a block the page
 //! cache lacks touches its pages only in its turn, once every earlier
-//! ticket is done ([`super::super::mapping::FileRead::InOrder`]); a marker
+//! ticket is done ([`crate::mapping::FileRead::InOrder`]); a marker
 //! block's pages are read in its turn too, through a mapping made for that
 //! ([`crate::mapping::read_file_pages`]). The mapping itself (an `mmap`)
 //! and every other job (a warm block, a block loaded by copying) runs in
