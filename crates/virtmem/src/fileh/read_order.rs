@@ -36,6 +36,11 @@
 //! unmapped, blktab nodes decoded once) the Python sum went from 0.75-0.82x
 //! numpy's time to 0.86-0.97x, interleaved pairs.
 //!
+//! The handle stays in this mode until a new stream starts: pages the
+//! kernel's read-ahead has in flight count as cached, so a job that judged
+//! each block alone took them for warm and broke the stream. A new stream
+//! finds out afresh, so a later scan of what is now cached runs unordered.
+//!
 //! A turn is waited for at most [`TURN_WAIT`]: a job whose predecessor is
 //! stuck reads out of order rather than wait on it for good.
 

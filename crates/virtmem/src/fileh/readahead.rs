@@ -88,8 +88,9 @@ pub(super) struct Readahead {
     pub(super) wakeup: EventFd,
     /// The order in which jobs read a cold file ([`super::read_order`]).
     pub(super) order: ReadOrder,
-    /// A job that mapped a block found it cold: from then on jobs run in
-    /// turn from their start, block lookups included.
+    /// A job that mapped a block found it cold: from then on, until a new
+    /// stream starts, jobs run in turn from their start, block lookups
+    /// included.
     pub(super) cold: std::sync::atomic::AtomicBool,
 }
 
@@ -141,6 +142,10 @@ impl Shared {
                 used: tick,
                 dropping: false,
             };
+            // A new stream finds out afresh whether what it reads is cold
+            // (`read_order`): a handle that once read a cold file does not
+            // keep reading in turn what is now cached.
+            self.ra.cold.store(false, Ordering::Relaxed);
             if st.streams.len() < STREAMS {
                 st.streams.push(new);
             } else if let Some(old) = st.streams.iter_mut().min_by_key(|s| s.used) {
