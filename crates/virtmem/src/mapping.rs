@@ -17,6 +17,18 @@ pub const PAGE: usize = 4096;
 /// cache's pages of the whole window around it.
 pub const FAULT_AROUND: usize = 64 << 10;
 
+/// Whether the page at address `at` (of a mapping of ours) is in the page
+/// cache (`mincore`; it reads no memory); an error answers no.
+fn page_resident(at: usize) -> bool {
+    let mut v = 0u8;
+    let at = at & !(PAGE - 1);
+    // SAFETY: mincore writes one byte for one page into `v` and reads no
+    // memory; an address that is not mapped is an error (ENOMEM), not a
+    // fault.
+    let rc = unsafe { libc::mincore(at as *mut libc::c_void, PAGE, &mut v) };
+    rc == 0 && v & 1 == 1
+}
+
 /// How [`Reservation::populate_file`] gets a file mapping's pages that the
 /// page cache lacks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,13 +83,7 @@ pub unsafe fn read_file_pages(
     if p == libc::MAP_FAILED {
         return Err(io::Error::last_os_error());
     }
-    let cached = |at: usize| {
-        let mut v = 0u8;
-        // SAFETY: mincore writes one byte for one page of the mapping just
-        // made and reads no memory.
-        let rc = unsafe { libc::mincore((p as usize + at) as *mut libc::c_void, PAGE, &mut v) };
-        rc == 0 && v & 1 == 1
-    };
+    let cached = |at: usize| page_resident(p as usize + at);
     let read = !(cached(0) && cached((len - 1) & !(PAGE - 1)));
     if read {
         wait();
@@ -354,12 +360,7 @@ impl Reservation {
     /// Whether the page at `off` (a file mapping's) is in the page cache
     /// (`mincore`); an error answers no.
     fn in_page_cache(&self, off: usize) -> bool {
-        let mut v = 0u8;
-        let at = (self.addr() + off) & !(PAGE - 1);
-        // SAFETY: mincore writes one byte for one page of our own mapping
-        // and reads no memory.
-        let rc = unsafe { libc::mincore(at as *mut libc::c_void, PAGE, &mut v) };
-        rc == 0 && v & 1 == 1
+        page_resident(self.addr() + off)
     }
 
     /// Put fresh anonymous memory, like the reservation's own, back over

@@ -63,9 +63,9 @@ impl Shared {
         let (off, len) = self.block_range(blk);
         let addr = self.map.addr() + off;
         if self.map_files && (self.zero_copy_on() || self.rw_scan.is_some()) {
-            if self.skip_mapped_marker(blk, ra, checked) {
+            if let Some(m) = self.skip_mapped_marker(blk, ra, checked) {
                 if let Some(t) = turn {
-                    self.read_marker_in_turn(blk, t);
+                    self.read_marker_in_turn(blk, &*m, t);
                 }
                 return Ok(());
             }

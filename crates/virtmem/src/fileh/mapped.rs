@@ -57,7 +57,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::error::Result;
 use crate::mapping::FileRead;
-use crate::uffd;
+use crate::{MappableBlock, uffd};
 
 use super::Shared;
 use super::options::inc;
@@ -86,7 +86,7 @@ impl Shared {
         blk: u64,
         addr: usize,
         len: usize,
-        turn: Option<&mut Turn<'_>>,
+        mut turn: Option<&mut Turn<'_>>,
     ) -> Result<bool> {
         let rw = self.rw_scan.is_some();
         if !self.map_files || !(rw || self.zero_copy_on()) {
@@ -152,29 +152,25 @@ impl Shared {
         if cold {
             self.ra.cold.store(true, Ordering::Relaxed);
         }
-        let read = match turn {
-            Some(t) if cold => {
-                if !t.wait() {
-                    vtrace!("T blk {blk}: the earlier read-ahead jobs are late; reading anyway");
-                }
-                Some(t)
+        match turn.as_deref_mut() {
+            Some(t) if cold && !t.wait() => {
+                vtrace!("T blk {blk}: the earlier read-ahead jobs are late; reading anyway");
             }
-            t => {
-                if let Some(t) = t {
-                    t.finish();
-                }
-                None
-            }
-        };
-        let how = if read.is_some() {
+            // A warm block: later jobs need not wait for it.
+            Some(t) if !cold => t.finish(),
+            _ => {}
+        }
+        let how = if cold {
             FileRead::InOrder
         } else {
             FileRead::Background
         };
         // SAFETY: the range just mapped from the file (same contract).
         unsafe { self.map.populate_file(off, len, how) };
-        if let Some(t) = read {
+        if let Some(t) = turn {
             t.finish();
+        }
+        if cold {
             inc(&self.counters.read_in_order);
         }
         self.mapped_here.fetch_add(1, Ordering::Relaxed);
@@ -187,9 +183,8 @@ impl Shared {
     /// is read without a hole ([`super::read_order`]); the reader's touch
     /// then maps cached pages. Nothing while read-ahead has met no cold
     /// block (a warm scan pays no mapping for it).
-    pub(super) fn read_marker_in_turn(&self, blk: u64, turn: &mut Turn<'_>) {
+    pub(super) fn read_marker_in_turn(&self, blk: u64, m: &dyn MappableBlock, turn: &mut Turn<'_>) {
         if self.ra.cold.load(Ordering::Relaxed)
-            && let Ok(Some(m)) = self.file.map_block(blk)
             && let Some(fd) = m.fd()
         {
             let (_, len) = self.block_range(blk);
@@ -355,22 +350,28 @@ impl Shared {
     }
 
     /// A read-ahead marker block while blocks are mapped: left unmapped
-    /// (true: the Loading state is undone) unless an access waits for it
-    /// already, so the reader's touch faults and moves the window on.
-    pub(super) fn skip_mapped_marker(&self, blk: u64, ra: Option<i8>, checked: bool) -> bool {
+    /// (`Some`, the file's range of the block: the Loading state is undone)
+    /// unless an access waits for it already, so the reader's touch faults
+    /// and moves the window on.
+    pub(super) fn skip_mapped_marker(
+        &self,
+        blk: u64,
+        ra: Option<i8>,
+        checked: bool,
+    ) -> Option<Box<dyn MappableBlock>> {
         if checked || !self.holds_marker(blk, ra) {
-            return false;
+            return None;
         }
         // A read-write mapping only within the pinned half of the budget:
         // past it the block loads the ordinary way, marker held back.
         if self.rw_scan.is_some() && !self.budget.can_pin(self.bs as u64) {
-            return false;
+            return None;
         }
         // Only if the file would have it mapped: markers of blocks that
         // load the ordinary way are held back by the load (`state::Marker`).
-        if !matches!(self.file.map_block(blk), Ok(Some(_))) {
-            return false;
-        }
+        let Ok(Some(m)) = self.file.map_block(blk) else {
+            return None;
+        };
         let mut st = self.st.lock();
         if !matches!(
             st.blocks.get(&blk),
@@ -379,13 +380,13 @@ impl Shared {
                 write: false
             })
         ) {
-            return false;
+            return None;
         }
         st.blocks.remove(&blk);
         st.stream_loaded.remove(&blk);
         st.busy -= 1;
         self.idle.notify_all();
-        true
+        Some(m)
     }
 
     /// Loading -> Mapped or MappedRw (accounted) after [`Self::load_mapped`], then wake
